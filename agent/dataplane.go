@@ -26,14 +26,9 @@ type Dataplane interface {
 	Fence(ctx context.Context) error
 }
 
-// Install is one CHILD_SA to install with the outbound sequence number to
-// start from (already jumped ahead by the caller) and the inbound replay
-// state to resume from.
-type Install struct {
-	SA     *sa.ChildSA
-	OSeq   uint64
-	Replay sa.Replay
-}
+// Install is one CHILD_SA to install with its starting outbound sequence
+// number; see sa.Install.
+type Install = sa.Install
 
 // Reestablisher is optionally implemented by dataplanes that can rebuild the
 // IKE SAs a takeover could not carry (strongSwan cannot export IKE keys), so

@@ -291,3 +291,12 @@ type Change struct {
 	ID string
 	SA *ChildSA
 }
+
+// Install is one CHILD_SA to install on a node taking over, with the
+// outbound sequence number to start after (already jumped ahead by the
+// caller) and the inbound replay state to resume from.
+type Install struct {
+	SA     *ChildSA
+	OSeq   uint64
+	Replay Replay
+}

@@ -1,0 +1,590 @@
+// Package agent is Handoff's orchestration on one node: it watches Raft
+// leadership, and as leader takes the active role (claim in the log, move
+// the floating resources, install the replicated SAs, commit active); as
+// active it feeds the SA set and the replay counters into the log; and when
+// it loses leadership it fences itself before anyone else can claim.
+package agent
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/raft"
+
+	"github.com/handoffvpn/handoff/ipsec/sa"
+	"github.com/handoffvpn/handoff/providers"
+	"github.com/handoffvpn/handoff/raftstore"
+)
+
+// Config holds the agent's settings.
+type Config struct {
+	NodeID    string
+	Role      raftstore.Role
+	Priority  int
+	Resources []providers.Resource
+
+	// BatchWindow is how long SA changes are gathered into one log entry.
+	BatchWindow time.Duration
+	// MaxBatch caps the SAs of one entry.
+	MaxBatch int
+	// ReplayInterval is how often replay counters are synced.
+	ReplayInterval time.Duration
+	// MinSeqJump is the smallest outbound sequence number jump at takeover.
+	MinSeqJump uint64
+	// MaxPacketRate is the most packets per second one SA can carry; with
+	// the staleness of the synced counters it bounds how far the old active
+	// may have got past them. See SeqStart.
+	MaxPacketRate float64
+
+	BarrierTimeout time.Duration
+	ClaimTimeout   time.Duration
+	InstallTimeout time.Duration
+	FenceTimeout   time.Duration
+}
+
+// Defaults fills unset fields.
+func (c *Config) Defaults() {
+	def := func(d *time.Duration, v time.Duration) {
+		if *d <= 0 {
+			*d = v
+		}
+	}
+	def(&c.BatchWindow, 5*time.Millisecond)
+	def(&c.ReplayInterval, 100*time.Millisecond)
+	def(&c.BarrierTimeout, 5*time.Second)
+	def(&c.ClaimTimeout, 20*time.Second)
+	def(&c.InstallTimeout, 30*time.Second)
+	def(&c.FenceTimeout, 2*time.Second)
+	if c.MaxBatch <= 0 {
+		c.MaxBatch = 4096
+	}
+	if c.MinSeqJump == 0 {
+		c.MinSeqJump = 1 << 16
+	}
+	if c.MaxPacketRate <= 0 {
+		c.MaxPacketRate = 1_000_000
+	}
+	if c.Role == "" {
+		c.Role = raftstore.RoleGateway
+	}
+}
+
+// Event is something operators and alerting care about.
+type Event struct {
+	Kind    string // failover.started, failover.completed, failover.failed, node.fenced, leadership.transferred
+	Node    string
+	Term    uint64
+	At      time.Time
+	Timings raftstore.Timings
+	SAs     int
+	Detail  string
+	Err     error
+}
+
+// Health reports the node's own health (charon answering, uplink up).
+type Health interface {
+	Healthy() (ok bool, detail string)
+}
+
+// Agent runs one node.
+type Agent struct {
+	cfg    Config
+	log    *slog.Logger
+	store  *raftstore.Store
+	dp     Dataplane
+	prov   providers.Provider
+	sealer *raftstore.Sealer
+	health Health
+	events func(Event)
+
+	mu           sync.Mutex // guards the following fields
+	lastFollower time.Time  // when this node last saw itself as follower
+	candidateAt  time.Time  // first candidacy since last follower state
+	contactAt    time.Time  // last contact with the old leader, read at candidacy
+	leaderAt     time.Time
+	fencedAt     time.Time
+	active       bool // this node carries the tunnels
+}
+
+// Option configures an Agent.
+type Option func(*Agent)
+
+// WithLogger sets the logger.
+func WithLogger(l *slog.Logger) Option { return func(a *Agent) { a.log = l } }
+
+// WithHealth sets the node's own health source.
+func WithHealth(h Health) Option { return func(a *Agent) { a.health = h } }
+
+// WithEvents sets the event sink. It is called synchronously and must not
+// block.
+func WithEvents(fn func(Event)) Option { return func(a *Agent) { a.events = fn } }
+
+// New builds an agent on an open store. It registers the state hook, so it
+// must be called before the store can change state.
+func New(cfg Config, store *raftstore.Store, dp Dataplane, prov providers.Provider, sealer *raftstore.Sealer, opts ...Option) (*Agent, error) {
+	cfg.Defaults()
+	if cfg.NodeID == "" || store == nil || dp == nil || prov == nil || sealer == nil {
+		return nil, errors.New("agent: node ID, store, dataplane, provider and sealer are required")
+	}
+	if !cfg.Role.Valid() {
+		return nil, fmt.Errorf("agent: role %q is not gateway or witness", cfg.Role)
+	}
+	a := &Agent{cfg: cfg, store: store, dp: dp, prov: prov, sealer: sealer, log: slog.New(slog.DiscardHandler)}
+	for _, o := range opts {
+		o(a)
+	}
+	a.log = a.log.With("node", cfg.NodeID)
+	store.OnStateChange(a.onRaftState)
+	return a, nil
+}
+
+func (a *Agent) emit(e Event) {
+	e.Node, e.At = a.cfg.NodeID, time.Now()
+	if a.events != nil {
+		a.events(e)
+	}
+}
+
+func (a *Agent) onRaftState(st raft.RaftState, at time.Time) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	switch st {
+	case raft.Follower:
+		a.lastFollower, a.candidateAt, a.contactAt = at, time.Time{}, time.Time{}
+	case raft.Candidate:
+		if a.candidateAt.IsZero() {
+			a.candidateAt = at
+			a.contactAt = a.store.LastContact()
+		}
+	case raft.Leader:
+		a.leaderAt = at
+	}
+}
+
+// IsActive reports whether this node carries the tunnels now.
+func (a *Agent) IsActive() bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.active
+}
+
+// FencedAt is when this node last fenced itself.
+func (a *Agent) FencedAt() time.Time {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.fencedAt
+}
+
+// Run runs the agent until ctx ends. A node starts as a standby: whatever
+// its dataplane still carries from an earlier life is fenced first.
+func (a *Agent) Run(ctx context.Context) error {
+	a.store.SetRPCHandler(a.handleRPC)
+	a.fence("starting as a standby")
+	var (
+		cancelLead context.CancelFunc
+		leadDone   chan struct{}
+	)
+	stopLeading := func() {
+		if cancelLead != nil {
+			cancelLead()
+			<-leadDone
+			cancelLead = nil
+		}
+	}
+	defer stopLeading()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case leader := <-a.store.LeaderCh():
+			if cancelLead != nil {
+				// Lost leadership, or lost and regained it (Raft merges
+				// flaps into "true, true"): another node may have claimed
+				// in between, so fence before anything else.
+				cancelLead()
+				a.fence("lost leadership")
+				<-leadDone
+				cancelLead = nil
+			}
+			if leader {
+				lctx, cancel := context.WithCancel(ctx)
+				done := make(chan struct{})
+				cancelLead, leadDone = cancel, done
+				go func() {
+					defer close(done)
+					a.lead(lctx)
+				}()
+			}
+		}
+	}
+}
+
+// fence stops this node from sending with any SA another node may now use,
+// and drops floating resources that live on the node itself.
+func (a *Agent) fence(reason string) {
+	ctx, cancel := context.WithTimeout(context.Background(), a.cfg.FenceTimeout)
+	defer cancel()
+	a.mu.Lock()
+	wasActive := a.active
+	a.active = false
+	a.mu.Unlock()
+	err := a.dp.Fence(ctx)
+	if r, ok := a.prov.(providers.Releaser); ok && len(a.cfg.Resources) > 0 {
+		err = errors.Join(err, r.Release(ctx, a.cfg.Resources))
+	}
+	now := time.Now()
+	a.mu.Lock()
+	a.fencedAt = now
+	a.mu.Unlock()
+	if err != nil {
+		a.log.Error("fencing failed", "reason", reason, "err", err)
+	} else if wasActive {
+		a.log.Warn("fenced", "reason", reason)
+	}
+	if wasActive {
+		a.emit(Event{Kind: "node.fenced", Detail: reason, Err: err})
+	}
+}
+
+// lead runs while this node is the Raft leader.
+func (a *Agent) lead(ctx context.Context) {
+	gained := time.Now()
+	bctx, cancel := context.WithTimeout(ctx, a.cfg.BarrierTimeout)
+	err := a.store.Barrier(bctx)
+	cancel()
+	if err != nil {
+		if ctx.Err() == nil {
+			a.log.Error("barrier after winning the election failed; handing leadership over", "err", err)
+			a.handOver(ctx, "barrier failed")
+		}
+		return
+	}
+	if reason := a.unfit(); reason != "" {
+		a.handOver(ctx, reason)
+		return
+	}
+	if err := a.ensureMember(ctx); err != nil {
+		a.log.Error("recording own membership", "err", err)
+	}
+	term := a.store.Term()
+	var cur raftstore.Active
+	a.store.FSM().View(func(st *raftstore.State) { cur = st.Active })
+	if cur.Node == a.cfg.NodeID && cur.Term == term && cur.Phase == raftstore.PhaseActive {
+		a.setActive()
+		a.feed(ctx, nil)
+		return
+	}
+	t := a.electionTimings()
+	reason := "leader elected"
+	if cur.Node == a.cfg.NodeID {
+		reason = "re-elected"
+	}
+	a.emit(Event{Kind: "failover.started", Term: term, Detail: reason})
+	a.log.Info("taking over", "term", term, "previous", cur.Node, "previous_term", cur.Term)
+
+	if _, err := a.store.Apply(ctx, &raftstore.ClaimCmd{Node: a.cfg.NodeID, At: time.Now(), Reason: reason, From: cur.Node}); err != nil {
+		// Refused by the state machine or not leader any more: either way
+		// no resource was touched, and a new leadership round starts over.
+		a.log.Error("committing claim", "term", term, "err", err)
+		a.handOver(ctx, "claim refused")
+		return
+	}
+	t.Claim = time.Since(gained)
+
+	moveStart := time.Now()
+	if err := a.claimResources(ctx, term); err != nil {
+		a.failed(ctx, term, "move", err)
+		return
+	}
+	t.Move = time.Since(moveStart)
+
+	installStart := time.Now()
+	installed, hashes, err := a.installReplicated(ctx)
+	if err != nil {
+		a.failed(ctx, term, "install", err)
+		return
+	}
+	t.Install = time.Since(installStart)
+	a.setActive()
+	if re, ok := a.dp.(Reestablisher); ok && len(installed) > 0 {
+		go func() {
+			if err := re.Reestablish(ctx, installed); err != nil && ctx.Err() == nil {
+				a.log.Warn("re-establishing IKE SAs after takeover", "err", err)
+			}
+		}()
+	}
+	t.Total = t.Detect + t.Elect + time.Since(gained)
+	if _, err := a.store.Apply(ctx, &raftstore.ActiveCmd{Node: a.cfg.NodeID, At: time.Now(), Timings: t, SAs: len(installed)}); err != nil {
+		a.log.Error("committing active", "term", term, "err", err)
+		return
+	}
+	a.log.Info("active", "term", term, "sas", len(installed), "detect", t.Detect, "elect", t.Elect,
+		"claim", t.Claim, "move", t.Move, "install", t.Install, "total", t.Total)
+	a.emit(Event{Kind: "failover.completed", Term: term, Timings: t, SAs: len(installed)})
+	a.feed(ctx, hashes)
+}
+
+func (a *Agent) setActive() {
+	a.mu.Lock()
+	a.active = true
+	a.mu.Unlock()
+}
+
+func (a *Agent) electionTimings() raftstore.Timings {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	var t raftstore.Timings
+	if !a.candidateAt.IsZero() {
+		if !a.contactAt.IsZero() && a.candidateAt.After(a.contactAt) {
+			t.Detect = a.candidateAt.Sub(a.contactAt)
+		}
+		if a.leaderAt.After(a.candidateAt) {
+			t.Elect = a.leaderAt.Sub(a.candidateAt)
+		}
+	}
+	return t
+}
+
+// unfit says why this node must not be active, or "".
+func (a *Agent) unfit() string {
+	if a.cfg.Role == raftstore.RoleWitness {
+		return "witness won the election"
+	}
+	if a.health != nil {
+		if ok, detail := a.health.Healthy(); !ok {
+			return "unhealthy: " + detail
+		}
+	}
+	return ""
+}
+
+func (a *Agent) failed(ctx context.Context, term uint64, phase string, err error) {
+	a.log.Error("takeover failed", "term", term, "phase", phase, "err", err)
+	a.emit(Event{Kind: "failover.failed", Term: term, Detail: phase, Err: err})
+	if ctx.Err() != nil {
+		return
+	}
+	fctx, cancel := context.WithTimeout(ctx, a.cfg.BarrierTimeout)
+	defer cancel()
+	if _, aerr := a.store.Apply(fctx, &raftstore.FailedCmd{Node: a.cfg.NodeID, At: time.Now(), Phase: phase, Error: err.Error()}); aerr != nil {
+		a.log.Error("recording the failed takeover", "err", aerr)
+	}
+	if errors.Is(err, providers.ErrStaleTerm) {
+		// A newer term holds the resources: this node is behind, not broken.
+		return
+	}
+	a.handOver(ctx, phase+" failed")
+}
+
+// handOver transfers leadership to the best other gateway, retrying until
+// one accepts or ctx ends (a lone witness keeps leading Raft meanwhile).
+func (a *Agent) handOver(ctx context.Context, reason string) {
+	backoff := 100 * time.Millisecond
+	for ctx.Err() == nil {
+		target, ok := a.bestGateway(a.cfg.NodeID)
+		if ok {
+			a.log.Info("handing leadership over", "to", target.ID, "reason", reason)
+			if err := a.store.TransferLeadership(target.ID, target.Address); err == nil {
+				a.emit(Event{Kind: "leadership.transferred", Detail: reason + " → " + target.ID})
+				<-ctx.Done()
+				return
+			} else {
+				a.log.Warn("leadership transfer failed", "to", target.ID, "err", err)
+			}
+		} else {
+			a.log.Warn("no gateway to hand leadership to", "reason", reason)
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 2*time.Second)
+	}
+}
+
+// bestGateway picks the healthiest, highest-priority gateway other than
+// exclude that is a voter in the Raft configuration.
+func (a *Agent) bestGateway(exclude string) (raftstore.Member, bool) {
+	servers, err := a.store.Servers()
+	if err != nil {
+		return raftstore.Member{}, false
+	}
+	voters := make(map[string]bool, len(servers))
+	for _, s := range servers {
+		if s.Suffrage == raft.Voter {
+			voters[string(s.ID)] = true
+		}
+	}
+	var cands []raftstore.Member
+	healthy := map[string]bool{}
+	a.store.FSM().View(func(st *raftstore.State) {
+		for _, m := range st.Members {
+			if m.ID == exclude || m.Role != raftstore.RoleGateway || !voters[m.ID] {
+				continue
+			}
+			cands = append(cands, m)
+			healthy[m.ID] = majorityHealthy(st.Health[m.ID])
+		}
+	})
+	sort.Slice(cands, func(i, j int) bool {
+		a, b := cands[i], cands[j]
+		if healthy[a.ID] != healthy[b.ID] {
+			return healthy[a.ID]
+		}
+		if a.Priority != b.Priority {
+			return a.Priority > b.Priority
+		}
+		return a.ID < b.ID
+	})
+	if len(cands) == 0 {
+		return raftstore.Member{}, false
+	}
+	return cands[0], true
+}
+
+// majorityHealthy is true unless a majority of the observers that reported
+// on the subject saw it unhealthy. No reports means no evidence against.
+func majorityHealthy(obs map[string]raftstore.Observation) bool {
+	bad := 0
+	for _, o := range obs {
+		if !o.Healthy {
+			bad++
+		}
+	}
+	return bad*2 <= len(obs) || len(obs) == 0
+}
+
+// claimResources moves every floating resource to this node, retrying
+// until the claim timeout. A higher term on a resource ends it at once.
+func (a *Agent) claimResources(ctx context.Context, term uint64) error {
+	if len(a.cfg.Resources) == 0 {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, a.cfg.ClaimTimeout)
+	defer cancel()
+	pending := a.cfg.Resources
+	backoff := 50 * time.Millisecond
+	for {
+		err := a.prov.Claim(ctx, term, pending)
+		if err == nil {
+			return nil
+		}
+		if errors.Is(err, providers.ErrStaleTerm) || errors.Is(err, providers.ErrPermission) {
+			return fmt.Errorf("claiming floating resources at term %d: %w", term, err)
+		}
+		var ce *providers.ClaimError
+		if errors.As(err, &ce) && len(ce.Failed) < len(pending) {
+			pending = pending[:0:0]
+			for _, f := range ce.Failed {
+				pending = append(pending, f.Resource)
+			}
+		}
+		a.log.Warn("claim incomplete; retrying", "term", term, "pending", len(pending), "err", err)
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("claiming floating resources at term %d: %w (last error: %w)", term, ctx.Err(), err)
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, time.Second)
+	}
+}
+
+// SeqStart returns the outbound sequence number a new active must start
+// after, so that it can never reuse one the old active sent.
+//
+// The old active kept sending after it read lastOSeq, until it was fenced.
+// It fenced itself before this node could be elected (its lease is shorter
+// than the election timeout), so it sent for at most now − readAt. This
+// node knows only when it applied the counters (appliedAt, local clock), not
+// when they were read on the other host: readAt is earlier by the commit
+// latency, which the replay interval bounds generously. So the number of
+// packets sent after the read is at most maxRate × (now − appliedAt +
+// interval); the jump is that, never less than minJump.
+func SeqStart(lastOSeq uint64, appliedAt, now time.Time, interval time.Duration, maxRate float64, minJump uint64) uint64 {
+	stale := interval
+	if !appliedAt.IsZero() && now.After(appliedAt) {
+		stale += now.Sub(appliedAt)
+	}
+	jump := uint64(math.Ceil(maxRate * stale.Seconds()))
+	if jump < minJump {
+		jump = minJump
+	}
+	return lastOSeq + jump
+}
+
+// installReplicated installs every replicated SA with its outbound sequence
+// number jumped ahead. It returns the SAs and their plaintext hashes (the
+// feed's starting point).
+func (a *Agent) installReplicated(ctx context.Context) ([]*sa.ChildSA, map[string][32]byte, error) {
+	ctx, cancel := context.WithTimeout(ctx, a.cfg.InstallTimeout)
+	defer cancel()
+	var (
+		entries []*raftstore.SAEntry
+		replay  map[string]raftstore.ReplayRecord
+	)
+	fsm := a.store.FSM()
+	fsm.View(func(st *raftstore.State) {
+		entries = make([]*raftstore.SAEntry, 0, len(st.SAs))
+		for _, e := range st.SAs {
+			entries = append(entries, e)
+		}
+		replay = make(map[string]raftstore.ReplayRecord, len(st.Replay))
+		for id, r := range st.Replay {
+			replay[id] = r
+		}
+	})
+	now := time.Now()
+	installs := make([]sa.Install, 0, len(entries))
+	sas := make([]*sa.ChildSA, 0, len(entries))
+	hashes := make(map[string][32]byte, len(entries))
+	var errs []error
+	for _, e := range entries {
+		pt, err := a.sealer.Open(e.ID, e.Sealed)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		c, err := sa.Unmarshal(pt)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("decoding SA %s: %w", e.ID, err))
+			continue
+		}
+		r := replay[e.ID]
+		start := SeqStart(r.OSeq, fsm.AppliedAt(e.ID), now, a.cfg.ReplayInterval, a.cfg.MaxPacketRate, a.cfg.MinSeqJump)
+		installs = append(installs, sa.Install{SA: c, OSeq: start,
+			Replay: sa.Replay{ID: e.ID, OSeq: r.OSeq, Seq: r.Seq, Bitmap: r.Bitmap, ReadAt: r.ReadAt}})
+		sas = append(sas, c)
+		hashes[e.ID] = sha256.Sum256(pt)
+		clear(pt)
+	}
+	if len(errs) > 0 {
+		// An SA this node cannot read is lost to it; say so loudly but carry
+		// every other tunnel.
+		a.log.Error("some replicated SAs could not be opened", "count", len(errs), "first", errs[0])
+	}
+	if err := a.dp.Install(ctx, installs); err != nil {
+		return nil, nil, fmt.Errorf("installing %d replicated SAs: %w", len(installs), err)
+	}
+	return sas, hashes, nil
+}
+
+// ensureMember records this node's own metadata when the state lacks it or
+// it changed (first leader after bootstrap, changed priority in config).
+func (a *Agent) ensureMember(ctx context.Context) error {
+	want := raftstore.Member{ID: a.cfg.NodeID, Address: a.store.Addr(), Role: a.cfg.Role, Priority: a.cfg.Priority}
+	var have raftstore.Member
+	var ok bool
+	a.store.FSM().View(func(st *raftstore.State) { have, ok = st.Members[a.cfg.NodeID] })
+	if ok && have == want {
+		return nil
+	}
+	_, err := a.store.Apply(ctx, &raftstore.MemberCmd{ID: want.ID, Address: want.Address, Role: want.Role, Priority: want.Priority})
+	return err
+}

@@ -1,0 +1,231 @@
+package agent
+
+import (
+	"context"
+	"crypto/sha256"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/handoffvpn/handoff/ipsec/sa"
+	"github.com/handoffvpn/handoff/raftstore"
+)
+
+// feeder is the active node's SA feed: it keeps the replicated SA set equal
+// to what the dataplane carries. Changes seen within BatchWindow (or while
+// the previous entry is being committed) go into one log entry: a rekey
+// storm of thousands of SAs costs a handful of entries.
+type feeder struct {
+	a *Agent
+	// sent is the plaintext hash of every SA in the log, to skip no-op upserts.
+	sent map[string][32]byte
+	// synced is the replay state last committed per SA.
+	synced map[string]sa.Replay
+}
+
+// feed runs while this node is active. known seeds the hashes of the SAs
+// the takeover just installed from the log.
+func (a *Agent) feed(ctx context.Context, known map[string][32]byte) {
+	f := &feeder{a: a, sent: known, synced: make(map[string]sa.Replay)}
+	if f.sent == nil {
+		f.sent = make(map[string][32]byte)
+		a.store.FSM().View(func(st *raftstore.State) {
+			for id, e := range st.SAs {
+				if pt, err := a.sealer.Open(id, e.Sealed); err == nil {
+					f.sent[id] = sha256.Sum256(pt)
+					clear(pt)
+				}
+			}
+		})
+	}
+	changes := make(chan sa.Change, 16384)
+	watchErr := make(chan error, 1)
+	go func() { watchErr <- a.dp.Watch(ctx, changes) }()
+	if err := f.resync(ctx); err != nil && ctx.Err() == nil {
+		a.log.Error("initial SA resync", "err", err)
+	}
+	replayTick := time.NewTicker(a.cfg.ReplayInterval)
+	defer replayTick.Stop()
+	pending := make(map[string]sa.Change)
+	var window <-chan time.Time
+	flush := func() {
+		if len(pending) == 0 {
+			return
+		}
+		if err := f.commit(ctx, pending); err != nil && ctx.Err() == nil {
+			a.log.Error("committing SA changes", "count", len(pending), "err", err)
+		}
+		clear(pending)
+		window = nil
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case err := <-watchErr:
+			if ctx.Err() != nil {
+				return
+			}
+			// The event stream broke (charon restarted): resync fully,
+			// then watch again.
+			a.log.Warn("SA watch ended; resyncing", "err", err)
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(200 * time.Millisecond):
+			}
+			go func() { watchErr <- a.dp.Watch(ctx, changes) }()
+			if err := f.resync(ctx); err != nil && ctx.Err() == nil {
+				a.log.Error("SA resync", "err", err)
+			}
+		case c := <-changes:
+			pending[c.ID] = c
+			if window == nil {
+				window = time.After(a.cfg.BatchWindow)
+			}
+			// Drain what is already queued without waiting.
+			for len(pending) < a.cfg.MaxBatch {
+				select {
+				case c := <-changes:
+					pending[c.ID] = c
+					continue
+				default:
+				}
+				break
+			}
+			if len(pending) >= a.cfg.MaxBatch {
+				flush()
+			}
+		case <-window:
+			flush()
+		case <-replayTick.C:
+			flush()
+			if err := f.syncReplay(ctx); err != nil && ctx.Err() == nil {
+				a.log.Warn("syncing replay state", "err", err)
+			}
+		}
+	}
+}
+
+// commit seals and commits one batch of changes.
+func (f *feeder) commit(ctx context.Context, changes map[string]sa.Change) error {
+	cmd := &raftstore.SABatchCmd{}
+	hashes := make(map[string][32]byte)
+	for id, c := range changes {
+		switch c.Op {
+		case sa.Upsert:
+			if c.SA == nil || c.SA.ID != id {
+				f.a.log.Warn("dataplane reported an upsert without its SA", "id", id)
+				continue
+			}
+			if err := c.SA.Validate(); err != nil {
+				f.a.log.Warn("dataplane reported an invalid SA; not replicated", "id", id, "err", err)
+				continue
+			}
+			pt := sa.Marshal(c.SA)
+			h := sha256.Sum256(pt)
+			if old, ok := f.sent[id]; ok && old == h {
+				clear(pt)
+				continue
+			}
+			sealed, err := f.a.sealer.Seal(id, pt)
+			clear(pt)
+			if err != nil {
+				return fmt.Errorf("sealing SA %s: %w", id, err)
+			}
+			cmd.Upserts = append(cmd.Upserts, raftstore.SAUpsert{ID: id, Sealed: sealed})
+			hashes[id] = h
+		case sa.Delete:
+			if _, ok := f.sent[id]; ok {
+				cmd.Deletes = append(cmd.Deletes, id)
+			}
+		}
+	}
+	if len(cmd.Upserts) == 0 && len(cmd.Deletes) == 0 {
+		return nil
+	}
+	for start := 0; start < len(cmd.Upserts) || start == 0; start += f.a.cfg.MaxBatch {
+		end := min(start+f.a.cfg.MaxBatch, len(cmd.Upserts))
+		part := &raftstore.SABatchCmd{Upserts: cmd.Upserts[start:end]}
+		if end == len(cmd.Upserts) {
+			part.Deletes = cmd.Deletes
+		}
+		if _, err := f.a.store.Apply(ctx, part); err != nil {
+			return err
+		}
+		if end == len(cmd.Upserts) {
+			break
+		}
+	}
+	for id, h := range hashes {
+		f.sent[id] = h
+	}
+	for _, id := range cmd.Deletes {
+		delete(f.sent, id)
+		delete(f.synced, id)
+	}
+	return nil
+}
+
+// resync makes the log's SA set equal to the dataplane's: the full resync
+// done when the node becomes active and after the event stream breaks.
+func (f *feeder) resync(ctx context.Context) error {
+	list, err := f.a.dp.Export(ctx)
+	if err != nil {
+		return fmt.Errorf("exporting SAs: %w", err)
+	}
+	changes := make(map[string]sa.Change, len(list))
+	for _, c := range list {
+		changes[c.ID] = sa.Change{Op: sa.Upsert, ID: c.ID, SA: c}
+	}
+	for id := range f.sent {
+		if _, ok := changes[id]; !ok {
+			changes[id] = sa.Change{Op: sa.Delete, ID: id}
+		}
+	}
+	return f.commit(ctx, changes)
+}
+
+// syncReplay commits the counters of the SAs whose counters moved.
+func (f *feeder) syncReplay(ctx context.Context) error {
+	states, err := f.a.dp.Replay(ctx)
+	if err != nil {
+		return fmt.Errorf("reading replay state: %w", err)
+	}
+	cmd := &raftstore.ReplayBatchCmd{}
+	for _, r := range states {
+		if _, known := f.sent[r.ID]; !known {
+			continue
+		}
+		if old, ok := f.synced[r.ID]; ok && old.OSeq == r.OSeq && old.Seq == r.Seq && slices.Equal(old.Bitmap, r.Bitmap) {
+			continue
+		}
+		cmd.Records = append(cmd.Records, raftstore.ReplayRecord{ID: r.ID, OSeq: r.OSeq, Seq: r.Seq, Bitmap: r.Bitmap, ReadAt: r.ReadAt})
+	}
+	for start := 0; start < len(cmd.Records); start += f.a.cfg.MaxBatch * 4 {
+		end := min(start+f.a.cfg.MaxBatch*4, len(cmd.Records))
+		if _, err := f.a.store.Apply(ctx, &raftstore.ReplayBatchCmd{Records: cmd.Records[start:end]}); err != nil {
+			return err
+		}
+	}
+	for _, r := range cmd.Records {
+		f.synced[r.ID] = sa.Replay{ID: r.ID, OSeq: r.OSeq, Seq: r.Seq, Bitmap: r.Bitmap, ReadAt: r.ReadAt}
+	}
+	return nil
+}
+
+// handleRPC serves the agent's cluster RPCs: health reports from observers.
+func (a *Agent) handleRPC(ctx context.Context, peer string, req *raftstore.RPCRequest) *raftstore.RPCResponse {
+	_, leader := a.store.Leader()
+	switch req.Op {
+	case "health":
+		if req.Health == nil || req.Health.Observer != peer {
+			return &raftstore.RPCResponse{Error: fmt.Sprintf("health report refused: observer must be the caller %q", peer), Leader: leader}
+		}
+		if _, err := a.store.Apply(ctx, req.Health); err != nil {
+			return &raftstore.RPCResponse{Error: err.Error(), Leader: leader}
+		}
+		return &raftstore.RPCResponse{Leader: leader}
+	}
+	return &raftstore.RPCResponse{Error: fmt.Sprintf("unknown cluster RPC %q", req.Op), Leader: leader}
+}

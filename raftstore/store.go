@@ -1,0 +1,588 @@
+package raftstore
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/raft"
+	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
+
+	"github.com/handoffvpn/handoff/internal/pki"
+)
+
+// Config configures a Store.
+type Config struct {
+	NodeID string
+	// BindAddr is the TCP listen address of Raft and the cluster RPC.
+	BindAddr string
+	// AdvertiseAddr is the address peers dial; defaults to the listener's.
+	AdvertiseAddr string
+	// DataDir holds the Raft log (raft.db) and snapshots, mode 0700.
+	DataDir string
+	TLS     *pki.Material
+	// Authorize, if set, further restricts which verified nodes may connect.
+	Authorize pki.Authorize
+	// Network defaults to TCP.
+	Network Network
+
+	HeartbeatTimeout   time.Duration
+	ElectionTimeout    time.Duration
+	LeaderLeaseTimeout time.Duration
+	CommitTimeout      time.Duration
+	SnapshotInterval   time.Duration
+	SnapshotThreshold  uint64
+	TrailingLogs       uint64
+	// NoSync skips fsync of the log (tests and benchmarks only).
+	NoSync bool
+
+	Logger *slog.Logger
+	// RaftLogLevel is the level of hashicorp/raft's own logs ("warn").
+	RaftLogLevel string
+}
+
+// Store is a node's Raft instance, its durable log and snapshots, the FSM
+// and the authenticated transport.
+type Store struct {
+	cfg       Config
+	log       *slog.Logger
+	fsm       *FSM
+	raft      *raft.Raft
+	layer     *streamLayer
+	transport *raft.NetworkTransport
+	logs      *raftboltdb.BoltStore
+	notify    chan bool
+	observer  *raft.Observer
+	obsCh     chan raft.Observation
+	extraRPC  func(ctx context.Context, peer string, req *RPCRequest) *RPCResponse
+	stateHook func(raft.RaftState, time.Time)
+	obsDone   chan struct{}
+	closed    chan struct{}
+}
+
+// Open starts a node. It does not bootstrap or join: see Bootstrap and
+// JoinCluster.
+func Open(cfg Config) (*Store, error) {
+	if cfg.NodeID == "" {
+		return nil, errors.New("opening raft store: node ID is empty")
+	}
+	if cfg.TLS == nil {
+		return nil, errors.New("opening raft store: TLS material is required (Raft runs over mutual TLS only)")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Network == nil {
+		cfg.Network = TCP{}
+	}
+	log := cfg.Logger.With("node", cfg.NodeID)
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("creating data dir %s: %w", cfg.DataDir, err)
+	}
+	if err := os.Chmod(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("securing data dir %s: %w", cfg.DataDir, err)
+	}
+	s := &Store{cfg: cfg, log: log, fsm: NewFSM(log), notify: make(chan bool, 1), closed: make(chan struct{})}
+
+	ln, err := cfg.Network.Listen(cfg.NodeID, cfg.BindAddr)
+	if err != nil {
+		return nil, fmt.Errorf("listening on %s: %w", cfg.BindAddr, err)
+	}
+	adv := ln.Addr()
+	if cfg.AdvertiseAddr != "" {
+		a, err := net.ResolveTCPAddr("tcp", cfg.AdvertiseAddr)
+		if err != nil {
+			ln.Close()
+			return nil, fmt.Errorf("resolving advertise address %q: %w", cfg.AdvertiseAddr, err)
+		}
+		adv = a
+	}
+	s.layer = newStreamLayer(cfg.NodeID, ln, adv, cfg.Network,
+		cfg.TLS.ServerConfig(cfg.Authorize), cfg.TLS.ClientConfig(cfg.Authorize), log)
+	s.layer.rpc = s.handleRPC
+
+	hl := hclog.New(&hclog.LoggerOptions{Name: "raft", Level: hclog.LevelFromString(orDefault(cfg.RaftLogLevel, "warn")),
+		Output: &slogWriter{log: log}, DisableTime: true})
+	s.transport = raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
+		Stream: s.layer, MaxPool: 3, Timeout: 2 * time.Second, Logger: hl,
+	})
+
+	s.logs, err = raftboltdb.New(raftboltdb.Options{Path: filepath.Join(cfg.DataDir, "raft.db"), NoSync: cfg.NoSync})
+	if err != nil {
+		s.transport.Close()
+		return nil, fmt.Errorf("opening raft log %s: %w", filepath.Join(cfg.DataDir, "raft.db"), err)
+	}
+	fss, err := raft.NewFileSnapshotStoreWithLogger(cfg.DataDir, 2, hl)
+	if err != nil {
+		s.logs.Close()
+		s.transport.Close()
+		return nil, fmt.Errorf("opening snapshot store: %w", err)
+	}
+	snaps := &privateSnapshots{FileSnapshotStore: fss, dir: filepath.Join(cfg.DataDir, "snapshots")}
+
+	rc := raft.DefaultConfig()
+	rc.LocalID = raft.ServerID(cfg.NodeID)
+	rc.Logger = hl
+	rc.NotifyCh = s.notify
+	rc.BatchApplyCh = true
+	setDur(&rc.HeartbeatTimeout, cfg.HeartbeatTimeout)
+	setDur(&rc.ElectionTimeout, cfg.ElectionTimeout)
+	setDur(&rc.LeaderLeaseTimeout, cfg.LeaderLeaseTimeout)
+	setDur(&rc.CommitTimeout, cfg.CommitTimeout)
+	setDur(&rc.SnapshotInterval, cfg.SnapshotInterval)
+	if cfg.SnapshotThreshold > 0 {
+		rc.SnapshotThreshold = cfg.SnapshotThreshold
+	}
+	if cfg.TrailingLogs > 0 {
+		rc.TrailingLogs = cfg.TrailingLogs
+	}
+	if err := raft.ValidateConfig(rc); err != nil {
+		s.logs.Close()
+		s.transport.Close()
+		return nil, fmt.Errorf("raft timing: %w", err)
+	}
+	s.raft, err = raft.NewRaft(rc, s.fsm, s.logs, s.logs, snaps, s.transport)
+	if err != nil {
+		s.logs.Close()
+		s.transport.Close()
+		return nil, fmt.Errorf("starting raft: %w", err)
+	}
+	s.obsCh = make(chan raft.Observation, 64)
+	s.obsDone = make(chan struct{})
+	s.observer = raft.NewObserver(s.obsCh, false, func(o *raft.Observation) bool {
+		_, ok := o.Data.(raft.RaftState)
+		return ok
+	})
+	s.raft.RegisterObserver(s.observer)
+	go s.forwardObservations()
+	return s, nil
+}
+
+func setDur(dst *time.Duration, v time.Duration) {
+	if v > 0 {
+		*dst = v
+	}
+}
+
+func orDefault(s, d string) string {
+	if s == "" {
+		return d
+	}
+	return s
+}
+
+// OnStateChange registers fn to be called (from one goroutine, in order)
+// with every Raft state change and the local time it was seen. It must be
+// called before the node can change state, i.e. right after Open.
+func (s *Store) OnStateChange(fn func(raft.RaftState, time.Time)) { s.stateHook = fn }
+
+func (s *Store) forwardObservations() {
+	defer close(s.obsDone)
+	for {
+		select {
+		case <-s.closed:
+			return
+		case o := <-s.obsCh:
+			if st, ok := o.Data.(raft.RaftState); ok && s.stateHook != nil {
+				s.stateHook(st, time.Now())
+			}
+		}
+	}
+}
+
+// SetRPCHandler handles cluster RPC operations the store does not (health
+// reports); it must be set before the node joins a cluster.
+func (s *Store) SetRPCHandler(fn func(ctx context.Context, peer string, req *RPCRequest) *RPCResponse) {
+	s.extraRPC = fn
+}
+
+// NodeID is this node's ID.
+func (s *Store) NodeID() string { return s.cfg.NodeID }
+
+// Addr is the advertised Raft address.
+func (s *Store) Addr() string { return s.layer.Addr().String() }
+
+// FSM is the node's state machine.
+func (s *Store) FSM() *FSM { return s.fsm }
+
+// Raft exposes the Raft instance for operator commands and tests.
+func (s *Store) Raft() *raft.Raft { return s.raft }
+
+// LeaderCh delivers leadership changes. Raft merges flaps: two trues in a
+// row mean leadership was lost and regained in between.
+func (s *Store) LeaderCh() <-chan bool { return s.notify }
+
+// IsLeader reports whether this node is the leader now.
+func (s *Store) IsLeader() bool { return s.raft.State() == raft.Leader }
+
+// Term is the current Raft term.
+func (s *Store) Term() uint64 { return s.raft.CurrentTerm() }
+
+// LastContact is when this node last heard from a leader.
+func (s *Store) LastContact() time.Time { return s.raft.LastContact() }
+
+// Leader returns the current leader's ID and address, if known.
+func (s *Store) Leader() (id, addr string) {
+	a, i := s.raft.LeaderWithID()
+	return string(i), string(a)
+}
+
+// HasState reports whether the data dir already holds Raft state.
+func (s *Store) HasState() (bool, error) {
+	last, err := s.logs.LastIndex()
+	if err != nil {
+		return false, fmt.Errorf("reading raft log: %w", err)
+	}
+	return last > 0 || s.raft.LastIndex() > 0, nil
+}
+
+// Server is a voter for Bootstrap.
+type Server struct {
+	ID, Address string
+}
+
+// Bootstrap creates a new cluster with servers as voters. It does nothing on
+// a node that already has state, so restarting with bootstrap set is safe.
+func (s *Store) Bootstrap(servers []Server) error {
+	has, err := s.HasState()
+	if err != nil {
+		return err
+	}
+	if has {
+		return nil
+	}
+	var cfg raft.Configuration
+	for _, srv := range servers {
+		cfg.Servers = append(cfg.Servers, raft.Server{Suffrage: raft.Voter, ID: raft.ServerID(srv.ID), Address: raft.ServerAddress(srv.Address)})
+	}
+	if err := s.raft.BootstrapCluster(cfg).Error(); err != nil && !errors.Is(err, raft.ErrCantBootstrap) {
+		return fmt.Errorf("bootstrapping cluster: %w", err)
+	}
+	return nil
+}
+
+// timeoutOf turns a context deadline into a raft timeout (0 = none).
+func timeoutOf(ctx context.Context) time.Duration {
+	if dl, ok := ctx.Deadline(); ok {
+		if d := time.Until(dl); d > 0 {
+			return d
+		}
+		return time.Millisecond
+	}
+	return 0
+}
+
+// Apply commits a command and returns its log position. The FSM's refusal
+// comes back as the error.
+func (s *Store) Apply(ctx context.Context, payload any) (ApplyResult, error) {
+	data, err := Encode(payload)
+	if err != nil {
+		return ApplyResult{}, err
+	}
+	return s.ApplyRaw(ctx, data)
+}
+
+// ApplyRaw commits an already encoded entry. Tests use it to feed the FSM
+// malformed input through the real log.
+func (s *Store) ApplyRaw(ctx context.Context, data []byte) (ApplyResult, error) {
+	f := s.raft.Apply(data, timeoutOf(ctx))
+	if err := f.Error(); err != nil {
+		return ApplyResult{}, fmt.Errorf("committing log entry: %w", err)
+	}
+	res, _ := f.Response().(ApplyResult)
+	if res.Err != nil {
+		return res, res.Err
+	}
+	return res, nil
+}
+
+// Barrier waits until every committed entry is applied locally.
+func (s *Store) Barrier(ctx context.Context) error {
+	if err := s.raft.Barrier(timeoutOf(ctx)).Error(); err != nil {
+		return fmt.Errorf("raft barrier: %w", err)
+	}
+	return nil
+}
+
+// Servers returns the Raft configuration.
+func (s *Store) Servers() ([]raft.Server, error) {
+	f := s.raft.GetConfiguration()
+	if err := f.Error(); err != nil {
+		return nil, fmt.Errorf("reading raft configuration: %w", err)
+	}
+	return f.Configuration().Servers, nil
+}
+
+// ErrNotLeader is returned by leader-only operations on a follower.
+var ErrNotLeader = errors.New("not the leader")
+
+// Join adds a voter (leader only). It is idempotent: the same ID and address
+// only refreshes the member's metadata; a changed address replaces the old
+// entry; another node on the same address is removed first.
+func (s *Store) Join(ctx context.Context, m MemberCmd) error {
+	if !s.IsLeader() {
+		return ErrNotLeader
+	}
+	if m.ID == "" || m.Address == "" {
+		return fmt.Errorf("join: need node ID and address (got %q, %q)", m.ID, m.Address)
+	}
+	if !m.Role.Valid() {
+		return fmt.Errorf("join of %s: role %q is not gateway or witness", m.ID, m.Role)
+	}
+	servers, err := s.Servers()
+	if err != nil {
+		return err
+	}
+	present := false
+	for _, srv := range servers {
+		sameID, sameAddr := string(srv.ID) == m.ID, string(srv.Address) == m.Address
+		switch {
+		case sameID && sameAddr:
+			present = true
+		case sameID || sameAddr:
+			if err := s.raft.RemoveServer(srv.ID, 0, timeoutOf(ctx)).Error(); err != nil {
+				return fmt.Errorf("join of %s: removing stale entry %s at %s: %w", m.ID, srv.ID, srv.Address, err)
+			}
+		}
+	}
+	if !present {
+		if err := s.raft.AddVoter(raft.ServerID(m.ID), raft.ServerAddress(m.Address), 0, timeoutOf(ctx)).Error(); err != nil {
+			return fmt.Errorf("join of %s: adding voter: %w", m.ID, err)
+		}
+	}
+	if _, err := s.Apply(ctx, &m); err != nil {
+		return fmt.Errorf("join of %s: recording member: %w", m.ID, err)
+	}
+	return nil
+}
+
+// Remove removes a node from the Raft configuration and the members
+// (leader only). Removing an unknown node is not an error.
+func (s *Store) Remove(ctx context.Context, id string) error {
+	if !s.IsLeader() {
+		return ErrNotLeader
+	}
+	if err := s.raft.RemoveServer(raft.ServerID(id), 0, timeoutOf(ctx)).Error(); err != nil {
+		return fmt.Errorf("removing %s from raft: %w", id, err)
+	}
+	known := false
+	s.fsm.View(func(st *State) { _, known = st.Members[id] })
+	if known {
+		if _, err := s.Apply(ctx, &RemoveMemberCmd{ID: id}); err != nil {
+			return fmt.Errorf("removing member %s: %w", id, err)
+		}
+	}
+	return nil
+}
+
+// TransferLeadership hands leadership to id (or to the most up-to-date
+// voter when id is empty).
+func (s *Store) TransferLeadership(id, addr string) error {
+	var f raft.Future
+	if id == "" {
+		f = s.raft.LeadershipTransfer()
+	} else {
+		f = s.raft.LeadershipTransferToServer(raft.ServerID(id), raft.ServerAddress(addr))
+	}
+	if err := f.Error(); err != nil {
+		return fmt.Errorf("transferring leadership to %q: %w", id, err)
+	}
+	return nil
+}
+
+// TakeSnapshot asks Raft for a snapshot now.
+func (s *Store) TakeSnapshot() error {
+	if err := s.raft.Snapshot().Error(); err != nil && !errors.Is(err, raft.ErrNothingNewToSnapshot) {
+		return fmt.Errorf("taking snapshot: %w", err)
+	}
+	return nil
+}
+
+func (s *Store) handleRPC(ctx context.Context, peer string, req *RPCRequest) *RPCResponse {
+	_, leader := s.Leader()
+	fail := func(err error) *RPCResponse { return &RPCResponse{Error: err.Error(), Leader: leader} }
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	switch req.Op {
+	case "join":
+		// A node may only join as itself: the ID is its certificate's.
+		if req.ID != peer {
+			return fail(fmt.Errorf("join as %q refused: certificate says %q", req.ID, peer))
+		}
+		if err := s.Join(ctx, MemberCmd{ID: req.ID, Address: req.Address, Role: req.Role, Priority: req.Priority}); err != nil {
+			return fail(err)
+		}
+		return &RPCResponse{Leader: leader}
+	case "leave":
+		if req.ID != peer {
+			return fail(fmt.Errorf("leave for %q refused: certificate says %q", req.ID, peer))
+		}
+		if err := s.Remove(ctx, req.ID); err != nil {
+			return fail(err)
+		}
+		return &RPCResponse{Leader: leader}
+	default:
+		if s.extraRPC != nil {
+			return s.extraRPC(ctx, peer, req)
+		}
+		return fail(fmt.Errorf("unknown cluster RPC %q", req.Op))
+	}
+}
+
+// CallLeader sends an RPC to the current leader, following leader hints.
+func (s *Store) CallLeader(ctx context.Context, req *RPCRequest) error {
+	_, addr := s.Leader()
+	if addr == "" {
+		return fmt.Errorf("%s: no known leader", req.Op)
+	}
+	return s.Call(ctx, []string{addr}, req)
+}
+
+// Call sends an RPC to the first of addrs that answers, following the
+// leader hint a follower returns, until ctx ends.
+func (s *Store) Call(ctx context.Context, addrs []string, req *RPCRequest) error {
+	var lastErr error
+	backoff := 50 * time.Millisecond
+	for {
+		for _, addr := range addrs {
+			resp, err := s.layer.call(ctx, addr, req)
+			if err != nil {
+				lastErr = err
+				continue
+			}
+			if resp.Error == "" {
+				return nil
+			}
+			lastErr = fmt.Errorf("%s at %s: %s", req.Op, addr, resp.Error)
+			if resp.Leader != "" && resp.Leader != addr {
+				if resp2, err := s.layer.call(ctx, resp.Leader, req); err == nil && resp2.Error == "" {
+					return nil
+				} else if err == nil {
+					lastErr = fmt.Errorf("%s at leader %s: %s", req.Op, resp.Leader, resp2.Error)
+				}
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%s: %w (last error: %v)", req.Op, ctx.Err(), lastErr)
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, time.Second)
+	}
+}
+
+// JoinCluster asks the cluster at addrs to add this node, retrying until ctx
+// ends. Joining a cluster this node is already in is a no-op.
+func (s *Store) JoinCluster(ctx context.Context, addrs []string, role Role, priority int) error {
+	return s.Call(ctx, addrs, &RPCRequest{Op: "join", ID: s.cfg.NodeID, Address: s.Addr(), Role: role, Priority: priority})
+}
+
+// Leave removes this node from the cluster: a leader hands leadership over
+// first, then asks the new leader to remove it.
+func (s *Store) Leave(ctx context.Context) error {
+	if s.IsLeader() {
+		if err := s.TransferLeadership("", ""); err != nil {
+			return fmt.Errorf("leaving: %w", err)
+		}
+	}
+	return s.Call(ctx, s.peerAddrs(), &RPCRequest{Op: "leave", ID: s.cfg.NodeID})
+}
+
+func (s *Store) peerAddrs() []string {
+	servers, err := s.Servers()
+	if err != nil {
+		return nil
+	}
+	var out []string
+	for _, srv := range servers {
+		if string(srv.ID) != s.cfg.NodeID {
+			out = append(out, string(srv.Address))
+		}
+	}
+	return out
+}
+
+// Close shuts Raft down and releases the log and the listener. Safe twice.
+func (s *Store) Close() error {
+	select {
+	case <-s.closed:
+		return nil
+	default:
+	}
+	close(s.closed)
+	errs := []error{s.raft.Shutdown().Error()}
+	s.raft.DeregisterObserver(s.observer)
+	<-s.obsDone
+	errs = append(errs, s.transport.Close(), s.layer.Close(), s.logs.Close())
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("closing raft store: %w", err)
+	}
+	return nil
+}
+
+// privateSnapshots keeps snapshot files readable by the owner only. They
+// hold sealed SAs, but cluster metadata is nobody else's business either.
+type privateSnapshots struct {
+	*raft.FileSnapshotStore
+	dir string
+}
+
+func (p *privateSnapshots) Create(version raft.SnapshotVersion, index, term uint64, configuration raft.Configuration,
+	configurationIndex uint64, trans raft.Transport) (raft.SnapshotSink, error) {
+	sink, err := p.FileSnapshotStore.Create(version, index, term, configuration, configurationIndex, trans)
+	if err != nil {
+		return nil, err
+	}
+	return &privateSink{SnapshotSink: sink, dir: p.dir}, nil
+}
+
+type privateSink struct {
+	raft.SnapshotSink
+	dir string
+}
+
+func (s *privateSink) Close() error {
+	if err := s.SnapshotSink.Close(); err != nil {
+		return err
+	}
+	dir := filepath.Join(s.dir, s.ID())
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return fmt.Errorf("securing snapshot %s: %w", s.ID(), err)
+	}
+	for _, e := range entries {
+		if err := os.Chmod(filepath.Join(dir, e.Name()), 0o600); err != nil {
+			return fmt.Errorf("securing snapshot file %s: %w", e.Name(), err)
+		}
+	}
+	return os.Chmod(dir, 0o700)
+}
+
+// slogWriter carries hashicorp/raft's hclog lines into slog: hclog stays
+// at the Raft boundary.
+type slogWriter struct{ log *slog.Logger }
+
+func (w *slogWriter) Write(p []byte) (int, error) {
+	line := string(bytes.TrimSpace(p))
+	level := slog.LevelInfo
+	switch {
+	case bytes.Contains(p, []byte("[ERROR]")):
+		level = slog.LevelError
+	case bytes.Contains(p, []byte("[WARN]")):
+		level = slog.LevelWarn
+	case bytes.Contains(p, []byte("[DEBUG]")), bytes.Contains(p, []byte("[TRACE]")):
+		level = slog.LevelDebug
+	}
+	w.log.Log(context.Background(), level, line, "component", "raft")
+	return len(p), nil
+}
+
+var _ io.Writer = (*slogWriter)(nil)
