@@ -181,12 +181,12 @@ func (s *streamLayer) dial(ctx context.Context, addr string, kind byte) (net.Con
 // RPCRequest is a cluster RPC: one JSON request and one JSON response per
 // connection. The caller's identity is its certificate, never the payload.
 type RPCRequest struct {
-	Op       string      `json:"op"` // join, leave, remove, health
-	ID       string      `json:"id,omitempty"`
-	Address  string      `json:"address,omitempty"`
-	Role     Role        `json:"role,omitempty"`
-	Priority int         `json:"priority,omitempty"`
-	Health   *HealthCmd  `json:"health,omitempty"`
+	Op       string     `json:"op"` // join, leave, remove, health
+	ID       string     `json:"id,omitempty"`
+	Address  string     `json:"address,omitempty"`
+	Role     Role       `json:"role,omitempty"`
+	Priority int        `json:"priority,omitempty"`
+	Health   *HealthCmd `json:"health,omitempty"`
 }
 
 // RPCResponse answers an RPCRequest.

@@ -18,7 +18,7 @@ var ErrCut = errors.New("faultnet: link cut")
 
 // Net is a set of nodes on loopback with switchable links.
 type Net struct {
-	mu       sync.Mutex // guards the following fields
+	mu       sync.Mutex        // guards the following fields
 	byAddr   map[string]string // listen address → node
 	dialers  map[string]string // dialer's local address → node
 	cut      map[[2]string]bool

@@ -255,7 +255,6 @@ func (d *Dataplane) Install(ctx context.Context, sas []sa.Install) error {
 	return nil
 }
 
-
 // Fence removes every outbound SA.
 func (d *Dataplane) Fence(ctx context.Context) error {
 	d.mu.Lock()
