@@ -1,0 +1,176 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/handoffvpn/handoff/agent"
+	"github.com/handoffvpn/handoff/config"
+	"github.com/handoffvpn/handoff/internal/pki"
+	"github.com/handoffvpn/handoff/ipsec/memdp"
+	"github.com/handoffvpn/handoff/providers"
+	"github.com/handoffvpn/handoff/providers/memory"
+	"github.com/handoffvpn/handoff/raftstore"
+)
+
+// loadConfig layers defaults, the file and the flags, then validates.
+func loadConfig(fs *flag.FlagSet, args []string) (*config.Config, error) {
+	path := fs.String("config", "", "configuration file (.hcl, .yaml or .yml)")
+	var over config.File
+	fs.StringVar(&over.NodeID, "node-id", "", "node ID (overrides node_id)")
+	fs.StringVar(&over.BindAddr, "bind", "", "Raft listen address (overrides bind_addr)")
+	fs.StringVar(&over.AdvertiseAddr, "advertise", "", "address peers dial (overrides advertise_addr)")
+	fs.StringVar(&over.DataDir, "data-dir", "", "data directory (overrides data_dir)")
+	fs.StringVar(&over.LogLevel, "log-level", "", "debug, info, warn or error (overrides log_level)")
+	join := fs.String("join", "", "comma-separated addresses of cluster members to join (overrides join)")
+	bootstrap := fs.Bool("bootstrap", false, "bootstrap a new cluster with this node (overrides bootstrap)")
+	if err := fs.Parse(args); err != nil {
+		return nil, usageError{err.Error()}
+	}
+	file := config.Defaults()
+	if *path != "" {
+		loaded, err := config.Load(*path)
+		if err != nil {
+			return nil, err
+		}
+		file = loaded
+	}
+	if *join != "" {
+		over.Join = strings.Split(*join, ",")
+	}
+	fs.Visit(func(f *flag.Flag) {
+		if f.Name == "bootstrap" {
+			over.Bootstrap = bootstrap
+		}
+	})
+	config.Merge(&file, over)
+	return config.Resolve(file)
+}
+
+func runValidate(args []string, stdout io.Writer) error {
+	fs := flag.NewFlagSet("validate", flag.ContinueOnError)
+	cfg, err := loadConfig(fs, args)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "configuration valid: node %s (%s, priority %d), provider %s with %d resources, dataplane %s\n",
+		cfg.NodeID, cfg.Role, cfg.Priority, cfg.ProviderType, len(cfg.Resources), cfg.DataplaneType)
+	return nil
+}
+
+func newLogger(w io.Writer, level, format string) *slog.Logger {
+	var lv slog.Level
+	_ = lv.UnmarshalText([]byte(level))
+	opts := &slog.HandlerOptions{Level: lv}
+	if format == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
+	fs := flag.NewFlagSet("agent", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	cfg, err := loadConfig(fs, args)
+	if err != nil {
+		return err
+	}
+	log := newLogger(stderr, cfg.LogLevel, cfg.LogFormat)
+	mat, err := pki.Load(cfg.TLS.CA, cfg.TLS.Cert, cfg.TLS.Key)
+	if err != nil {
+		return fmt.Errorf("loading TLS material: %w", err)
+	}
+	if mat.NodeID != cfg.NodeID {
+		return fmt.Errorf("tls.cert is issued to %q but node_id is %q", mat.NodeID, cfg.NodeID)
+	}
+	var authorize pki.Authorize
+	if allowed := cfg.TLS.AllowedNodes; len(allowed) > 0 {
+		authorize = func(id string) error {
+			if slices.Contains(allowed, id) {
+				return nil
+			}
+			return errors.New("not in tls.allowed_nodes")
+		}
+	}
+	sealer, err := raftstore.NewSealer(cfg.ClusterKey)
+	if err != nil {
+		return err
+	}
+	store, err := raftstore.Open(raftstore.Config{
+		NodeID: cfg.NodeID, BindAddr: cfg.BindAddr, AdvertiseAddr: cfg.AdvertiseAddr, DataDir: cfg.DataDir,
+		TLS: mat, Authorize: authorize, HeartbeatTimeout: cfg.Heartbeat, ElectionTimeout: cfg.Election,
+		LeaderLeaseTimeout: cfg.LeaderLease, CommitTimeout: cfg.Commit, SnapshotInterval: cfg.SnapInterval,
+		SnapshotThreshold: cfg.SnapThreshold, TrailingLogs: cfg.TrailingLogs, Logger: log,
+	})
+	if err != nil {
+		return err
+	}
+	defer store.Close()
+	prov, err := buildProvider(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	dp, err := buildDataplane(cfg)
+	if err != nil {
+		return err
+	}
+	var resources []providers.Resource
+	for _, r := range cfg.Resources {
+		resources = append(resources, providers.Resource{Kind: r.Kind, ID: r.ID})
+	}
+	ag, err := agent.New(agent.Config{
+		NodeID: cfg.NodeID, Role: raftstore.Role(cfg.Role), Priority: cfg.Priority, Resources: resources,
+		BatchWindow: cfg.BatchWindow, MaxBatch: cfg.MaxBatch, ReplayInterval: cfg.ReplayInterval,
+		MinSeqJump: cfg.MinSeqJump, MaxPacketRate: cfg.MaxPacketRate, BarrierTimeout: cfg.BarrierTimeout,
+		ClaimTimeout: cfg.ClaimTimeout, InstallTimeout: cfg.InstallTimeout, FenceTimeout: cfg.FenceTimeout,
+	}, store, dp, prov, sealer, agent.WithLogger(log))
+	if err != nil {
+		return err
+	}
+	if cfg.Bootstrap {
+		if err := store.Bootstrap([]raftstore.Server{{ID: cfg.NodeID, Address: store.Addr()}}); err != nil {
+			return err
+		}
+	}
+	done := make(chan error, 1)
+	go func() { done <- ag.Run(ctx) }()
+	if len(cfg.Join) > 0 {
+		jctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
+		err := store.JoinCluster(jctx, cfg.Join, raftstore.Role(cfg.Role), cfg.Priority)
+		cancel()
+		if err != nil && ctx.Err() == nil {
+			log.Error("joining the cluster", "join", cfg.Join, "err", err)
+		} else if err == nil {
+			log.Info("joined the cluster", "via", cfg.Join)
+		}
+	}
+	log.Info("agent running", "node", cfg.NodeID, "addr", store.Addr(), "role", cfg.Role)
+	err = <-done
+	log.Info("agent stopped")
+	return err
+}
+
+func buildProvider(ctx context.Context, cfg *config.Config) (providers.Provider, error) {
+	switch cfg.ProviderType {
+	case "memory":
+		// A cloud of one: useful to try the agent; it moves nothing real.
+		return memory.New(memory.NewCloud(0), cfg.NodeID), nil
+	}
+	return nil, fmt.Errorf("provider.type %q: not available in this build", cfg.ProviderType)
+}
+
+func buildDataplane(cfg *config.Config) (agent.Dataplane, error) {
+	switch cfg.DataplaneType {
+	case "memory":
+		return memdp.New(cfg.NodeID, memdp.NewWire()), nil
+	}
+	return nil, fmt.Errorf("dataplane.type %q: not available in this build", cfg.DataplaneType)
+}
+

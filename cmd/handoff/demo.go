@@ -1,0 +1,54 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"time"
+
+	"github.com/handoffvpn/handoff/internal/demo"
+)
+
+func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	asJSON := fs.Bool("json", false, "print the report as one JSON object as the last line")
+	nodes := fs.Int("nodes", 3, "number of gateway agents")
+	tunnels := fs.Int("tunnels", 1000, "number of synthetic tunnels (CHILD_SAs)")
+	heartbeat := fs.Duration("heartbeat", 100*time.Millisecond, "Raft heartbeat timeout (the failure detector)")
+	provider := fs.String("provider", "memory", "where floating resources live: memory, or aws, gcp, azure through the built-in cloud emulator")
+	latency := fs.Duration("provider-latency", 0, "per-call latency of the cloud (memory or emulator)")
+	verbose := fs.Bool("v", false, "log what the agents do")
+	if err := fs.Parse(args); err != nil {
+		return usageError{err.Error()}
+	}
+	if *nodes < 2 || *nodes > 9 {
+		return usageError{fmt.Sprintf("demo: -nodes %d is outside 2..9", *nodes)}
+	}
+	if *tunnels < 1 || *tunnels > 200000 {
+		return usageError{fmt.Sprintf("demo: -tunnels %d is outside 1..200000", *tunnels)}
+	}
+	opts := demo.Options{Nodes: *nodes, Tunnels: *tunnels, HeartbeatTimeout: *heartbeat, ProviderLatency: *latency, Progress: stderr}
+	if *verbose {
+		opts.Logger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	}
+	fx, err := demoProvider(*provider, *latency)
+	if err != nil {
+		return err
+	}
+	opts.Provider = fx
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	rep, err := demo.Run(ctx, opts)
+	if err != nil {
+		return fmt.Errorf("demo: %w", err)
+	}
+	rep.Timeline(stdout)
+	if *asJSON {
+		return json.NewEncoder(stdout).Encode(rep)
+	}
+	return nil
+}

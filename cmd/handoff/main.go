@@ -1,0 +1,74 @@
+// Command handoff is the Handoff failover orchestrator for IKEv2/IPsec
+// gateway fleets: the agent daemon, the in-process demo, configuration
+// validation and the cluster's TLS and key material.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+const usage = `usage: handoff <command> [flags]
+
+commands:
+  demo       run a three-node failover in this process (no cloud, no root)
+  agent      run the agent daemon (-config FILE)
+  validate   check a configuration file (-config FILE)
+  tls        create a cluster CA (tls ca) or a node certificate (tls cert)
+  keygen     create a cluster key file (seals SA keys at rest)
+  version    print the version
+
+Run 'handoff <command> -h' for a command's flags.
+`
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	if err != nil {
+		var ue usageError
+		if errors.As(err, &ue) {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(2)
+		}
+		fmt.Fprintln(os.Stderr, "handoff:", err)
+		os.Exit(1)
+	}
+}
+
+type usageError struct{ msg string }
+
+func (e usageError) Error() string { return e.msg }
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		return usageError{usage}
+	}
+	switch args[0] {
+	case "demo":
+		return runDemo(ctx, args[1:], stdout, stderr)
+	case "agent":
+		return runAgent(ctx, args[1:], stderr)
+	case "validate":
+		return runValidate(args[1:], stdout)
+	case "tls":
+		return runTLS(args[1:], stdout)
+	case "keygen":
+		return runKeygen(args[1:], stdout)
+	case "version", "-v", "--version":
+		fmt.Fprintln(stdout, "handoff", version)
+		return nil
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+		return nil
+	}
+	return usageError{fmt.Sprintf("handoff: unknown command %q\n\n%s", args[0], usage)}
+}

@@ -1,0 +1,103 @@
+package main
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"flag"
+	"fmt"
+	"io"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/handoffvpn/handoff/internal/pki"
+)
+
+func runTLS(args []string, stdout io.Writer) error {
+	if len(args) == 0 {
+		return usageError{"usage: handoff tls ca|cert [flags]"}
+	}
+	switch args[0] {
+	case "ca":
+		fs := flag.NewFlagSet("tls ca", flag.ContinueOnError)
+		dir := fs.String("out", ".", "directory for ca.pem and ca-key.pem")
+		name := fs.String("name", "handoff cluster CA", "CA common name")
+		days := fs.Int("days", 3650, "validity in days")
+		force := fs.Bool("force", false, "overwrite existing files")
+		if err := fs.Parse(args[1:]); err != nil {
+			return usageError{err.Error()}
+		}
+		ca, err := pki.NewCA(*name, time.Duration(*days)*24*time.Hour)
+		if err != nil {
+			return err
+		}
+		key, err := ca.KeyPEM()
+		if err != nil {
+			return err
+		}
+		if err := pki.WriteFile(filepath.Join(*dir, "ca.pem"), ca.PEM, false, *force); err != nil {
+			return err
+		}
+		if err := pki.WriteFile(filepath.Join(*dir, "ca-key.pem"), key, true, *force); err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "wrote %s and %s (keep the key offline)\n", filepath.Join(*dir, "ca.pem"), filepath.Join(*dir, "ca-key.pem"))
+		return nil
+	case "cert":
+		fs := flag.NewFlagSet("tls cert", flag.ContinueOnError)
+		caDir := fs.String("ca", ".", "directory holding ca.pem and ca-key.pem")
+		node := fs.String("node", "", "node ID (required; peers are identified by it)")
+		hosts := fs.String("hosts", "", "comma-separated IPs and DNS names of the node")
+		dir := fs.String("out", ".", "directory for <node>.pem and <node>-key.pem")
+		days := fs.Int("days", 825, "validity in days")
+		force := fs.Bool("force", false, "overwrite existing files")
+		if err := fs.Parse(args[1:]); err != nil {
+			return usageError{err.Error()}
+		}
+		if *node == "" {
+			return usageError{"tls cert: -node is required"}
+		}
+		ca, err := pki.LoadCA(filepath.Join(*caDir, "ca.pem"), filepath.Join(*caDir, "ca-key.pem"))
+		if err != nil {
+			return err
+		}
+		var hs []string
+		for _, h := range strings.Split(*hosts, ",") {
+			if h = strings.TrimSpace(h); h != "" {
+				hs = append(hs, h)
+			}
+		}
+		nc, err := ca.Issue(*node, hs, time.Duration(*days)*24*time.Hour)
+		if err != nil {
+			return err
+		}
+		cert, key := filepath.Join(*dir, *node+".pem"), filepath.Join(*dir, *node+"-key.pem")
+		if err := pki.WriteFile(cert, nc.CertPEM, false, *force); err != nil {
+			return err
+		}
+		if err := pki.WriteFile(key, nc.KeyPEM, true, *force); err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "wrote %s and %s\n", cert, key)
+		return nil
+	}
+	return usageError{fmt.Sprintf("handoff tls: unknown subcommand %q (ca, cert)", args[0])}
+}
+
+func runKeygen(args []string, stdout io.Writer) error {
+	fs := flag.NewFlagSet("keygen", flag.ContinueOnError)
+	out := fs.String("out", "cluster.key", "file to write (mode 0600)")
+	force := fs.Bool("force", false, "overwrite an existing file")
+	if err := fs.Parse(args); err != nil {
+		return usageError{err.Error()}
+	}
+	key := make([]byte, 32)
+	if _, err := rand.Read(key); err != nil {
+		return fmt.Errorf("generating key: %w", err)
+	}
+	if err := pki.WriteFile(*out, []byte(hex.EncodeToString(key)+"\n"), true, *force); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "wrote %s: copy it to every node's cluster_key_file\n", *out)
+	return nil
+}

@@ -1,0 +1,416 @@
+// Package config reads the agent's configuration: HCL or YAML files with
+// unknown keys rejected and durations as strings, layered as defaults, then
+// the file, then command-line flags, then one validation whose errors name
+// the offending key.
+package config
+
+import (
+	"bytes"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/hcl/v2/hclsimple"
+	"go.yaml.in/yaml/v3"
+)
+
+// File is the configuration as written in a file. Every field is optional;
+// Defaults fills what a file leaves out.
+type File struct {
+	NodeID        string   `hcl:"node_id,optional" yaml:"node_id" json:"node_id"`
+	Role          string   `hcl:"role,optional" yaml:"role" json:"role"`
+	Priority      *int     `hcl:"priority,optional" yaml:"priority" json:"priority"`
+	DataDir       string   `hcl:"data_dir,optional" yaml:"data_dir" json:"data_dir"`
+	BindAddr      string   `hcl:"bind_addr,optional" yaml:"bind_addr" json:"bind_addr"`
+	AdvertiseAddr string   `hcl:"advertise_addr,optional" yaml:"advertise_addr" json:"advertise_addr"`
+	Bootstrap     *bool    `hcl:"bootstrap,optional" yaml:"bootstrap" json:"bootstrap"`
+	Join          []string `hcl:"join,optional" yaml:"join" json:"join"`
+	// ClusterKey is the hex AES-256 key that seals SAs; prefer ClusterKeyFile.
+	ClusterKey     string `hcl:"cluster_key,optional" yaml:"cluster_key" json:"cluster_key"`
+	ClusterKeyFile string `hcl:"cluster_key_file,optional" yaml:"cluster_key_file" json:"cluster_key_file"`
+	LogLevel       string `hcl:"log_level,optional" yaml:"log_level" json:"log_level"`
+	LogFormat      string `hcl:"log_format,optional" yaml:"log_format" json:"log_format"`
+
+	TLS         *TLSBlock         `hcl:"tls,block" yaml:"tls" json:"tls"`
+	Raft        *RaftBlock        `hcl:"raft,block" yaml:"raft" json:"raft"`
+	Replication *ReplicationBlock `hcl:"replication,block" yaml:"replication" json:"replication"`
+	Takeover    *TakeoverBlock    `hcl:"takeover,block" yaml:"takeover" json:"takeover"`
+	Provider    *ProviderBlock    `hcl:"provider,block" yaml:"provider" json:"provider"`
+	Dataplane   *DataplaneBlock   `hcl:"dataplane,block" yaml:"dataplane" json:"dataplane"`
+}
+
+// TLSBlock is the node's mutual-TLS material.
+type TLSBlock struct {
+	CA   string `hcl:"ca,optional" yaml:"ca" json:"ca"`
+	Cert string `hcl:"cert,optional" yaml:"cert" json:"cert"`
+	Key  string `hcl:"key,optional" yaml:"key" json:"key"`
+	// AllowedNodes, if set, lists the only node IDs allowed to connect.
+	AllowedNodes []string `hcl:"allowed_nodes,optional" yaml:"allowed_nodes" json:"allowed_nodes"`
+}
+
+// RaftBlock is the Raft timing.
+type RaftBlock struct {
+	HeartbeatTimeout   string `hcl:"heartbeat_timeout,optional" yaml:"heartbeat_timeout" json:"heartbeat_timeout"`
+	ElectionTimeout    string `hcl:"election_timeout,optional" yaml:"election_timeout" json:"election_timeout"`
+	LeaderLeaseTimeout string `hcl:"leader_lease_timeout,optional" yaml:"leader_lease_timeout" json:"leader_lease_timeout"`
+	CommitTimeout      string `hcl:"commit_timeout,optional" yaml:"commit_timeout" json:"commit_timeout"`
+	SnapshotInterval   string `hcl:"snapshot_interval,optional" yaml:"snapshot_interval" json:"snapshot_interval"`
+	SnapshotThreshold  *int   `hcl:"snapshot_threshold,optional" yaml:"snapshot_threshold" json:"snapshot_threshold"`
+	TrailingLogs       *int   `hcl:"trailing_logs,optional" yaml:"trailing_logs" json:"trailing_logs"`
+}
+
+// ReplicationBlock tunes the SA feed.
+type ReplicationBlock struct {
+	BatchWindow    string   `hcl:"batch_window,optional" yaml:"batch_window" json:"batch_window"`
+	MaxBatch       *int     `hcl:"max_batch,optional" yaml:"max_batch" json:"max_batch"`
+	ReplayInterval string   `hcl:"replay_interval,optional" yaml:"replay_interval" json:"replay_interval"`
+	MinSeqJump     *int64   `hcl:"min_seq_jump,optional" yaml:"min_seq_jump" json:"min_seq_jump"`
+	MaxPacketRate  *float64 `hcl:"max_packet_rate,optional" yaml:"max_packet_rate" json:"max_packet_rate"`
+}
+
+// TakeoverBlock bounds the takeover steps.
+type TakeoverBlock struct {
+	BarrierTimeout string `hcl:"barrier_timeout,optional" yaml:"barrier_timeout" json:"barrier_timeout"`
+	ClaimTimeout   string `hcl:"claim_timeout,optional" yaml:"claim_timeout" json:"claim_timeout"`
+	InstallTimeout string `hcl:"install_timeout,optional" yaml:"install_timeout" json:"install_timeout"`
+	FenceTimeout   string `hcl:"fence_timeout,optional" yaml:"fence_timeout" json:"fence_timeout"`
+}
+
+// ProviderBlock selects the provider and the floating resources.
+type ProviderBlock struct {
+	Type      string          `hcl:"type,optional" yaml:"type" json:"type"`
+	Resources []ResourceBlock `hcl:"resource,block" yaml:"resources" json:"resources"`
+}
+
+// ResourceBlock is one floating resource.
+type ResourceBlock struct {
+	Kind string `hcl:"kind" yaml:"kind" json:"kind"`
+	ID   string `hcl:"id" yaml:"id" json:"id"`
+}
+
+// DataplaneBlock selects the dataplane.
+type DataplaneBlock struct {
+	Type       string `hcl:"type,optional" yaml:"type" json:"type"`
+	ViciSocket string `hcl:"vici_socket,optional" yaml:"vici_socket" json:"vici_socket"`
+}
+
+// Defaults returns the built-in configuration.
+func Defaults() File {
+	return File{
+		Role:      "gateway",
+		Priority:  ptr(100),
+		DataDir:   "/var/lib/handoff",
+		BindAddr:  "0.0.0.0:7946",
+		Bootstrap: ptr(false),
+		LogLevel:  "info",
+		LogFormat: "text",
+		TLS:       &TLSBlock{CA: "/etc/handoff/tls/ca.pem", Cert: "/etc/handoff/tls/node.pem", Key: "/etc/handoff/tls/node-key.pem"},
+		Raft: &RaftBlock{HeartbeatTimeout: "150ms", ElectionTimeout: "150ms", LeaderLeaseTimeout: "50ms",
+			CommitTimeout: "5ms", SnapshotInterval: "30s", SnapshotThreshold: ptr(8192), TrailingLogs: ptr(10240)},
+		Replication: &ReplicationBlock{BatchWindow: "5ms", MaxBatch: ptr(4096), ReplayInterval: "100ms",
+			MinSeqJump: ptr(int64(1 << 16)), MaxPacketRate: ptr(1e6)},
+		Takeover:  &TakeoverBlock{BarrierTimeout: "5s", ClaimTimeout: "20s", InstallTimeout: "30s", FenceTimeout: "2s"},
+		Provider:  &ProviderBlock{Type: "memory"},
+		Dataplane: &DataplaneBlock{Type: "memory", ViciSocket: "/var/run/charon.vici"},
+	}
+}
+
+func ptr[T any](v T) *T { return &v }
+
+// Parse decodes a config file. format is "hcl" or "yaml"; "" picks it from
+// the file name (.hcl, .yaml, .yml).
+func Parse(name string, src []byte, format string) (File, error) {
+	if format == "" {
+		switch strings.ToLower(filepath.Ext(name)) {
+		case ".hcl":
+			format = "hcl"
+		case ".yaml", ".yml":
+			format = "yaml"
+		default:
+			return File{}, fmt.Errorf("config %s: unknown format (use a .hcl, .yaml or .yml file)", name)
+		}
+	}
+	var f File
+	switch format {
+	case "hcl":
+		if err := hclsimple.Decode(name+".hcl", src, nil, &f); err != nil {
+			return File{}, fmt.Errorf("config %s: %w", name, err)
+		}
+	case "yaml":
+		dec := yaml.NewDecoder(bytes.NewReader(src))
+		dec.KnownFields(true)
+		if err := dec.Decode(&f); err != nil && !errors.Is(err, io.EOF) {
+			return File{}, fmt.Errorf("config %s: %w", name, err)
+		}
+	default:
+		return File{}, fmt.Errorf("config %s: unknown format %q", name, format)
+	}
+	return f, nil
+}
+
+// Load reads path and layers it over the defaults.
+func Load(path string) (File, error) {
+	src, err := os.ReadFile(path)
+	if err != nil {
+		return File{}, fmt.Errorf("reading config: %w", err)
+	}
+	f, err := Parse(path, src, "")
+	if err != nil {
+		return File{}, err
+	}
+	out := Defaults()
+	Merge(&out, f)
+	return out, nil
+}
+
+// Merge overlays every field set in src onto dst: non-empty strings and
+// slices, non-nil pointers; blocks merge field by field.
+func Merge(dst *File, src File) {
+	merge(reflect.ValueOf(dst).Elem(), reflect.ValueOf(src))
+}
+
+func merge(dst, src reflect.Value) {
+	for i := 0; i < src.NumField(); i++ {
+		sf, df := src.Field(i), dst.Field(i)
+		switch sf.Kind() {
+		case reflect.String:
+			if sf.String() != "" {
+				df.Set(sf)
+			}
+		case reflect.Slice:
+			if sf.Len() > 0 {
+				df.Set(sf)
+			}
+		case reflect.Pointer:
+			if sf.IsNil() {
+				continue
+			}
+			if sf.Elem().Kind() == reflect.Struct {
+				if df.IsNil() {
+					df.Set(reflect.New(sf.Elem().Type()))
+				}
+				merge(df.Elem(), sf.Elem())
+			} else {
+				df.Set(sf)
+			}
+		}
+	}
+}
+
+// Config is the resolved, validated configuration.
+type Config struct {
+	NodeID         string
+	Role           string
+	Priority       int
+	DataDir        string
+	BindAddr       string
+	AdvertiseAddr  string
+	Bootstrap      bool
+	Join           []string
+	ClusterKey     []byte
+	LogLevel       string
+	LogFormat      string
+	TLS            TLSBlock
+	Heartbeat      time.Duration
+	Election       time.Duration
+	LeaderLease    time.Duration
+	Commit         time.Duration
+	SnapInterval   time.Duration
+	SnapThreshold  uint64
+	TrailingLogs   uint64
+	BatchWindow    time.Duration
+	MaxBatch       int
+	ReplayInterval time.Duration
+	MinSeqJump     uint64
+	MaxPacketRate  float64
+	BarrierTimeout time.Duration
+	ClaimTimeout   time.Duration
+	InstallTimeout time.Duration
+	FenceTimeout   time.Duration
+	ProviderType   string
+	Resources      []ResourceBlock
+	DataplaneType  string
+	ViciSocket     string
+}
+
+// Resolve validates f and converts it. Every problem is reported, each
+// naming its key.
+func Resolve(f File) (*Config, error) {
+	var errs []error
+	bad := func(key, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%s: %s", key, fmt.Sprintf(format, args...)))
+	}
+	dur := func(key, v string, min time.Duration) time.Duration {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			bad(key, "%q is not a duration (write e.g. \"150ms\" or \"2s\")", v)
+			return 0
+		}
+		if d < min {
+			bad(key, "%s is below the minimum %s", d, min)
+		}
+		return d
+	}
+	def := Defaults()
+	Merge(&def, f)
+	f = def
+	c := &Config{NodeID: f.NodeID, Role: f.Role, Priority: *f.Priority, DataDir: f.DataDir, BindAddr: f.BindAddr,
+		AdvertiseAddr: f.AdvertiseAddr, Bootstrap: *f.Bootstrap, Join: f.Join, LogLevel: f.LogLevel, LogFormat: f.LogFormat,
+		TLS: *f.TLS, ProviderType: f.Provider.Type, Resources: f.Provider.Resources, DataplaneType: f.Dataplane.Type,
+		ViciSocket: f.Dataplane.ViciSocket}
+	if c.NodeID == "" {
+		bad("node_id", "required")
+	} else if strings.ContainsAny(c.NodeID, " \t\n/") || len(c.NodeID) > 64 {
+		bad("node_id", "%q must be at most 64 characters without spaces or slashes", c.NodeID)
+	}
+	if c.Role != "gateway" && c.Role != "witness" {
+		bad("role", "%q is not gateway or witness", c.Role)
+	}
+	if c.Priority < 0 || c.Priority > 1000 {
+		bad("priority", "%d is outside 0..1000", c.Priority)
+	}
+	if c.DataDir == "" {
+		bad("data_dir", "required")
+	}
+	if _, _, err := net.SplitHostPort(c.BindAddr); err != nil {
+		bad("bind_addr", "%q is not host:port", c.BindAddr)
+	}
+	if c.AdvertiseAddr != "" {
+		if h, _, err := net.SplitHostPort(c.AdvertiseAddr); err != nil || h == "" || net.ParseIP(h) != nil && net.ParseIP(h).IsUnspecified() {
+			bad("advertise_addr", "%q is not a reachable host:port", c.AdvertiseAddr)
+		}
+	} else if h, _, err := net.SplitHostPort(c.BindAddr); err == nil && (h == "" || net.ParseIP(h) != nil && net.ParseIP(h).IsUnspecified()) {
+		bad("advertise_addr", "required when bind_addr %q listens on every address", c.BindAddr)
+	}
+	for i, j := range c.Join {
+		if _, _, err := net.SplitHostPort(j); err != nil {
+			bad(fmt.Sprintf("join[%d]", i), "%q is not host:port", j)
+		}
+	}
+	switch {
+	case f.ClusterKey != "" && f.ClusterKeyFile != "":
+		bad("cluster_key", "set cluster_key or cluster_key_file, not both")
+	case f.ClusterKey != "":
+		c.ClusterKey = decodeKey("cluster_key", f.ClusterKey, bad)
+	case f.ClusterKeyFile != "":
+		c.ClusterKey = readKeyFile(f.ClusterKeyFile, bad)
+	default:
+		bad("cluster_key_file", "required: the 32-byte key (64 hex digits) that seals SA keys in the Raft log")
+	}
+	switch c.LogLevel {
+	case "debug", "info", "warn", "error":
+	default:
+		bad("log_level", "%q is not debug, info, warn or error", c.LogLevel)
+	}
+	if c.LogFormat != "text" && c.LogFormat != "json" {
+		bad("log_format", "%q is not text or json", c.LogFormat)
+	}
+	for key, v := range map[string]string{"tls.ca": c.TLS.CA, "tls.cert": c.TLS.Cert, "tls.key": c.TLS.Key} {
+		if v == "" {
+			bad(key, "required: Raft runs over mutual TLS only (create material with `handoff tls`)")
+		}
+	}
+	r := f.Raft
+	c.Heartbeat = dur("raft.heartbeat_timeout", r.HeartbeatTimeout, 10*time.Millisecond)
+	c.Election = dur("raft.election_timeout", r.ElectionTimeout, 10*time.Millisecond)
+	c.LeaderLease = dur("raft.leader_lease_timeout", r.LeaderLeaseTimeout, 5*time.Millisecond)
+	c.Commit = dur("raft.commit_timeout", r.CommitTimeout, time.Millisecond)
+	c.SnapInterval = dur("raft.snapshot_interval", r.SnapshotInterval, time.Second)
+	if c.LeaderLease > 0 && c.Heartbeat > 0 && 2*c.LeaderLease >= c.Heartbeat {
+		bad("raft.leader_lease_timeout", "%s must be under half of raft.heartbeat_timeout (%s), so a cut-off leader steps down and fences itself before a follower can be elected", c.LeaderLease, c.Heartbeat)
+	}
+	if *r.SnapshotThreshold < 1 {
+		bad("raft.snapshot_threshold", "%d must be positive", *r.SnapshotThreshold)
+	}
+	if *r.TrailingLogs < 0 {
+		bad("raft.trailing_logs", "%d must not be negative", *r.TrailingLogs)
+	}
+	c.SnapThreshold, c.TrailingLogs = uint64(max(*r.SnapshotThreshold, 0)), uint64(max(*r.TrailingLogs, 0))
+	p := f.Replication
+	c.BatchWindow = dur("replication.batch_window", p.BatchWindow, 0)
+	c.ReplayInterval = dur("replication.replay_interval", p.ReplayInterval, time.Millisecond)
+	c.MaxBatch = *p.MaxBatch
+	if c.MaxBatch < 1 || c.MaxBatch > 65536 {
+		bad("replication.max_batch", "%d is outside 1..65536", c.MaxBatch)
+	}
+	if *p.MinSeqJump < 1 {
+		bad("replication.min_seq_jump", "%d must be positive", *p.MinSeqJump)
+	}
+	c.MinSeqJump = uint64(max(*p.MinSeqJump, 0))
+	c.MaxPacketRate = *p.MaxPacketRate
+	if c.MaxPacketRate <= 0 {
+		bad("replication.max_packet_rate", "%g must be positive", c.MaxPacketRate)
+	}
+	t := f.Takeover
+	c.BarrierTimeout = dur("takeover.barrier_timeout", t.BarrierTimeout, time.Millisecond)
+	c.ClaimTimeout = dur("takeover.claim_timeout", t.ClaimTimeout, time.Millisecond)
+	c.InstallTimeout = dur("takeover.install_timeout", t.InstallTimeout, time.Millisecond)
+	c.FenceTimeout = dur("takeover.fence_timeout", t.FenceTimeout, time.Millisecond)
+	switch c.ProviderType {
+	case "memory", "aws", "gcp", "azure", "linux":
+	default:
+		bad("provider.type", "%q is not memory, aws, gcp, azure or linux", c.ProviderType)
+	}
+	for i, r := range c.Resources {
+		if r.Kind == "" || r.ID == "" {
+			bad(fmt.Sprintf("provider.resource[%d]", i), "needs kind and id")
+		}
+	}
+	switch c.DataplaneType {
+	case "memory", "strongswan":
+	default:
+		bad("dataplane.type", "%q is not memory or strongswan", c.DataplaneType)
+	}
+	if len(errs) > 0 {
+		return nil, fmt.Errorf("invalid configuration:\n  %w", joinLines(errs))
+	}
+	return c, nil
+}
+
+type lines []error
+
+func (l lines) Error() string {
+	s := make([]string, len(l))
+	for i, e := range l {
+		s[i] = e.Error()
+	}
+	return strings.Join(s, "\n  ")
+}
+
+func (l lines) Unwrap() []error { return l }
+
+func joinLines(errs []error) error { return lines(errs) }
+
+func decodeKey(key, v string, bad func(string, string, ...any)) []byte {
+	b, err := hex.DecodeString(strings.TrimSpace(v))
+	if err != nil || len(b) != 32 {
+		bad(key, "must be 64 hex digits (32 bytes); got %d characters", len(strings.TrimSpace(v)))
+		return nil
+	}
+	return b
+}
+
+func readKeyFile(path string, bad func(string, string, ...any)) []byte {
+	st, err := os.Stat(path)
+	if err != nil {
+		bad("cluster_key_file", "%v", err)
+		return nil
+	}
+	if st.Mode().Perm()&0o077 != 0 {
+		bad("cluster_key_file", "%s is readable by others (mode %s); chmod 600 it", path, st.Mode().Perm())
+		return nil
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		bad("cluster_key_file", "%v", err)
+		return nil
+	}
+	return decodeKey("cluster_key_file", string(b), bad)
+}
