@@ -58,6 +58,10 @@ type Options struct {
 	Logger *slog.Logger
 	// NoSync skips fsync of the Raft logs.
 	NoSync bool
+	// SnapshotThreshold and TrailingLogs tune Raft's log compaction
+	// (tests use small values to force snapshot installs).
+	SnapshotThreshold uint64
+	TrailingLogs      uint64
 }
 
 // Node is one member of the in-process cluster.
@@ -85,8 +89,9 @@ type Cluster struct {
 	ca   *pki.CA
 	log  *slog.Logger
 
-	mu    sync.Mutex // guards nodes
+	mu    sync.Mutex // guards the following fields
 	nodes map[string]*Node
+	bound map[string]string // node → the address it listened on first, reused on restart
 }
 
 // Start starts every node and bootstraps the cluster with all of them as
@@ -111,7 +116,7 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 		return nil, fmt.Errorf("generating cluster key: %w", err)
 	}
 	c := &Cluster{Net: faultnet.New(), Wire: memdp.NewWire(), Cloud: memory.NewCloud(opts.ProviderLatency), Key: key,
-		VIP: netip.MustParseAddr("203.0.113.100"), opts: opts, ca: ca, log: opts.Logger, nodes: make(map[string]*Node)}
+		VIP: netip.MustParseAddr("203.0.113.100"), opts: opts, ca: ca, log: opts.Logger, nodes: make(map[string]*Node), bound: make(map[string]string)}
 	var boot []raftstore.Server
 	for _, spec := range opts.Nodes {
 		n, err := c.open(spec)
@@ -172,10 +177,16 @@ func (c *Cluster) open(spec NodeSpec) (*Node, error) {
 	}
 	dir := filepath.Join(c.opts.Dir, spec.ID)
 	hb := c.opts.HeartbeatTimeout
+	c.mu.Lock()
+	bind := c.bound[spec.ID]
+	c.mu.Unlock()
+	if bind == "" {
+		bind = "127.0.0.1:0"
+	}
 	store, err := raftstore.Open(raftstore.Config{
-		NodeID: spec.ID, BindAddr: "127.0.0.1:0", DataDir: dir, TLS: mat, Network: c.Net,
+		NodeID: spec.ID, BindAddr: bind, DataDir: dir, TLS: mat, Network: c.Net,
 		HeartbeatTimeout: hb, ElectionTimeout: hb, LeaderLeaseTimeout: hb / 3, CommitTimeout: 5 * time.Millisecond,
-		Logger: c.log, NoSync: c.opts.NoSync,
+		Logger: c.log, NoSync: c.opts.NoSync, SnapshotThreshold: c.opts.SnapshotThreshold, TrailingLogs: c.opts.TrailingLogs,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("opening node %s: %w", spec.ID, err)
@@ -210,6 +221,7 @@ func (c *Cluster) open(spec NodeSpec) (*Node, error) {
 	n := &Node{Spec: spec, Dir: dir, Store: store, Agent: ag, DP: dp, Prov: prov}
 	c.mu.Lock()
 	c.nodes[spec.ID] = n
+	c.bound[spec.ID] = store.Addr()
 	c.mu.Unlock()
 	return n, nil
 }
