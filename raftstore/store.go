@@ -127,6 +127,11 @@ func Open(cfg Config) (*Store, error) {
 		return nil, fmt.Errorf("opening snapshot store: %w", err)
 	}
 	snaps := &privateSnapshots{FileSnapshotStore: fss, dir: filepath.Join(cfg.DataDir, "snapshots")}
+	if err := os.Chmod(snaps.dir, 0o700); err != nil {
+		s.logs.Close()
+		s.transport.Close()
+		return nil, fmt.Errorf("securing snapshot dir: %w", err)
+	}
 
 	rc := raft.DefaultConfig()
 	rc.LocalID = raft.ServerID(cfg.NodeID)

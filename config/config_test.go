@@ -1,0 +1,147 @@
+package config
+
+import (
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestHCLAndYAMLAgree(t *testing.T) {
+	var got []*Config
+	for _, name := range []string{"testdata/gw1.hcl", "testdata/gw1.yaml"} {
+		f, err := Load(name)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		c, err := Resolve(f)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		got = append(got, c)
+	}
+	if !reflect.DeepEqual(got[0], got[1]) {
+		t.Fatalf("HCL and YAML differ:\n hcl %+v\nyaml %+v", got[0], got[1])
+	}
+	c := got[0]
+	if c.Priority != 120 || c.Heartbeat != 100*time.Millisecond || c.LeaderLease != 30*time.Millisecond ||
+		c.BatchWindow != 2*time.Millisecond || len(c.Resources) != 2 || len(c.Join) != 2 || len(c.ClusterKey) != 32 {
+		t.Errorf("file values not applied: %+v", c)
+	}
+	// Defaults fill what the file leaves out.
+	if c.ClaimTimeout != 20*time.Second || c.MaxBatch != 4096 || c.Role != "gateway" || c.DataplaneType != "memory" {
+		t.Errorf("defaults not applied: %+v", c)
+	}
+}
+
+func TestUnknownKeysRejected(t *testing.T) {
+	for name, src := range map[string]string{
+		"x.hcl":  "node_id = \"a\"\nnode_idd = \"b\"\n",
+		"x.yaml": "node_id: a\nraft:\n  heartbeat: 1s\n",
+	} {
+		_, err := Parse(name, []byte(src), "")
+		if err == nil {
+			t.Errorf("%s: unknown key accepted", name)
+			continue
+		}
+		if !strings.Contains(err.Error(), "node_idd") && !strings.Contains(err.Error(), "heartbeat") {
+			t.Errorf("%s: error does not name the key: %v", name, err)
+		}
+	}
+}
+
+func TestValidationNamesEveryBadKey(t *testing.T) {
+	f := File{NodeID: "has space", Role: "boss", BindAddr: "nohost", ClusterKey: "abc",
+		Raft:        &RaftBlock{HeartbeatTimeout: "fast", LeaderLeaseTimeout: "2s"},
+		Replication: &ReplicationBlock{MaxBatch: ptr(0)},
+		Provider:    &ProviderBlock{Type: "ibm", Resources: []ResourceBlock{{Kind: "eip"}}},
+		Dataplane:   &DataplaneBlock{Type: "vpp"}}
+	_, err := Resolve(f)
+	if err == nil {
+		t.Fatal("invalid config accepted")
+	}
+	for _, key := range []string{"node_id", "role", "bind_addr", "cluster_key", "raft.heartbeat_timeout",
+		"replication.max_batch", "provider.type", "provider.resource[0]", "dataplane.type"} {
+		if !strings.Contains(err.Error(), key+":") {
+			t.Errorf("error does not name %s:\n%v", key, err)
+		}
+	}
+}
+
+func TestLeaseMustBeUnderHalfTheHeartbeat(t *testing.T) {
+	f := validFile()
+	f.Raft = &RaftBlock{HeartbeatTimeout: "100ms", LeaderLeaseTimeout: "60ms"}
+	if _, err := Resolve(f); err == nil || !strings.Contains(err.Error(), "raft.leader_lease_timeout") {
+		t.Errorf("lease of 60ms with a 100ms heartbeat: err = %v", err)
+	}
+}
+
+func TestFlagsOverrideFile(t *testing.T) {
+	f, err := Load("testdata/gw1.hcl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	Merge(&f, File{NodeID: "gw9", Priority: ptr(5), Raft: &RaftBlock{HeartbeatTimeout: "300ms"}})
+	c, err := Resolve(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.NodeID != "gw9" || c.Priority != 5 || c.Heartbeat != 300*time.Millisecond || c.Election != 100*time.Millisecond {
+		t.Errorf("override not layered: %+v", c)
+	}
+}
+
+func TestClusterKeyFileMustBePrivate(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "k")
+	if err := os.WriteFile(path, []byte(strings.Repeat("ab", 32)+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	f := validFile()
+	f.ClusterKey, f.ClusterKeyFile = "", path
+	if _, err := Resolve(f); err == nil || !strings.Contains(err.Error(), "chmod 600") {
+		t.Errorf("world-readable key file: err = %v", err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c, err := Resolve(f)
+	if err != nil || len(c.ClusterKey) != 32 {
+		t.Errorf("private key file: %v", err)
+	}
+}
+
+func validFile() File {
+	return File{NodeID: "gw1", AdvertiseAddr: "192.0.2.1:7946", ClusterKey: strings.Repeat("0f", 32)}
+}
+
+func FuzzParse(f *testing.F) {
+	for _, name := range []string{"testdata/gw1.hcl", "testdata/gw1.yaml"} {
+		src, err := os.ReadFile(name)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(src, strings.TrimPrefix(filepath.Ext(name), "."))
+	}
+	f.Add([]byte("raft { heartbeat_timeout = 5 }"), "hcl")
+	f.Add([]byte("provider: [1, 2]"), "yaml")
+	f.Fuzz(func(t *testing.T, src []byte, format string) {
+		if format != "hcl" && format != "yaml" {
+			return
+		}
+		file, err := Parse("fuzz", src, format)
+		if err != nil {
+			if err.Error() == "" {
+				t.Fatal("empty error message")
+			}
+			return
+		}
+		// Whatever parses must validate to a config or to named errors,
+		// never panic.
+		if _, err := Resolve(file); err != nil && !strings.Contains(err.Error(), ":") {
+			t.Fatalf("validation error without a key: %v", err)
+		}
+	})
+}

@@ -1,0 +1,175 @@
+package raftstore_test
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/handoffvpn/handoff/internal/faultnet"
+	"github.com/handoffvpn/handoff/internal/pki"
+	"github.com/handoffvpn/handoff/raftstore"
+)
+
+type fixture struct {
+	t   *testing.T
+	ca  *pki.CA
+	net *faultnet.Net
+}
+
+func newFixture(t *testing.T) *fixture {
+	ca, err := pki.NewCA("test", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &fixture{t: t, ca: ca, net: faultnet.New()}
+}
+
+func (f *fixture) material(ca *pki.CA, id string) *pki.Material {
+	f.t.Helper()
+	nc, err := ca.Issue(id, []string{"127.0.0.1"}, time.Hour)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	m, err := pki.FromPEM(ca.PEM, nc.CertPEM, nc.KeyPEM)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	return m
+}
+
+func (f *fixture) open(id string, mat *pki.Material, authorize pki.Authorize) *raftstore.Store {
+	f.t.Helper()
+	if mat == nil {
+		mat = f.material(f.ca, id)
+	}
+	s, err := raftstore.Open(raftstore.Config{NodeID: id, BindAddr: "127.0.0.1:0", DataDir: f.t.TempDir(), TLS: mat,
+		Authorize: authorize, Network: f.net, HeartbeatTimeout: 100 * time.Millisecond, ElectionTimeout: 100 * time.Millisecond,
+		LeaderLeaseTimeout: 30 * time.Millisecond, NoSync: true})
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	f.t.Cleanup(func() { s.Close() })
+	return s
+}
+
+func waitLeader(t *testing.T, s *raftstore.Store) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !s.IsLeader() {
+		if time.Now().After(deadline) {
+			t.Fatal("no leader")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func ctx(t *testing.T, d time.Duration) context.Context {
+	c, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return c
+}
+
+func voters(t *testing.T, s *raftstore.Store) map[string]string {
+	t.Helper()
+	servers, err := s.Servers()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]string{}
+	for _, srv := range servers {
+		out[string(srv.ID)] = string(srv.Address)
+	}
+	return out
+}
+
+func TestMembershipJoinIsIdempotentLeaveAndRemove(t *testing.T) {
+	f := newFixture(t)
+	s1 := f.open("gw1", nil, nil)
+	if err := s1.Bootstrap([]raftstore.Server{{ID: "gw1", Address: s1.Addr()}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s1.Bootstrap([]raftstore.Server{{ID: "gw1", Address: s1.Addr()}}); err != nil {
+		t.Fatalf("bootstrapping twice must be a no-op: %v", err)
+	}
+	waitLeader(t, s1)
+	s2 := f.open("gw2", nil, nil)
+	w1 := f.open("w1", nil, nil)
+	for i := 0; i < 2; i++ {
+		if err := s2.JoinCluster(ctx(t, 10*time.Second), []string{s1.Addr()}, raftstore.RoleGateway, 50+i); err != nil {
+			t.Fatalf("join %d: %v", i, err)
+		}
+	}
+	if err := w1.JoinCluster(ctx(t, 10*time.Second), []string{s2.Addr()}, raftstore.RoleWitness, 0); err != nil {
+		t.Fatalf("witness join through a follower: %v", err)
+	}
+	if v := voters(t, s1); len(v) != 3 || v["gw2"] != s2.Addr() || v["w1"] != w1.Addr() {
+		t.Fatalf("voters after joins = %v", v)
+	}
+	var m raftstore.Member
+	s1.FSM().View(func(st *raftstore.State) { m = st.Members["gw2"] })
+	if m.Priority != 51 || m.Role != raftstore.RoleGateway {
+		t.Errorf("gw2 member = %+v: the second join must refresh the metadata", m)
+	}
+	// A node that comes back on another address replaces its old entry.
+	if err := s1.Join(ctx(t, 5*time.Second), raftstore.MemberCmd{ID: "w1", Address: "127.0.0.1:1", Role: raftstore.RoleWitness}); err != nil {
+		t.Fatal(err)
+	}
+	if v := voters(t, s1); len(v) != 3 || v["w1"] != "127.0.0.1:1" {
+		t.Errorf("voters after an address change = %v", v)
+	}
+	if err := s1.Remove(ctx(t, 5*time.Second), "w1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s2.Leave(ctx(t, 10*time.Second)); err != nil {
+		t.Fatalf("leave: %v", err)
+	}
+	if v := voters(t, s1); len(v) != 1 {
+		t.Errorf("voters after leave and remove = %v", v)
+	}
+	var members int
+	s1.FSM().View(func(st *raftstore.State) { members = len(st.Members) })
+	if members != 0 {
+		t.Errorf("%d members left in the state after leave and remove (gw1 never recorded itself)", members)
+	}
+	if err := s2.Join(ctx(t, time.Second), raftstore.MemberCmd{ID: "x", Address: "y:1", Role: raftstore.RoleGateway}); !errors.Is(err, raftstore.ErrNotLeader) {
+		t.Errorf("join on a follower: err = %v, want ErrNotLeader", err)
+	}
+}
+
+func TestTransportAuthorisesPeersByCertificate(t *testing.T) {
+	f := newFixture(t)
+	s1 := f.open("gw1", nil, func(id string) error {
+		if strings.HasPrefix(id, "gw") || id == "w1" {
+			return nil
+		}
+		return errors.New("not allowed")
+	})
+	if err := s1.Bootstrap([]raftstore.Server{{ID: "gw1", Address: s1.Addr()}}); err != nil {
+		t.Fatal(err)
+	}
+	waitLeader(t, s1)
+
+	other, err := pki.NewCA("someone else", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stranger := f.open("gw9", f.material(other, "gw9"), nil)
+	if err := stranger.JoinCluster(ctx(t, 500*time.Millisecond), []string{s1.Addr()}, raftstore.RoleGateway, 1); err == nil {
+		t.Error("a node with a certificate from another CA joined")
+	}
+	denied := f.open("intruder", nil, nil)
+	if err := denied.JoinCluster(ctx(t, 500*time.Millisecond), []string{s1.Addr()}, raftstore.RoleGateway, 1); err == nil {
+		t.Error("a node refused by the authorisation hook joined")
+	}
+	// A node may only join as the identity in its certificate.
+	imp := f.open("gw3", f.material(f.ca, "gw3"), nil)
+	err = imp.Call(ctx(t, 500*time.Millisecond), []string{s1.Addr()}, &raftstore.RPCRequest{Op: "join", ID: "gw1", Address: imp.Addr(), Role: raftstore.RoleGateway})
+	if err == nil || !strings.Contains(err.Error(), "certificate says") {
+		t.Errorf("joining under another node's ID: err = %v", err)
+	}
+	if v := voters(t, s1); len(v) != 1 {
+		t.Errorf("voters = %v, want only gw1", v)
+	}
+}
