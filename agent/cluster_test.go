@@ -219,14 +219,14 @@ func (e *env) badInputIsHarmless(leader *cluster.Node) {
 	}
 	bad := [][]byte{
 		{},
-		{0x05},                        // SA batch without version
-		{0x05, 0x01, 0xff, 0xff},      // SA batch with a lying count
-		{0x05, 0x09, 0x00, 0x00},      // future payload version
-		{0x7f, 0x01, '{', '}'},        // unknown type, not ignorable
-		{0x01, 0x01, '{', '"'},        // member: broken JSON
-		{0x03, 0x01, '{', '}'},        // claim by nobody
+		{0x05},                   // SA batch without version
+		{0x05, 0x01, 0xff, 0xff}, // SA batch with a lying count
+		{0x05, 0x09, 0x00, 0x00}, // future payload version
+		{0x7f, 0x01, '{', '}'},   // unknown type, not ignorable
+		{0x01, 0x01, '{', '"'},   // member: broken JSON
+		{0x03, 0x01, '{', '}'},   // claim by nobody
 		{0x04, 0x01, '{', '"', 'n', '"', ':', '"', 'x', '"', '}'}, // active by a non-claimer
-		{0x06, 0x01, 0x01, 0x00},      // replay batch with an empty id
+		{0x06, 0x01, 0x01, 0x00},                                  // replay batch with an empty id
 	}
 	ctx, cancel := context.WithTimeout(e.ctx, 5*time.Second)
 	defer cancel()

@@ -173,4 +173,3 @@ func buildDataplane(cfg *config.Config) (agent.Dataplane, error) {
 	}
 	return nil, fmt.Errorf("dataplane.type %q: not available in this build", cfg.DataplaneType)
 }
-

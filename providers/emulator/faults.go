@@ -2,6 +2,9 @@ package emulator
 
 import (
 	"context"
+	"slices"
+	"sort"
+	"strings"
 	"sync"
 	"time"
 )
@@ -110,9 +113,32 @@ func (g *Gate) Calls(cloud, op string) int {
 	return g.calls[cloud+" "+op]
 }
 
+// Ops lists, sorted, every operation called on cloud so far (faulted calls
+// included), so a provider's test can compare what its code really calls
+// with the permissions it documents.
+func (g *Gate) Ops(cloud string) []string {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	var ops []string
+	for k := range g.calls {
+		if c, op, ok := strings.Cut(k, " "); ok && c == cloud {
+			ops = append(ops, op)
+		}
+	}
+	sort.Strings(ops)
+	return ops
+}
+
 // Enter records the call, sleeps its latency and returns the fault to
 // answer with, if any. It returns early when ctx ends.
 func (g *Gate) Enter(ctx context.Context, cloud, op, resource string) (FaultKind, bool) {
+	return g.EnterAny(ctx, cloud, op, resource)
+}
+
+// EnterAny is Enter for a call that touches several resources at once (a
+// batched describe, tags written on many resources): a rule naming any one
+// of them hits the whole call, as a bad resource fails a real batch.
+func (g *Gate) EnterAny(ctx context.Context, cloud, op string, resources ...string) (FaultKind, bool) {
 	g.mu.Lock()
 	g.calls[cloud+" "+op]++
 	d := g.latency
@@ -122,7 +148,7 @@ func (g *Gate) Enter(ctx context.Context, cloud, op, resource string) (FaultKind
 	var hit FaultKind
 	for _, r := range g.rules {
 		if (r.Cloud != "" && r.Cloud != cloud) || (r.Op != "" && r.Op != op) ||
-			(r.Resource != "" && r.Resource != resource) || (r.Times > 0 && r.hits >= r.Times) {
+			(r.Resource != "" && !slices.Contains(resources, r.Resource)) || (r.Times > 0 && r.hits >= r.Times) {
 			continue
 		}
 		r.hits++
@@ -147,4 +173,21 @@ func (g *Gate) Enter(ctx context.Context, cloud, op, resource string) (FaultKind
 		t.Stop()
 	}
 	return hit, hit != 0
+}
+
+// Peek reports the fault the next call of op on resource would get, without
+// counting the call, sleeping or using up a rule. Front ends that answer
+// "would this call be allowed?" (Azure's permissions API) use it so their
+// answer agrees with the faults a test injected.
+func (g *Gate) Peek(cloud, op, resource string) (FaultKind, bool) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for _, r := range g.rules {
+		if (r.Cloud != "" && r.Cloud != cloud) || (r.Op != "" && r.Op != op) ||
+			(r.Resource != "" && r.Resource != resource) || (r.Times > 0 && r.hits >= r.Times) {
+			continue
+		}
+		return r.Kind, true
+	}
+	return 0, false
 }
