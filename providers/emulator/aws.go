@@ -379,7 +379,7 @@ func ec2BadRequest(code, format string, args ...any) *ec2Err {
 	return &ec2Err{status: http.StatusBadRequest, code: code, msg: fmt.Sprintf(format, args...)}
 }
 
-// notFoundCode is the NotFound error code EC2 uses for an ID of the given
+// ec2NotFound is the NotFound error EC2 answers for an ID of the given
 // kind, judged by its prefix.
 func ec2NotFound(id string) *ec2Err {
 	switch {
@@ -552,7 +552,7 @@ func removeAddr(list []netip.Addr, ip netip.Addr) []netip.Addr {
 	return out
 }
 
-// sortedKeys returns a map's keys in order, for stable answers.
+// ec2SortedKeys returns a map's keys in order, for stable answers.
 func ec2SortedKeys[V any](m map[string]V) []string {
 	keys := make([]string, 0, len(m))
 	for k := range m {

@@ -55,6 +55,13 @@ type Emulator struct {
 	done   chan struct{}
 	closer sync.Once
 
+	connMu sync.Mutex // guards fresh
+	// fresh holds connections that have not started a request yet. A
+	// client transport that dialed for a request another connection then
+	// served parks such a connection in its pool; http.Server.Shutdown
+	// counts it as active for 5 s, so Close ends them itself.
+	fresh map[net.Conn]struct{}
+
 	AWS   *AWS
 	GCP   *GCP
 	Azure *Azure
@@ -91,6 +98,7 @@ func New(opts Options) (*Emulator, error) {
 		TLSConfig:         &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12},
 		ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+		ConnState:         e.trackConn,
 	}
 	go func() {
 		defer close(e.done)
@@ -122,6 +130,7 @@ func (e *Emulator) HTTPClient() *http.Client {
 func (e *Emulator) Close() error {
 	var err error
 	e.closer.Do(func() {
+		e.closeFreshConns()
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
 		err = e.srv.Shutdown(ctx)
@@ -172,4 +181,26 @@ func selfSigned(addr string) (tls.Certificate, *x509.CertPool, error) {
 	pool := x509.NewCertPool()
 	pool.AddCert(leaf)
 	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}, pool, nil
+}
+
+func (e *Emulator) trackConn(c net.Conn, st http.ConnState) {
+	e.connMu.Lock()
+	defer e.connMu.Unlock()
+	if e.fresh == nil {
+		e.fresh = make(map[net.Conn]struct{})
+	}
+	if st == http.StateNew {
+		e.fresh[c] = struct{}{}
+	} else {
+		delete(e.fresh, c)
+	}
+}
+
+func (e *Emulator) closeFreshConns() {
+	e.connMu.Lock()
+	defer e.connMu.Unlock()
+	for c := range e.fresh {
+		_ = c.Close()
+		delete(e.fresh, c)
+	}
 }
