@@ -19,6 +19,11 @@ import (
 
 	"github.com/hashicorp/hcl/v2/hclsimple"
 	"go.yaml.in/yaml/v3"
+
+	"github.com/handoffvpn/handoff/providers/aws"
+	"github.com/handoffvpn/handoff/providers/azure"
+	"github.com/handoffvpn/handoff/providers/gcp"
+	"github.com/handoffvpn/handoff/providers/linux"
 )
 
 // File is the configuration as written in a file. Every field is optional;
@@ -83,10 +88,16 @@ type TakeoverBlock struct {
 	FenceTimeout   string `hcl:"fence_timeout,optional" yaml:"fence_timeout" json:"fence_timeout"`
 }
 
-// ProviderBlock selects the provider and the floating resources.
+// ProviderBlock selects the provider and the floating resources. The
+// block named like the type carries that provider's own settings; each
+// provider package documents and validates its keys.
 type ProviderBlock struct {
 	Type      string          `hcl:"type,optional" yaml:"type" json:"type"`
 	Resources []ResourceBlock `hcl:"resource,block" yaml:"resources" json:"resources"`
+	AWS       *aws.Settings   `hcl:"aws,block" yaml:"aws" json:"aws"`
+	GCP       *gcp.Settings   `hcl:"gcp,block" yaml:"gcp" json:"gcp"`
+	Azure     *azure.Settings `hcl:"azure,block" yaml:"azure" json:"azure"`
+	Linux     *linux.Settings `hcl:"linux,block" yaml:"linux" json:"linux"`
 }
 
 // ResourceBlock is one floating resource.
@@ -171,10 +182,13 @@ func Load(path string) (File, error) {
 }
 
 // Merge overlays every field set in src onto dst: non-empty strings and
-// slices, non-nil pointers; blocks merge field by field.
+// slices, non-nil pointers; this package's blocks merge field by field, a
+// provider's settings block replaces the earlier one whole.
 func Merge(dst *File, src File) {
 	merge(reflect.ValueOf(dst).Elem(), reflect.ValueOf(src))
 }
+
+var ownPkg = reflect.TypeOf(File{}).PkgPath()
 
 func merge(dst, src reflect.Value) {
 	for i := 0; i < src.NumField(); i++ {
@@ -192,7 +206,7 @@ func merge(dst, src reflect.Value) {
 			if sf.IsNil() {
 				continue
 			}
-			if sf.Elem().Kind() == reflect.Struct {
+			if sf.Elem().Kind() == reflect.Struct && sf.Elem().Type().PkgPath() == ownPkg {
 				if df.IsNil() {
 					df.Set(reflect.New(sf.Elem().Type()))
 				}
@@ -236,6 +250,9 @@ type Config struct {
 	FenceTimeout   time.Duration
 	ProviderType   string
 	Resources      []ResourceBlock
+	// ProviderSettings is the settings block of ProviderType (a
+	// *aws.Settings, *gcp.Settings, ...), nil when the file has none.
+	ProviderSettings any
 	DataplaneType  string
 	ViciSocket     string
 }
@@ -354,7 +371,15 @@ func Resolve(f File) (*Config, error) {
 	c.InstallTimeout = dur("takeover.install_timeout", t.InstallTimeout, time.Millisecond)
 	c.FenceTimeout = dur("takeover.fence_timeout", t.FenceTimeout, time.Millisecond)
 	switch c.ProviderType {
-	case "memory", "aws", "gcp", "azure", "linux":
+	case "memory":
+	case "aws":
+		c.ProviderSettings = settingsOf(f.Provider.AWS, "provider.aws", bad)
+	case "gcp":
+		c.ProviderSettings = settingsOf(f.Provider.GCP, "provider.gcp", bad)
+	case "azure":
+		c.ProviderSettings = settingsOf(f.Provider.Azure, "provider.azure", bad)
+	case "linux":
+		c.ProviderSettings = settingsOf(f.Provider.Linux, "provider.linux", bad)
 	default:
 		bad("provider.type", "%q is not memory, aws, gcp, azure or linux", c.ProviderType)
 	}
@@ -413,4 +438,22 @@ func readKeyFile(path string, bad func(string, string, ...any)) []byte {
 		return nil
 	}
 	return decodeKey("cluster_key_file", string(b), bad)
+}
+
+// validator is what every provider's Settings offers.
+type validator interface{ Validate() error }
+
+// settingsOf validates a provider's settings block; nil means "all from
+// the instance metadata service".
+func settingsOf[T any, P interface {
+	*T
+	validator
+}](s P, key string, bad func(string, string, ...any)) any {
+	if s == nil {
+		return nil
+	}
+	if err := s.Validate(); err != nil {
+		bad(key, "%v", err)
+	}
+	return s
 }

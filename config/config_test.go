@@ -7,6 +7,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/handoffvpn/handoff/providers/aws"
+	"github.com/handoffvpn/handoff/providers/gcp"
 )
 
 func TestHCLAndYAMLAgree(t *testing.T) {
@@ -144,4 +147,49 @@ func FuzzParse(f *testing.F) {
 			t.Fatalf("validation error without a key: %v", err)
 		}
 	})
+}
+
+func TestProviderSettingsBlocks(t *testing.T) {
+	src := `node_id = "gw1"
+advertise_addr = "192.0.2.11:7946"
+cluster_key = "` + strings.Repeat("0f", 32) + `"
+provider {
+  type = "aws"
+  resource {
+    kind = "eip"
+    id   = "eipalloc-1"
+  }
+  aws {
+    region = "eu-west-1"
+    eip_private_ips = { "eipalloc-1" = "198.18.2.100" }
+  }
+}
+`
+	f, err := Parse("x.hcl", []byte(src), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := Resolve(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, ok := c.ProviderSettings.(*aws.Settings)
+	if !ok || s.Region != "eu-west-1" || s.EIPPrivateIPs["eipalloc-1"] != "198.18.2.100" {
+		t.Fatalf("aws settings = %#v", c.ProviderSettings)
+	}
+	if _, err := Parse("x.hcl", []byte(strings.Replace(src, "region", "regoin", 1)), ""); err == nil {
+		t.Error("unknown key inside the aws block accepted")
+	}
+	y := "node_id: gw1\nadvertise_addr: 192.0.2.11:7946\ncluster_key: " + strings.Repeat("0f", 32) +
+		"\nprovider:\n  type: gcp\n  gcp:\n    project: p1\n"
+	f, err = Parse("x.yaml", []byte(y), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c, err = Resolve(f); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := c.ProviderSettings.(*gcp.Settings); !ok {
+		t.Fatalf("gcp settings = %#v", c.ProviderSettings)
+	}
 }

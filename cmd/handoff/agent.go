@@ -16,7 +16,6 @@ import (
 	"github.com/handoffvpn/handoff/internal/pki"
 	"github.com/handoffvpn/handoff/ipsec/memdp"
 	"github.com/handoffvpn/handoff/providers"
-	"github.com/handoffvpn/handoff/providers/memory"
 	"github.com/handoffvpn/handoff/raftstore"
 )
 
@@ -155,15 +154,6 @@ func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
 	err = <-done
 	log.Info("agent stopped")
 	return err
-}
-
-func buildProvider(ctx context.Context, cfg *config.Config) (providers.Provider, error) {
-	switch cfg.ProviderType {
-	case "memory":
-		// A cloud of one: useful to try the agent; it moves nothing real.
-		return memory.New(memory.NewCloud(0), cfg.NodeID), nil
-	}
-	return nil, fmt.Errorf("provider.type %q: not available in this build", cfg.ProviderType)
 }
 
 func buildDataplane(cfg *config.Config) (agent.Dataplane, error) {

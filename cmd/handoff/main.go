@@ -20,6 +20,7 @@ commands:
   agent      run the agent daemon (-config FILE)
   validate   check a configuration file (-config FILE)
   tls        create a cluster CA (tls ca) or a node certificate (tls cert)
+  emulator   serve the built-in cloud emulator (EC2, GCE, ARM + metadata)
   keygen     create a cluster key file (seals SA keys at rest)
   version    print the version
 
@@ -61,6 +62,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return runValidate(args[1:], stdout)
 	case "tls":
 		return runTLS(args[1:], stdout)
+	case "emulator":
+		return runEmulator(ctx, args[1:], stdout)
 	case "keygen":
 		return runKeygen(args[1:], stdout)
 	case "version", "-v", "--version":

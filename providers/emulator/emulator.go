@@ -19,6 +19,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -50,6 +51,7 @@ type Emulator struct {
 	gate   *Gate
 	log    *slog.Logger
 	pool   *x509.CertPool
+	cert   []byte // PEM of the server certificate (its own CA)
 	ln     net.Listener
 	srv    *http.Server
 	done   chan struct{}
@@ -84,7 +86,7 @@ func New(opts Options) (*Emulator, error) {
 	if err != nil {
 		return nil, fmt.Errorf("listening on %s: %w", opts.Addr, err)
 	}
-	e := &Emulator{gate: newGate(), log: log, pool: pool, ln: ln, done: make(chan struct{})}
+	e := &Emulator{gate: newGate(), log: log, pool: pool, cert: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Certificate[0]}), ln: ln, done: make(chan struct{})}
 	e.gate.SetLatency(opts.Latency)
 	e.AWS = newAWS(e)
 	e.GCP = newGCP(e)
@@ -114,6 +116,10 @@ func (e *Emulator) Gate() *Gate { return e.gate }
 
 // URL is the HTTPS base URL of the cloud APIs.
 func (e *Emulator) URL() string { return "https://" + e.ln.Addr().String() }
+
+// CertPEM is the emulator's self-signed certificate in PEM, for clients in
+// other processes to trust.
+func (e *Emulator) CertPEM() []byte { return e.cert }
 
 // CertPool trusts the emulator's certificate.
 func (e *Emulator) CertPool() *x509.CertPool { return e.pool }
