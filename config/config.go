@@ -253,8 +253,8 @@ type Config struct {
 	// ProviderSettings is the settings block of ProviderType (a
 	// *aws.Settings, *gcp.Settings, ...), nil when the file has none.
 	ProviderSettings any
-	DataplaneType  string
-	ViciSocket     string
+	DataplaneType    string
+	ViciSocket       string
 }
 
 // Resolve validates f and converts it. Every problem is reported, each
