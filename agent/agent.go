@@ -43,6 +43,10 @@ type Config struct {
 	// may have got past them. See SeqStart.
 	MaxPacketRate float64
 
+	// ReportInterval is how often observers refresh their verdict about
+	// the active; reports older than three intervals are ignored.
+	ReportInterval time.Duration
+
 	BarrierTimeout time.Duration
 	ClaimTimeout   time.Duration
 	InstallTimeout time.Duration
@@ -58,6 +62,7 @@ func (c *Config) Defaults() {
 	}
 	def(&c.BatchWindow, 5*time.Millisecond)
 	def(&c.ReplayInterval, 100*time.Millisecond)
+	def(&c.ReportInterval, time.Second)
 	def(&c.BarrierTimeout, 5*time.Second)
 	def(&c.ClaimTimeout, 20*time.Second)
 	def(&c.InstallTimeout, 30*time.Second)
@@ -101,8 +106,9 @@ type Agent struct {
 	dp     Dataplane
 	prov   providers.Provider
 	sealer *raftstore.Sealer
-	health Health
-	events func(Event)
+	health   Health
+	observer ActiveObserver
+	events   func(Event)
 
 	mu           sync.Mutex // guards the following fields
 	lastFollower time.Time  // when this node last saw itself as follower
@@ -187,6 +193,12 @@ func (a *Agent) FencedAt() time.Time {
 func (a *Agent) Run(ctx context.Context) error {
 	a.store.SetRPCHandler(a.handleRPC)
 	a.fence("starting as a standby")
+	reportDone := make(chan struct{})
+	go func() {
+		defer close(reportDone)
+		a.reportHealth(ctx)
+	}()
+	defer func() { <-reportDone }()
 	var (
 		cancelLead context.CancelFunc
 		leadDone   chan struct{}
@@ -278,7 +290,7 @@ func (a *Agent) lead(ctx context.Context) {
 	a.store.FSM().View(func(st *raftstore.State) { cur = st.Active })
 	if cur.Node == a.cfg.NodeID && cur.Term == term && cur.Phase == raftstore.PhaseActive {
 		a.setActive()
-		a.feed(ctx, nil)
+		a.runActive(ctx, nil)
 		return
 	}
 	t := a.electionTimings()
@@ -328,7 +340,7 @@ func (a *Agent) lead(ctx context.Context) {
 	a.log.Info("active", "term", term, "sas", len(installed), "detect", t.Detect, "elect", t.Elect,
 		"claim", t.Claim, "move", t.Move, "install", t.Install, "total", t.Total)
 	a.emit(Event{Kind: "failover.completed", Term: term, Timings: t, SAs: len(installed)})
-	a.feed(ctx, hashes)
+	a.runActive(ctx, hashes)
 }
 
 func (a *Agent) setActive() {
@@ -587,4 +599,16 @@ func (a *Agent) ensureMember(ctx context.Context) error {
 	}
 	_, err := a.store.Apply(ctx, &raftstore.MemberCmd{ID: want.ID, Address: want.Address, Role: want.Role, Priority: want.Priority})
 	return err
+}
+
+// runActive runs the active node's duties until leadership ends: the SA
+// feed and the health guard.
+func (a *Agent) runActive(ctx context.Context, known map[string][32]byte) {
+	guardDone := make(chan struct{})
+	go func() {
+		defer close(guardDone)
+		a.guardActive(ctx)
+	}()
+	a.feed(ctx, known)
+	<-guardDone
 }

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -49,6 +50,26 @@ type File struct {
 	Takeover    *TakeoverBlock    `hcl:"takeover,block" yaml:"takeover" json:"takeover"`
 	Provider    *ProviderBlock    `hcl:"provider,block" yaml:"provider" json:"provider"`
 	Dataplane   *DataplaneBlock   `hcl:"dataplane,block" yaml:"dataplane" json:"dataplane"`
+	Health      *HealthBlock      `hcl:"health,block" yaml:"health" json:"health"`
+}
+
+// HealthBlock configures the health checks: the node's own (charon over
+// VICI, its process) and what it observes of the active gateway (IKEv2
+// probes on UDP 500 and 4500 to the address clients use).
+type HealthBlock struct {
+	// ProbeAddress is the address the IKE probes go to: the VIP the
+	// gateways terminate on. Empty disables observing the active.
+	ProbeAddress   string `hcl:"probe_address,optional" yaml:"probe_address" json:"probe_address"`
+	Interval       string `hcl:"interval,optional" yaml:"interval" json:"interval"`
+	Timeout        string `hcl:"timeout,optional" yaml:"timeout" json:"timeout"`
+	Rise           *int   `hcl:"rise,optional" yaml:"rise" json:"rise"`
+	Fall           *int   `hcl:"fall,optional" yaml:"fall" json:"fall"`
+	ReportInterval string `hcl:"report_interval,optional" yaml:"report_interval" json:"report_interval"`
+	// CharonProcess is the process name checked in /proc ("" disables).
+	CharonProcess string `hcl:"charon_process,optional" yaml:"charon_process" json:"charon_process"`
+	// LocalChecks turns on the VICI and process checks of this node's own
+	// charon (default: on with the strongswan dataplane).
+	LocalChecks *bool `hcl:"local_checks,optional" yaml:"local_checks" json:"local_checks"`
 }
 
 // TLSBlock is the node's mutual-TLS material.
@@ -130,6 +151,8 @@ func Defaults() File {
 		Takeover:  &TakeoverBlock{BarrierTimeout: "5s", ClaimTimeout: "20s", InstallTimeout: "30s", FenceTimeout: "2s"},
 		Provider:  &ProviderBlock{Type: "memory"},
 		Dataplane: &DataplaneBlock{Type: "memory", ViciSocket: "/var/run/charon.vici"},
+		Health: &HealthBlock{Interval: "1s", Timeout: "500ms", Rise: ptr(2), Fall: ptr(3), ReportInterval: "1s",
+			CharonProcess: "charon-systemd"},
 	}
 }
 
@@ -255,6 +278,18 @@ type Config struct {
 	ProviderSettings any
 	DataplaneType    string
 	ViciSocket       string
+	Health           Health
+}
+
+// Health is the resolved health block.
+type Health struct {
+	ProbeAddress   netip.Addr
+	Interval       time.Duration
+	Timeout        time.Duration
+	Rise, Fall     int
+	ReportInterval time.Duration
+	CharonProcess  string
+	LocalChecks    bool
 }
 
 // Resolve validates f and converts it. Every problem is reported, each
@@ -392,6 +427,24 @@ func Resolve(f File) (*Config, error) {
 	case "memory", "strongswan":
 	default:
 		bad("dataplane.type", "%q is not memory or strongswan", c.DataplaneType)
+	}
+	h := f.Health
+	c.Health = Health{Rise: *h.Rise, Fall: *h.Fall, CharonProcess: h.CharonProcess, LocalChecks: c.DataplaneType == "strongswan"}
+	if h.LocalChecks != nil {
+		c.Health.LocalChecks = *h.LocalChecks
+	}
+	if h.ProbeAddress != "" {
+		a, err := netip.ParseAddr(h.ProbeAddress)
+		if err != nil {
+			bad("health.probe_address", "%q is not an IP address", h.ProbeAddress)
+		}
+		c.Health.ProbeAddress = a
+	}
+	c.Health.Interval = dur("health.interval", h.Interval, 10*time.Millisecond)
+	c.Health.Timeout = dur("health.timeout", h.Timeout, time.Millisecond)
+	c.Health.ReportInterval = dur("health.report_interval", h.ReportInterval, 10*time.Millisecond)
+	if c.Health.Rise < 1 || c.Health.Fall < 1 {
+		bad("health.rise", "rise (%d) and fall (%d) must be at least 1", c.Health.Rise, c.Health.Fall)
 	}
 	if len(errs) > 0 {
 		return nil, fmt.Errorf("invalid configuration:\n  %w", joinLines(errs))

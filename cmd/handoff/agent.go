@@ -120,6 +120,18 @@ func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	own, observe, stopChecks, err := buildCheckers(cfg, log)
+	if err != nil {
+		return err
+	}
+	defer stopChecks()
+	opts := []agent.Option{agent.WithLogger(log)}
+	if own != nil {
+		opts = append(opts, agent.WithHealth(checkerVerdict{own}))
+	}
+	if observe != nil {
+		opts = append(opts, agent.WithActiveObserver(checkerVerdict{observe}))
+	}
 	var resources []providers.Resource
 	for _, r := range cfg.Resources {
 		resources = append(resources, providers.Resource{Kind: r.Kind, ID: r.ID})
@@ -129,7 +141,8 @@ func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
 		BatchWindow: cfg.BatchWindow, MaxBatch: cfg.MaxBatch, ReplayInterval: cfg.ReplayInterval,
 		MinSeqJump: cfg.MinSeqJump, MaxPacketRate: cfg.MaxPacketRate, BarrierTimeout: cfg.BarrierTimeout,
 		ClaimTimeout: cfg.ClaimTimeout, InstallTimeout: cfg.InstallTimeout, FenceTimeout: cfg.FenceTimeout,
-	}, store, dp, prov, sealer, agent.WithLogger(log))
+		ReportInterval: cfg.Health.ReportInterval,
+	}, store, dp, prov, sealer, opts...)
 	if err != nil {
 		return err
 	}

@@ -53,6 +53,8 @@ type Options struct {
 	Agent agent.Config
 	// Health, if set, returns the health source of a node.
 	Health func(node string) agent.Health
+	// Observer, if set, returns a node's view of the active gateway.
+	Observer func(node string) agent.ActiveObserver
 	// Events receives every agent's events.
 	Events func(agent.Event)
 	Logger *slog.Logger
@@ -209,6 +211,9 @@ func (c *Cluster) open(spec NodeSpec) (*Node, error) {
 	opts := []agent.Option{agent.WithLogger(c.log)}
 	if c.opts.Events != nil {
 		opts = append(opts, agent.WithEvents(c.opts.Events))
+	}
+	if c.opts.Observer != nil {
+		opts = append(opts, agent.WithActiveObserver(c.opts.Observer(spec.ID)))
 	}
 	if c.opts.Health != nil {
 		opts = append(opts, agent.WithHealth(c.opts.Health(spec.ID)))
