@@ -100,12 +100,12 @@ type Health interface {
 
 // Agent runs one node.
 type Agent struct {
-	cfg    Config
-	log    *slog.Logger
-	store  *raftstore.Store
-	dp     Dataplane
-	prov   providers.Provider
-	sealer *raftstore.Sealer
+	cfg      Config
+	log      *slog.Logger
+	store    *raftstore.Store
+	dp       Dataplane
+	prov     providers.Provider
+	sealer   *raftstore.Sealer
 	health   Health
 	observer ActiveObserver
 	events   func(Event)
