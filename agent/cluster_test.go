@@ -321,6 +321,8 @@ func TestClusterLeaderCutOffFencesBeforeNewClaim(t *testing.T) {
 		t.Errorf("fenced node still has %d outbound SAs", len(out))
 	}
 	e.carries(next, ids, act2.Term)
+	e.c.Net.Heal()
+	e.badInputIsHarmless(next)
 }
 
 func TestClusterMajorityPartitionAndOldActiveRejoins(t *testing.T) {
@@ -393,6 +395,7 @@ func TestClusterWitnessWinningHandsOver(t *testing.T) {
 		t.Error("the witness never won and handed leadership over")
 	}
 	e.carries(next, ids, act2.Term)
+	e.badInputIsHarmless(next)
 }
 
 func TestClusterNewNodeRestoredFromSnapshot(t *testing.T) {
@@ -447,6 +450,7 @@ func TestClusterRestartReplaysLog(t *testing.T) {
 		t.Errorf("SA set after restart differs: before %s, after %s", before, after)
 	}
 	e.carries(next, ids, act2.Term)
+	e.badInputIsHarmless(next)
 }
 
 func sasOf(s string) string { return s[strings.Index(s, "sas="):] }
