@@ -174,7 +174,7 @@ type Command struct {
 // Encode builds the log entry for a payload.
 func Encode(payload any) ([]byte, error) {
 	var t CmdType
-	switch payload.(type) {
+	switch p := payload.(type) {
 	case *MemberCmd:
 		t = CmdMember
 	case *RemoveMemberCmd:
@@ -188,9 +188,9 @@ func Encode(payload any) ([]byte, error) {
 	case *HealthCmd:
 		t = CmdHealth
 	case *SABatchCmd:
-		return encodeSABatch(payload.(*SABatchCmd)), nil
+		return encodeSABatch(p), nil
 	case *ReplayBatchCmd:
-		return encodeReplayBatch(payload.(*ReplayBatchCmd)), nil
+		return encodeReplayBatch(p), nil
 	default:
 		return nil, fmt.Errorf("encoding command: unsupported payload %T", payload)
 	}
