@@ -70,3 +70,6 @@ lint: ## gofmt, go vet and staticcheck
 
 -include lab/lab.mk
 -include lab/sahandoff.mk
+-include lab/e2e.mk
+-include operator/operator.mk
+-include perf.mk
