@@ -1,0 +1,283 @@
+variable "name" {
+  description = "Prefix of every resource name, and the value of the handoff:fleet tag."
+  type        = string
+  default     = "handoff"
+  validation {
+    condition     = can(regex("^[a-z][a-z0-9-]{0,30}$", var.name))
+    error_message = "name must be 1-31 lowercase letters, digits or dashes, starting with a letter."
+  }
+}
+
+variable "resource_group_name" {
+  description = "Resource group of the fleet: VMs, NICs, the public IP, the identity and the role definition."
+  type        = string
+}
+
+variable "location" {
+  description = "Azure region of the fleet."
+  type        = string
+}
+
+variable "subnet_id" {
+  description = "ARM ID of the subnet of every node. The public IP moves between NICs of this subnet."
+  type        = string
+}
+
+variable "zones" {
+  description = "Availability zones of the gateways, used in turn (gateway i in zones[i % length(zones)]). Empty: no zone pinning."
+  type        = list(string)
+  default     = ["1", "2", "3"]
+}
+
+variable "witness_zone" {
+  description = "Availability zone of the witness. Null: the last of zones (none if zones is empty)."
+  type        = string
+  default     = null
+}
+
+variable "create_public_ip" {
+  description = "Whether to create the Standard static public IP VPN peers connect to. The first active gateway attaches it to its NIC; Terraform never does."
+  type        = bool
+  default     = true
+}
+
+variable "route_tables" {
+  description = "Existing route tables whose routes to routed_cidrs point at the active gateway (next hop VirtualAppliance). Terraform creates each route at the first gateway; Handoff rewrites the next hop afterwards. Tables outside resource_group_name also need their resource group in role_scopes."
+  type = list(object({
+    resource_group_name = string
+    name                = string
+  }))
+  default = []
+}
+
+variable "role_scopes" {
+  description = "More scopes (resource group IDs) where the gateways' role is assignable and assigned, e.g. the resource groups of route_tables. The fleet's resource group is always included."
+  type        = list(string)
+  default     = []
+}
+
+variable "vm_size" {
+  description = "VM size of the gateways."
+  type        = string
+  default     = "Standard_D2s_v5"
+}
+
+variable "witness_vm_size" {
+  description = "VM size of the witness."
+  type        = string
+  default     = "Standard_B1s"
+}
+
+variable "admin_username" {
+  description = "Administrator account of every VM (SSH key login only)."
+  type        = string
+  default     = "handoff"
+}
+
+variable "admin_ssh_public_key" {
+  description = "SSH public key of admin_username (Azure requires one for Linux VMs without a password)."
+  type        = string
+}
+
+variable "image" {
+  description = "Marketplace image of every node (Debian or Ubuntu: cloud-init installs strongSwan with apt)."
+  type = object({
+    publisher = string
+    offer     = string
+    sku       = string
+    version   = string
+  })
+  default = {
+    publisher = "Canonical"
+    offer     = "ubuntu-24_04-lts"
+    sku       = "server"
+    version   = "latest"
+  }
+}
+
+variable "tags" {
+  description = "Tags added to every resource."
+  type        = map(string)
+  default     = {}
+}
+
+variable "gateway_count" {
+  description = "Number of gateways (strongSwan + Handoff agent). With a witness, 2 tolerate one failure."
+  type        = number
+  default     = 2
+  validation {
+    condition     = var.gateway_count >= 1 && var.gateway_count <= 7
+    error_message = "gateway_count must be between 1 and 7."
+  }
+}
+
+variable "witness" {
+  description = "Whether to run a witness: a Raft voter without strongSwan that never becomes active, so that two gateways keep a quorum when one fails."
+  type        = bool
+  default     = true
+}
+
+variable "gateway_host_number" {
+  description = "Host number (cidrhost) of the first gateway's private IP in its subnet; gateway i gets this plus i. Fixed addresses let every node's configuration name its peers before they exist."
+  type        = number
+  default     = 10
+}
+
+variable "witness_host_number" {
+  description = "Host number (cidrhost) of the witness's private IP in its subnet."
+  type        = number
+  default     = 20
+}
+
+variable "routed_cidrs" {
+  description = "Destinations (IPv4 or IPv6 CIDRs) routed through the active gateway: the VPN clients' virtual IP pools or remote sites."
+  type        = list(string)
+  default     = []
+}
+
+variable "client_cidrs" {
+  description = "Sources allowed to reach the gateways with IKE (UDP 500 and 4500) and ESP: the VPN peers."
+  type        = list(string)
+}
+
+variable "inside_cidrs" {
+  description = "Protected networks allowed to send any traffic to the gateways, to be routed into the tunnels."
+  type        = list(string)
+  default     = []
+}
+
+variable "ssh_cidrs" {
+  description = "Sources allowed to reach the nodes on TCP 22. Empty: no SSH rule (use Azure Bastion)."
+  type        = list(string)
+  default     = []
+}
+
+variable "raft_port" {
+  description = "TCP port of Raft and the cluster RPC (join, leadership hand-over, health reports), mutual TLS, open between the nodes only."
+  type        = number
+  default     = 7946
+}
+
+variable "api_port" {
+  description = "TCP port of the agent's operator HTTP API (status, members, promote, drain, /metrics), opened between the nodes only. The agent binds it to 127.0.0.1 unless started with -api-addr, so by default it is reachable from the node itself."
+  type        = number
+  default     = 7950
+}
+
+variable "api_token" {
+  description = "Token of the operator API's mutating endpoints (at least 16 characters; e.g. the output of handoff keygen), written as HANDOFF_API_TOKEN to /etc/handoff/agent.env, mode 0600. Empty: the API serves reads only."
+  type        = string
+  default     = ""
+  sensitive   = true
+  validation {
+    condition     = var.api_token == "" || (length(var.api_token) >= 16 && can(regex("^[A-Za-z0-9._~+/=-]+$", var.api_token)))
+    error_message = "api_token must be empty or at least 16 characters of A-Z a-z 0-9 . _ ~ + / = -."
+  }
+}
+
+variable "extra_node_ports" {
+  description = "More TCP ports opened between the nodes only."
+  type        = list(number)
+  default     = []
+}
+
+variable "extra_packages" {
+  description = "More Debian packages for the gateways, e.g. libcharon-extra-plugins for EAP."
+  type        = list(string)
+  default     = []
+}
+
+variable "handoff_url" {
+  description = "HTTPS URL of the handoff binary for linux/amd64 (make build with GOOS=linux GOARCH=amd64), downloaded at first boot."
+  type        = string
+  validation {
+    condition     = can(regex("^https://[^'\\s]+$", var.handoff_url))
+    error_message = "handoff_url must be an https:// URL without quotes or spaces."
+  }
+}
+
+variable "handoff_sha256" {
+  description = "SHA-256 of the binary at handoff_url (hex); the node refuses to install anything else."
+  type        = string
+  validation {
+    condition     = can(regex("^[0-9a-f]{64}$", var.handoff_sha256))
+    error_message = "handoff_sha256 must be 64 lowercase hex digits."
+  }
+}
+
+variable "cluster_key" {
+  description = "The cluster key (64 hex digits, from `handoff keygen`) that seals SA keys in the Raft log. Written to /etc/handoff/cluster.key, mode 0600."
+  type        = string
+  sensitive   = true
+  validation {
+    condition     = can(regex("^[0-9a-fA-F]{64}\\s*$", var.cluster_key))
+    error_message = "cluster_key must be 64 hex digits (handoff keygen writes one)."
+  }
+}
+
+variable "tls_ca_pem" {
+  description = "The cluster CA certificate (ca.pem from `handoff tls ca`). Its key stays offline: it is never given to Terraform."
+  type        = string
+}
+
+variable "node_tls" {
+  description = "Each node's certificate and key from `handoff tls cert -node ID`, keyed by node ID: gw1 ... gwN and, with a witness, witness. Written to /etc/handoff/tls, keys mode 0600."
+  type = map(object({
+    cert_pem = string
+    key_pem  = string
+  }))
+  sensitive = true
+}
+
+variable "swanctl_conf" {
+  description = "strongSwan connection configuration (swanctl.conf syntax) for every gateway, written to /etc/swanctl/conf.d/handoff-vpn.conf mode 0600. Gateways terminate on their own private IP behind the public IP's 1:1 NAT: use NAT-T (encap = yes). Empty: none."
+  type        = string
+  default     = ""
+  sensitive   = true
+}
+
+variable "bootstrap_node" {
+  description = "Node that bootstraps the Raft cluster on first start; the others join it. Set to \"\" after the first apply, so a replaced instance joins instead of founding a second cluster."
+  type        = string
+  default     = "gw1"
+}
+
+variable "heartbeat_timeout" {
+  description = "raft.heartbeat_timeout: how long followers wait for the leader before an election (the failure detector)."
+  type        = string
+  default     = "150ms"
+}
+
+variable "election_timeout" {
+  description = "raft.election_timeout."
+  type        = string
+  default     = "150ms"
+}
+
+variable "leader_lease_timeout" {
+  description = "raft.leader_lease_timeout: must be under half of heartbeat_timeout (handoff validate refuses otherwise)."
+  type        = string
+  default     = "50ms"
+}
+
+variable "log_level" {
+  description = "Agent log level: debug, info, warn or error."
+  type        = string
+  default     = "info"
+}
+
+variable "log_format" {
+  description = "Agent log format: text or json."
+  type        = string
+  default     = "json"
+}
+
+variable "dataplane" {
+  description = "Dataplane of the gateways: strongswan (VICI + XFRM) or memory (moves the floating resources but carries no tunnels; for trying the deployment)."
+  type        = string
+  default     = "strongswan"
+  validation {
+    condition     = contains(["strongswan", "memory"], var.dataplane)
+    error_message = "dataplane must be strongswan or memory."
+  }
+}
