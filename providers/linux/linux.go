@@ -105,9 +105,11 @@ func (p *Provider) open() error {
 		if err != nil {
 			return fmt.Errorf("opening network namespace %s: %w", p.cfg.Netns, err)
 		}
-		p.nl, err = netlink.NewHandleAt(p.ns)
+		// Only rtnetlink: asking for every family (the default) also opens
+		// netfilter's, which fails on kernels without nfnetlink.
+		p.nl, err = netlink.NewHandleAt(p.ns, unix.NETLINK_ROUTE)
 	} else {
-		p.nl, err = netlink.NewHandle()
+		p.nl, err = netlink.NewHandle(unix.NETLINK_ROUTE)
 	}
 	if err != nil {
 		return fmt.Errorf("opening netlink: %w", err)
