@@ -109,6 +109,9 @@ type Agent struct {
 	health   Health
 	observer ActiveObserver
 	events   func(Event)
+	// resync asks the feed to reload the log's SA set and resync it from
+	// the dataplane (after an operator's snapshot restore).
+	resync chan struct{}
 
 	mu           sync.Mutex // guards the following fields
 	lastFollower time.Time  // when this node last saw itself as follower
@@ -142,7 +145,8 @@ func New(cfg Config, store *raftstore.Store, dp Dataplane, prov providers.Provid
 	if !cfg.Role.Valid() {
 		return nil, fmt.Errorf("agent: role %q is not gateway or witness", cfg.Role)
 	}
-	a := &Agent{cfg: cfg, store: store, dp: dp, prov: prov, sealer: sealer, log: slog.New(slog.DiscardHandler)}
+	a := &Agent{cfg: cfg, store: store, dp: dp, prov: prov, sealer: sealer, log: slog.New(slog.DiscardHandler),
+		resync: make(chan struct{}, 1)}
 	for _, o := range opts {
 		o(a)
 	}

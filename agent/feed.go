@@ -98,6 +98,12 @@ func (a *Agent) feed(ctx context.Context, known map[string][32]byte) {
 			}
 		case <-window:
 			flush()
+		case <-a.resync:
+			flush()
+			f.reload()
+			if err := f.resync(ctx); err != nil && ctx.Err() == nil {
+				a.log.Error("SA resync after snapshot restore", "err", err)
+			}
 		case <-replayTick.C:
 			flush()
 			if err := f.syncReplay(ctx); err != nil && ctx.Err() == nil {
@@ -226,6 +232,9 @@ func (a *Agent) handleRPC(ctx context.Context, peer string, req *raftstore.RPCRe
 			return &raftstore.RPCResponse{Error: err.Error(), Leader: leader}
 		}
 		return &raftstore.RPCResponse{Leader: leader}
+	}
+	if isOperatorOp(req.Op) {
+		return a.handleOperatorRPC(ctx, peer, req)
 	}
 	return &raftstore.RPCResponse{Error: fmt.Sprintf("unknown cluster RPC %q", req.Op), Leader: leader}
 }

@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -49,6 +50,13 @@ type Config struct {
 	RaftLogLevel string
 }
 
+// logCacheEntries is how many recent log entries the leader keeps in
+// memory for replication: the feed commits one entry at a time, so a few
+// cover the entries in flight; a follower further behind is served from
+// the log on disk. At most 16 full sa-batch entries (~2.6 MB each at the
+// default max_batch of 4096) stay referenced.
+const logCacheEntries = 16
+
 // Store is a node's Raft instance, its durable log and snapshots, the FSM
 // and the authenticated transport.
 type Store struct {
@@ -64,6 +72,7 @@ type Store struct {
 	obsCh     chan raft.Observation
 	extraRPC  func(ctx context.Context, peer string, req *RPCRequest) *RPCResponse
 	stateHook func(raft.RaftState, time.Time)
+	applyObs  atomic.Pointer[func(time.Duration, error)]
 	obsDone   chan struct{}
 	closed    chan struct{}
 }
@@ -154,7 +163,17 @@ func Open(cfg Config) (*Store, error) {
 		s.transport.Close()
 		return nil, fmt.Errorf("raft timing: %w", err)
 	}
-	s.raft, err = raft.NewRaft(rc, s.fsm, s.logs, s.logs, snaps, s.transport)
+	// Replication reads back the entries it sends and the term of the one
+	// before them; from bolt that is a read and a msgpack decode of the
+	// whole entry (megabytes for a full sa-batch) per follower and send.
+	// The cache keeps the last few entries in memory instead.
+	cached, err := raft.NewLogCache(logCacheEntries, s.logs)
+	if err != nil {
+		s.logs.Close()
+		s.transport.Close()
+		return nil, fmt.Errorf("creating the raft log cache: %w", err)
+	}
+	s.raft, err = raft.NewRaft(rc, s.fsm, cached, s.logs, snaps, s.transport)
 	if err != nil {
 		s.logs.Close()
 		s.transport.Close()
@@ -202,6 +221,12 @@ func (s *Store) forwardObservations() {
 		}
 	}
 }
+
+// SetApplyObserver registers fn to be told, for every Apply on this node,
+// how long the entry took to commit and be applied locally, and the commit
+// error if any (the operator surface's commit latency metric). fn must not
+// block.
+func (s *Store) SetApplyObserver(fn func(took time.Duration, err error)) { s.applyObs.Store(&fn) }
 
 // SetRPCHandler handles cluster RPC operations the store does not (health
 // reports); it must be set before the node joins a cluster.
@@ -298,8 +323,13 @@ func (s *Store) Apply(ctx context.Context, payload any) (ApplyResult, error) {
 // ApplyRaw commits an already encoded entry. Tests use it to feed the FSM
 // malformed input through the real log.
 func (s *Store) ApplyRaw(ctx context.Context, data []byte) (ApplyResult, error) {
+	start := time.Now()
 	f := s.raft.Apply(data, timeoutOf(ctx))
-	if err := f.Error(); err != nil {
+	err := f.Error()
+	if obs := s.applyObs.Load(); obs != nil {
+		(*obs)(time.Since(start), err)
+	}
+	if err != nil {
 		return ApplyResult{}, fmt.Errorf("committing log entry: %w", err)
 	}
 	res, _ := f.Response().(ApplyResult)
@@ -482,6 +512,13 @@ func (s *Store) Call(ctx context.Context, addrs []string, req *RPCRequest) error
 		}
 		backoff = min(backoff*2, time.Second)
 	}
+}
+
+// CallOnce sends one RPC to addr and returns the peer's answer as it is:
+// no retry and no leader following. Operator requests forwarded to the
+// leader use it, so that a refusal comes back at once.
+func (s *Store) CallOnce(ctx context.Context, addr string, req *RPCRequest) (*RPCResponse, error) {
+	return s.layer.call(ctx, addr, req)
 }
 
 // JoinCluster asks the cluster at addrs to add this node, retrying until ctx

@@ -193,6 +193,11 @@ type RPCRequest struct {
 type RPCResponse struct {
 	Error  string `json:"error,omitempty"`
 	Leader string `json:"leader,omitempty"`
+	// Code classifies Error for forwarded operator requests, so the
+	// forwarding node can map it back to a sentinel error.
+	Code string `json:"code,omitempty"`
+	// Result is an operator request's answer (JSON).
+	Result json.RawMessage `json:"result,omitempty"`
 }
 
 const maxRPCBytes = 1 << 20

@@ -14,7 +14,10 @@ import (
 	"github.com/handoffvpn/handoff/agent"
 	"github.com/handoffvpn/handoff/config"
 	"github.com/handoffvpn/handoff/internal/pki"
+	"github.com/handoffvpn/handoff/ipsec"
 	"github.com/handoffvpn/handoff/ipsec/memdp"
+	"github.com/handoffvpn/handoff/ipsec/vici"
+	"github.com/handoffvpn/handoff/ipsec/xfrm"
 	"github.com/handoffvpn/handoff/providers"
 	"github.com/handoffvpn/handoff/raftstore"
 )
@@ -77,6 +80,7 @@ func newLogger(w io.Writer, level, format string) *slog.Logger {
 func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
 	fs := flag.NewFlagSet("agent", flag.ContinueOnError)
 	fs.SetOutput(stderr)
+	opf := addOperatorFlags(fs, false)
 	cfg, err := loadConfig(fs, args)
 	if err != nil {
 		return err
@@ -116,16 +120,23 @@ func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	dp, err := buildDataplane(cfg)
+	surface, apiCfg, err := opf.agentSurface(cfg.NodeID, log)
 	if err != nil {
 		return err
 	}
+	defer surface.Close()
+	prov = surface.Metrics.InstrumentProvider(prov)
+	dp, closeDP, err := buildDataplane(cfg, log)
+	if err != nil {
+		return err
+	}
+	defer closeDP()
 	own, observe, stopChecks, err := buildCheckers(cfg, log)
 	if err != nil {
 		return err
 	}
 	defer stopChecks()
-	opts := []agent.Option{agent.WithLogger(log)}
+	opts := []agent.Option{agent.WithLogger(log), agent.WithEvents(surface.Event)}
 	if own != nil {
 		opts = append(opts, agent.WithHealth(checkerVerdict{own}))
 	}
@@ -151,6 +162,13 @@ func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
 			return err
 		}
 	}
+	if opf.apiAddr != "" {
+		// The operator surface is not worth a failover agent that does not
+		// start: a port in use is logged, and the agent runs without it.
+		if err := surface.Serve(ag, store, apiCfg); err != nil {
+			log.Error("operator API not started", "err", err)
+		}
+	}
 	done := make(chan error, 1)
 	go func() { done <- ag.Run(ctx) }()
 	if len(cfg.Join) > 0 {
@@ -169,10 +187,24 @@ func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
 	return err
 }
 
-func buildDataplane(cfg *config.Config) (agent.Dataplane, error) {
+func buildDataplane(cfg *config.Config, log *slog.Logger) (agent.Dataplane, func(), error) {
 	switch cfg.DataplaneType {
 	case "memory":
-		return memdp.New(cfg.NodeID, memdp.NewWire()), nil
+		return memdp.New(cfg.NodeID, memdp.NewWire()), func() {}, nil
+	case "strongswan":
+		vc := vici.New(vici.Config{Socket: cfg.ViciSocket, Logger: log})
+		xh, err := xfrm.Open(xfrm.Options{Logger: log})
+		if err != nil {
+			vc.Close()
+			return nil, nil, fmt.Errorf("dataplane: opening XFRM: %w", err)
+		}
+		dp, err := ipsec.New(ipsec.Config{VICI: vc, XFRM: xh, Logger: log})
+		if err != nil {
+			vc.Close()
+			xh.Close()
+			return nil, nil, err
+		}
+		return dp, func() { vc.Close(); xh.Close() }, nil
 	}
-	return nil, fmt.Errorf("dataplane.type %q: not available in this build", cfg.DataplaneType)
+	return nil, nil, fmt.Errorf("dataplane.type %q: not available in this build", cfg.DataplaneType)
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"time"
 
 	"github.com/handoffvpn/handoff/internal/demo"
@@ -22,6 +23,7 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	provider := fs.String("provider", "memory", "where floating resources live: memory, or aws, gcp, azure through the built-in cloud emulator")
 	latency := fs.Duration("provider-latency", 0, "per-call latency of the cloud (memory or emulator)")
 	verbose := fs.Bool("v", false, "log what the agents do")
+	serve := addOperatorFlags(fs, true)
 	if err := fs.Parse(args); err != nil {
 		return usageError{err.Error()}
 	}
@@ -40,13 +42,27 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		return err
 	}
 	opts.Provider = fx
-	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
-	defer cancel()
+	if serve.webhookURL != "" && serve.apiAddr == "" {
+		return usageError{"demo: -webhook-url works with -serve (the demo otherwise ends before a delivery could be retried)"}
+	}
+	if serve.apiAddr != "" {
+		closeFleet, err := serve.demoServe(&opts, *nodes, stdout, os.Getenv)
+		if err != nil {
+			return err
+		}
+		defer closeFleet()
+	} else {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, 2*time.Minute)
+		defer cancel()
+	}
 	rep, err := demo.Run(ctx, opts)
 	if err != nil {
 		return fmt.Errorf("demo: %w", err)
 	}
-	rep.Timeline(stdout)
+	if serve.apiAddr == "" {
+		rep.Timeline(stdout) // with -serve, printed before serving
+	}
 	if *asJSON {
 		return json.NewEncoder(stdout).Encode(rep)
 	}

@@ -24,6 +24,9 @@ commands:
   keygen     create a cluster key file (seals SA keys at rest)
   version    print the version
 
+  status, members, history, sa ls, promote, drain, operator raft, snapshot:
+             operator commands over the agent's HTTP API ('handoff help' lists them)
+
 Run 'handoff <command> -h' for a command's flags.
 `
 
@@ -71,7 +74,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return nil
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
+		fmt.Fprint(stdout, "\n"+cliUsage)
 		return nil
+	case "status", "members", "history", "sa", "promote", "drain", "operator", "snapshot":
+		return runCLI(ctx, args[0], args[1:], cliEnv{stdout: stdout, stderr: stderr, getenv: os.Getenv})
 	}
 	return usageError{fmt.Sprintf("handoff: unknown command %q\n\n%s", args[0], usage)}
 }

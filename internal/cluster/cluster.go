@@ -46,6 +46,9 @@ type Options struct {
 	Resources []providers.Resource
 	// NewProvider returns node's provider; default: a memory cloud.
 	NewProvider func(node string) (providers.Provider, error)
+	// WrapProvider, if set, decorates each node's provider (the operator
+	// surface's metrics time every call).
+	WrapProvider func(node string, p providers.Provider) providers.Provider
 	// ProviderLatency is the memory cloud's per-call latency.
 	ProviderLatency time.Duration
 	// Agent tunes the agents (NodeID, Role, Priority, Resources are set
@@ -199,6 +202,9 @@ func (c *Cluster) open(spec NodeSpec) (*Node, error) {
 			store.Close()
 			return nil, fmt.Errorf("provider of %s: %w", spec.ID, err)
 		}
+	}
+	if c.opts.WrapProvider != nil {
+		prov = c.opts.WrapProvider(spec.ID, prov)
 	}
 	sealer, err := raftstore.NewSealer(c.Key)
 	if err != nil {

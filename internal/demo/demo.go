@@ -35,6 +35,16 @@ type Options struct {
 	Logger          *slog.Logger
 	// Progress, if set, receives human-readable lines as the demo goes.
 	Progress io.Writer
+
+	// The operator surface's hooks (handoff demo --serve). Events also
+	// receives every agent's event; WrapProvider decorates each node's
+	// provider; Started is called once the nodes run, before the first
+	// takeover; Hold, if set, is called after the report with the
+	// survivors still running, and Run returns when it does.
+	Events       func(agent.Event)
+	WrapProvider func(node string, p providers.Provider) providers.Provider
+	Started      func(c *cluster.Cluster) error
+	Hold         func(ctx context.Context, c *cluster.Cluster, rep *Report) error
 }
 
 // Fixture is a provider set-up for the demo (the cloud emulator's).
@@ -129,13 +139,22 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 		evMu.Lock()
 		events = append(events, e)
 		evMu.Unlock()
+		if o.Events != nil {
+			o.Events(e)
+		}
 	}
+	copts.WrapProvider = o.WrapProvider
 	say("starting %d agents (Raft over loopback mutual TLS, provider %s)", o.Nodes, rep.Provider)
 	c, err := cluster.Start(ctx, copts)
 	if err != nil {
 		return nil, err
 	}
 	defer c.Close()
+	if o.Started != nil {
+		if err := o.Started(c); err != nil {
+			return nil, err
+		}
+	}
 	wctx, cancel := context.WithTimeout(ctx, 20*time.Second)
 	defer cancel()
 	first, act, err := c.WaitActive(wctx, 0)
@@ -208,6 +227,11 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	evMu.Lock()
 	sort.Slice(events, func(i, j int) bool { return events[i].At.Before(events[j].At) })
 	evMu.Unlock()
+	if o.Hold != nil {
+		if err := o.Hold(ctx, c, rep); err != nil {
+			return rep, err
+		}
+	}
 	return rep, nil
 }
 

@@ -1,0 +1,178 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/handoffvpn/handoff/internal/cluster"
+	"github.com/handoffvpn/handoff/internal/demo"
+	"github.com/handoffvpn/handoff/operator"
+	"github.com/handoffvpn/handoff/operator/api"
+	"github.com/handoffvpn/handoff/operator/fleet"
+	"github.com/handoffvpn/handoff/operator/webhook"
+	"github.com/handoffvpn/handoff/raftstore"
+)
+
+// operatorFlags are the agent's and the demo's operator-surface flags.
+type operatorFlags struct {
+	apiAddr, tokenFile, tlsCert, tlsKey string
+	token                               string
+	webhookURL, webhookSecretFile       string
+	lag                                 time.Duration
+}
+
+func addOperatorFlags(fs *flag.FlagSet, forDemo bool) *operatorFlags {
+	f := &operatorFlags{}
+	if forDemo {
+		fs.StringVar(&f.apiAddr, "serve", "", "after the failover keep the cluster running and serve the new active's API, status page and /metrics on this address until interrupted")
+		fs.StringVar(&f.token, "token", "", "API token for the served API's mutating endpoints (default $HANDOFF_TOKEN; without one they are disabled)")
+	} else {
+		fs.StringVar(&f.apiAddr, "api-addr", api.DefaultAddr, "operator HTTP API, status page and /metrics listen address (empty: no API)")
+		fs.StringVar(&f.tokenFile, "api-token-file", "", "file holding the API token(s), one per line (default $HANDOFF_API_TOKEN; without one, mutating endpoints are disabled)")
+		fs.StringVar(&f.tlsCert, "api-tls-cert", "", "serve the API over HTTPS with this certificate (PEM)")
+		fs.StringVar(&f.tlsKey, "api-tls-key", "", "the key of -api-tls-cert (PEM)")
+		fs.DurationVar(&f.lag, "lag-threshold", 5*time.Second, "raise replication.lag when this follower has not heard from the leader for this long")
+	}
+	fs.StringVar(&f.webhookURL, "webhook-url", "", "POST operator events (failover, health, lag) to this URL")
+	fs.StringVar(&f.webhookSecretFile, "webhook-secret-file", "", "file holding the webhook signing secret (default $HANDOFF_WEBHOOK_SECRET)")
+	return f
+}
+
+// tokens reads the API tokens: -token, the token file, or the environment.
+func (f *operatorFlags) tokens(getenv func(string) string, envName string) ([]string, error) {
+	raw := f.token
+	if f.tokenFile != "" {
+		b, err := os.ReadFile(f.tokenFile)
+		if err != nil {
+			return nil, fmt.Errorf("reading the API token file: %w", err)
+		}
+		raw = string(b)
+	}
+	if raw == "" {
+		raw = getenv(envName)
+	}
+	var out []string
+	for _, line := range strings.Split(raw, "\n") {
+		if t := strings.TrimSpace(line); t != "" && !strings.HasPrefix(t, "#") {
+			if len(t) < 16 {
+				return nil, errors.New("API token shorter than 16 characters: use a long random one (handoff keygen makes 32 random bytes)")
+			}
+			out = append(out, t)
+		}
+	}
+	return out, nil
+}
+
+func (f *operatorFlags) webhook(getenv func(string) string, log *slog.Logger) (*webhook.Config, error) {
+	if f.webhookURL == "" {
+		return nil, nil
+	}
+	secret := getenv("HANDOFF_WEBHOOK_SECRET")
+	if f.webhookSecretFile != "" {
+		b, err := os.ReadFile(f.webhookSecretFile)
+		if err != nil {
+			return nil, fmt.Errorf("reading the webhook secret file: %w", err)
+		}
+		secret = strings.TrimSpace(string(b))
+	}
+	if secret == "" {
+		return nil, errors.New("-webhook-url needs a signing secret: -webhook-secret-file or HANDOFF_WEBHOOK_SECRET")
+	}
+	return &webhook.Config{URL: f.webhookURL, Secret: []byte(secret), Logger: log}, nil
+}
+
+func (f *operatorFlags) tlsConfig() (*tls.Config, error) {
+	if f.tlsCert == "" && f.tlsKey == "" {
+		return nil, nil
+	}
+	cert, err := tls.LoadX509KeyPair(f.tlsCert, f.tlsKey)
+	if err != nil {
+		return nil, fmt.Errorf("loading the API's TLS certificate: %w", err)
+	}
+	return &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}, nil
+}
+
+// agentSurface builds the agent's operator surface (before the agent, so
+// that it can take the agent's events and time its provider).
+func (f *operatorFlags) agentSurface(node string, log *slog.Logger) (*operator.Surface, api.Config, error) {
+	wh, err := f.webhook(os.Getenv, log)
+	if err != nil {
+		return nil, api.Config{}, err
+	}
+	toks, err := f.tokens(os.Getenv, "HANDOFF_API_TOKEN")
+	if err != nil {
+		return nil, api.Config{}, err
+	}
+	tc, err := f.tlsConfig()
+	if err != nil {
+		return nil, api.Config{}, err
+	}
+	s, err := operator.New(operator.Options{Node: node, Webhook: wh, LagThreshold: f.lag, Logger: log})
+	if err != nil {
+		return nil, api.Config{}, err
+	}
+	if len(toks) == 0 && f.apiAddr != "" {
+		log.Warn("no API token configured: the API serves reads only (set -api-token-file or HANDOFF_API_TOKEN)")
+	}
+	return s, api.Config{Addr: f.apiAddr, Tokens: toks, TLS: tc, Logger: log}, nil
+}
+
+// demoServe wires the operator surface into the demo: every node's
+// surface from the start (events, provider metrics), and after the
+// failover the new active's API on -serve, the other survivors' on free
+// loopback ports, until ctx ends.
+func (f *operatorFlags) demoServe(opts *demo.Options, nodes int, stdout io.Writer, getenv func(string) string) (func() error, error) {
+	toks, err := f.tokens(getenv, "HANDOFF_TOKEN")
+	if err != nil {
+		return nil, usageError{err.Error()}
+	}
+	wh, err := f.webhook(getenv, opts.Logger)
+	if err != nil {
+		return nil, usageError{err.Error()}
+	}
+	var ids []string
+	for i := 1; i <= nodes; i++ {
+		ids = append(ids, fmt.Sprintf("gw%d", i))
+	}
+	fl, err := fleet.New(ids, fleet.Options{Tokens: toks, Logger: opts.Logger, Webhook: func(string) *webhook.Config { return wh }})
+	if err != nil {
+		return nil, err
+	}
+	opts.Events, opts.WrapProvider = fl.Events, fl.WrapProvider
+	opts.Hold = func(ctx context.Context, c *cluster.Cluster, rep *demo.Report) error {
+		// Bring the killed node back (it rejoins as a standby: it fences on
+		// start): a cluster left with one spare voter re-elects at every
+		// hiccup longer than the demo's short leader lease.
+		var i int
+		if _, err := fmt.Sscanf(rep.Killed, "gw%d", &i); err == nil {
+			if _, err := c.Restart(cluster.NodeSpec{ID: rep.Killed, Role: raftstore.RoleGateway, Priority: 100 - i}); err != nil {
+				return fmt.Errorf("restarting %s: %w", rep.Killed, err)
+			}
+		}
+		if err := fl.Serve(c, map[string]string{rep.NewActive: f.apiAddr}); err != nil {
+			return err
+		}
+		rep.Timeline(stdout)
+		fmt.Fprintf(stdout, "\n%s restarted from its data directory: it rejoins as a standby\n", rep.Killed)
+		fmt.Fprintf(stdout, "serving %s's operator API on %s: status page /, metrics /metrics, API /v1/\n", rep.NewActive, fl.URL(rep.NewActive))
+		for _, line := range fl.URLs() {
+			fmt.Fprintf(stdout, "  %s\n", line)
+		}
+		if len(toks) == 0 {
+			fmt.Fprintln(stdout, "no -token or HANDOFF_TOKEN: the API serves reads only")
+		}
+		fmt.Fprintf(stdout, "try: HANDOFF_ADDR=%s handoff status; interrupt to stop\n", fl.URL(rep.NewActive))
+		<-ctx.Done()
+		// Stop serving before the demo closes the nodes under the API.
+		return fl.Close()
+	}
+	return fl.Close, nil
+}
