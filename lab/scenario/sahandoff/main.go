@@ -6,8 +6,11 @@
 // gratuitous ARP first, then removed from gw1), and gw1 dies (charon
 // killed, links down). gw2 then carries the tunnel. After that gw2
 // re-establishes the IKE SA (Dataplane.Reestablish), the client rekeys its
-// CHILD_SA and IKE SA and, after an idle spell, sends DPD: the second gap
-// is measured across all of it.
+// CHILD_SA and IKE SA and, after an idle spell, sends DPD: second_gap_ms is
+// the largest gap across those, reestablish_gap_ms the one of the switch
+// Reestablish causes itself. The client gives up on an unanswered
+// request after 4.4 s, so without -reestablish the second outage (the
+// client restarting its tunnel) falls inside the measured phases.
 //
 // It writes one JSON object; the first six fields are the contract of
 // `make lab-sa-handoff`.
@@ -22,6 +25,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -33,6 +37,7 @@ import (
 	"github.com/handoffvpn/handoff/ipsec"
 	"github.com/handoffvpn/handoff/ipsec/sa"
 	"github.com/handoffvpn/handoff/ipsec/vici"
+	"github.com/handoffvpn/handoff/ipsec/vici/vicitest"
 	"github.com/handoffvpn/handoff/ipsec/xfrm"
 	"github.com/handoffvpn/handoff/lab/guest"
 	"github.com/handoffvpn/handoff/lab/site"
@@ -54,15 +59,19 @@ type Result struct {
 	ProbesSent         int     `json:"probes_sent"`
 	ProbesLostInSwitch int     `json:"probes_lost_in_switch"`
 	HandoffMS          float64 `json:"handoff_ms"`
-	ExportMS           float64 `json:"export_ms"`
+	ReplayReadMS       float64 `json:"replay_read_ms"`
 	InstallMS          float64 `json:"install_ms"`
 	SeqJump            uint64  `json:"seq_jump"`
 	// gw1's outbound sequence number as exported, the number gw2's
 	// outbound state started after, and the highest one seen on the wire.
-	Gw1OSeqRead      uint64         `json:"gw1_oseq_read"`
-	Gw2OSeqStart     uint64         `json:"gw2_oseq_start"`
-	WireMaxSeq       uint32         `json:"wire_max_seq"`
-	ReestablishMS    float64        `json:"reestablish_ms"`
+	Gw1OSeqRead   uint64  `json:"gw1_oseq_read"`
+	Gw2OSeqStart  uint64  `json:"gw2_oseq_start"`
+	WireMaxSeq    uint32  `json:"wire_max_seq"`
+	ReestablishMS float64 `json:"reestablish_ms"`
+	// The switch Reestablish itself causes (the client replacing its IKE
+	// SA and CHILD_SA on INITIAL_CONTACT).
+	ReestablishGapMS float64        `json:"reestablish_gap_ms"`
+	ReestablishLost  int            `json:"reestablish_probes_lost"`
 	ReestablishErr   string         `json:"reestablish_error,omitempty"`
 	SecondPhaseLost  int            `json:"second_phase_probes_lost"`
 	ClientIKEBefore  []uint32       `json:"client_ike_ids_before"`
@@ -70,6 +79,7 @@ type Result struct {
 	ClientXFRMErrors int            `json:"client_xfrm_errors"`
 	Encap            bool           `json:"udp_encap"`
 	Reestablish      bool           `json:"reestablish"`
+	MakeBeforeBreak  bool           `json:"make_before_break"`
 	IntervalMS       float64        `json:"interval_ms"`
 	ClientXFRMStat   map[string]int `json:"client_xfrm_stat"`
 }
@@ -80,18 +90,23 @@ func main() {
 	encap := fs.Bool("encap", true, "force UDP encapsulation (port 4500)")
 	reestablish := fs.Bool("reestablish", true, "re-establish the IKE SA from gw2 after the takeover")
 	dpd := fs.Duration("dpd", 2*time.Second, "client DPD delay")
+	mbb := fs.Bool("make-before-break", false, "re-establish without INITIAL_CONTACT (ipsec.ReestablishConfig.MakeBeforeBreak)")
+	record := fs.Bool("record-vici", false, "record gw2's VICI session as reestablish.transcript in the scratch directory (ipsec/testdata)")
 	guest.Main(fs, func(ctx context.Context, env *guest.Env) (any, error) {
-		return run(ctx, env, *interval, *encap, *reestablish, *dpd)
+		return run(ctx, env, *interval, *encap, *reestablish, *mbb, *record, *dpd)
 	})
 }
 
-func run(ctx context.Context, env *guest.Env, interval time.Duration, encap, reest bool, dpd time.Duration) (res Result, err error) {
-	res = Result{Encap: encap, Reestablish: reest, IntervalMS: float64(interval.Microseconds()) / 1000}
+func run(ctx context.Context, env *guest.Env, interval time.Duration, encap, reest, mbb, record bool, dpd time.Duration) (res Result, err error) {
+	res = Result{Encap: encap, Reestablish: reest, MakeBeforeBreak: mbb, IntervalMS: float64(interval.Microseconds()) / 1000}
 	log := env.Log
 	s, err := site.Start(ctx, site.Options{
 		Gateways: 2, StaticVIPs: true,
 		Profile: swan.Profile{Encap: encap, DPDDelay: dpd},
-		Dir:     env.Dir, RunDir: env.RunDir, Log: log, LogLevel: 2,
+		// The client gives up on an unanswered request after 4.4 s (LAB.md),
+		// so a second outage shows within the measured phases.
+		ClientRetransmit: swan.Retransmit{Timeout: time.Second, Tries: 2, Base: 1.4},
+		Dir:              env.Dir, RunDir: env.RunDir, Log: log, LogLevel: 2,
 	})
 	if err != nil {
 		return res, err
@@ -105,12 +120,27 @@ func run(ctx context.Context, env *guest.Env, interval time.Duration, encap, ree
 	}
 
 	gw1, gw2 := s.Topo.Gateways[0], s.Topo.Gateways[1]
-	dp1, close1, err := dataplane(gw1, s.Gateways[0], log, nil)
+	dp1, close1, err := dataplane(gw1, s.Gateways[0].Socket(), log, ipsec.ReestablishConfig{})
 	if err != nil {
 		return res, err
 	}
 	defer close1()
-	dp2, close2, err := dataplane(gw2, s.Gateways[1], log, template(encap))
+	gw2Sock := s.Gateways[1].Socket()
+	if record {
+		f, err := os.Create(env.Path("reestablish.transcript"))
+		if err != nil {
+			return res, err
+		}
+		defer f.Close()
+		fmt.Fprintf(f, "# gw2's VICI session in lab/scenario/sahandoff, recorded %s from charon 5.9.8\n", time.Now().UTC().Format(time.RFC3339))
+		rec, err := vicitest.NewRecorder(filepath.Join(env.RunDir, "gw2-record.vici"), gw2Sock, f)
+		if err != nil {
+			return res, err
+		}
+		defer rec.Close()
+		gw2Sock = filepath.Join(env.RunDir, "gw2-record.vici")
+	}
+	dp2, close2, err := dataplane(gw2, gw2Sock, log, ipsec.ReestablishConfig{Template: template(encap), Timeout: 5 * time.Second, MakeBeforeBreak: mbb})
 	if err != nil {
 		return res, err
 	}
@@ -122,31 +152,37 @@ func run(ctx context.Context, env *guest.Env, interval time.Duration, encap, ree
 		return res, err
 	}
 
-	// Stream A: carries through the handoff.
-	probeA, err := s.Probe(ctx, traffic.ProbeConfig{Interval: interval, Count: int(3 * time.Second / interval)})
-	if err != nil {
-		return res, err
-	}
-	if err := sleep(ctx, 1500*time.Millisecond); err != nil {
-		return res, err
-	}
-
-	// The handoff, in one process as it must be (every process start costs
-	// ~100 ms in UML).
-	t0 := time.Now()
+	// The SA set is replicated ahead of a failure (the agent feeds it
+	// continuously): export it while the tunnel is up.
 	sas, err := dp1.Export(ctx)
 	if err != nil {
 		return res, fmt.Errorf("exporting gw1's SAs: %w", err)
 	}
-	replays, err := dp1.Replay(ctx)
-	if err != nil {
-		return res, fmt.Errorf("reading gw1's replay counters: %w", err)
-	}
-	res.ExportMS = ms(time.Since(t0))
 	res.SAs = len(sas)
 	if len(sas) == 0 {
 		return res, errors.New("gw1 exported no SA")
 	}
+
+	// Stream A: carries through the handoff.
+	// Short (1.5 s, the handoff in its middle), so that a UML stall
+	// elsewhere is unlikely to be taken for the handoff's gap.
+	probeA, err := s.Probe(ctx, traffic.ProbeConfig{Interval: interval, Count: int(1500 * time.Millisecond / interval)})
+	if err != nil {
+		return res, err
+	}
+	if err := sleep(ctx, 750*time.Millisecond); err != nil {
+		return res, err
+	}
+
+	// The handoff, in one process as it must be (every process start costs
+	// ~100 ms in UML): the replay counters as the last sync read them,
+	// install with the jump, move the VIPs, kill gw1.
+	t0 := time.Now()
+	replays, err := dp1.Replay(ctx)
+	if err != nil {
+		return res, fmt.Errorf("reading gw1's replay counters: %w", err)
+	}
+	res.ReplayReadMS = ms(time.Since(t0))
 	byID := map[string]sa.Replay{}
 	for _, r := range replays {
 		byID[r.ID] = r
@@ -189,7 +225,7 @@ func run(ctx context.Context, env *guest.Env, interval time.Duration, encap, ree
 	if err := gw1.LinksDown(); err != nil {
 		return res, err
 	}
-	log.Info("handoff done", "sas", len(sas), "took", time.Since(t0), "export", res.ExportMS, "install", res.InstallMS)
+	log.Info("handoff done", "sas", len(sas), "took", time.Since(t0), "replay_read", res.ReplayReadMS, "install", res.InstallMS)
 
 	repA, err := probeA.Wait(ctx)
 	if err != nil {
@@ -205,9 +241,9 @@ func run(ctx context.Context, env *guest.Env, interval time.Duration, encap, ree
 	res.ProbesLostAfterTakeover = repB.Lost
 	res.ProbesSent += repB.Sent
 
-	// Stream C: gw2 re-establishes the IKE SA, then the client rekeys its
-	// CHILD_SA and its IKE SA.
-	repC, err := probe(ctx, s, interval, 4*time.Second, func(ctx context.Context) error {
+	// Stream C1: gw2 re-establishes the IKE SA (INITIAL_CONTACT makes
+	// the client replace its IKE SA and CHILD_SA: the one planned switch).
+	repC1, err := probe(ctx, s, interval, 2*time.Second, func(ctx context.Context) error {
 		if err := sleep(ctx, 500*time.Millisecond); err != nil {
 			return err
 		}
@@ -219,7 +255,16 @@ func run(ctx context.Context, env *guest.Env, interval time.Duration, encap, ree
 			}
 			res.ReestablishMS = ms(time.Since(t))
 		}
-		if err := sleep(ctx, time.Second); err != nil {
+		return nil
+	})
+	if err != nil {
+		return res, err
+	}
+	// Stream C2: the client's next rekeys, of its CHILD_SA and its IKE SA.
+	// Unanswered, the client gives up 4.4 s later and restarts: the
+	// stream lasts long enough to see that.
+	repC2, err := probe(ctx, s, interval, 6*time.Second, func(ctx context.Context) error {
+		if err := sleep(ctx, 500*time.Millisecond); err != nil {
 			return err
 		}
 		if _, err := clientVICI.Rekey(ctx, vici.RekeyRequest{Child: swan.ChildName}); err != nil {
@@ -241,13 +286,14 @@ func run(ctx context.Context, env *guest.Env, interval time.Duration, encap, ree
 	if err := sleep(ctx, dpd+dpd/2); err != nil {
 		return res, err
 	}
-	repD, err := probe(ctx, s, interval, 5*time.Second, nil)
+	repD, err := probe(ctx, s, interval, 6*time.Second, nil)
 	if err != nil {
 		return res, err
 	}
-	res.SecondGapMS = max(repC.GapMS(), repD.GapMS())
-	res.SecondPhaseLost = repC.Lost + repD.Lost
-	res.ProbesSent += repC.Sent + repD.Sent
+	res.ReestablishGapMS, res.ReestablishLost = repC1.GapMS(), repC1.Lost
+	res.SecondGapMS = max(repC2.GapMS(), repD.GapMS())
+	res.SecondPhaseLost = repC2.Lost + repD.Lost
+	res.ProbesSent += repC1.Sent + repC2.Sent + repD.Sent
 	after, err := clientIKEIDs(ctx, clientVICI)
 	if err != nil {
 		return res, err
@@ -270,7 +316,7 @@ func run(ctx context.Context, env *guest.Env, interval time.Duration, encap, ree
 	for _, v := range stat {
 		res.ClientXFRMErrors += v
 	}
-	log.Info("scenario", "A", repA, "B", repB, "C", repC, "D", repD, "capture", capRep)
+	log.Info("scenario", "A", repA, "B", repB, "C1", repC1, "C2", repC2, "D", repD, "capture", capRep)
 	return res, nil
 }
 
@@ -303,13 +349,13 @@ func probe(ctx context.Context, s *site.Site, interval, d time.Duration, during 
 
 // dataplane opens the real dataplane of a gateway: its charon's VICI
 // socket and its namespace's XFRM tables.
-func dataplane(n *topo.Node, c *swan.Charon, lg *slog.Logger, tmpl map[string]any) (*ipsec.Dataplane, func(), error) {
+func dataplane(n *topo.Node, sock string, lg *slog.Logger, rc ipsec.ReestablishConfig) (*ipsec.Dataplane, func(), error) {
 	x, err := xfrm.Open(xfrm.Options{Netns: "/run/netns/" + n.NS, Logger: lg})
 	if err != nil {
 		return nil, nil, err
 	}
-	v := vici.New(vici.Config{Socket: c.Socket(), Logger: lg})
-	dp, err := ipsec.New(ipsec.Config{VICI: v, XFRM: x, Logger: lg, Reestablish: ipsec.ReestablishConfig{Template: tmpl, Timeout: 5 * time.Second}})
+	v := vici.New(vici.Config{Socket: sock, Logger: lg})
+	dp, err := ipsec.New(ipsec.Config{VICI: v, XFRM: x, Logger: lg, Reestablish: rc})
 	if err != nil {
 		x.Close()
 		v.Close()
