@@ -1,0 +1,26 @@
+# lab/e2e.mk: end-to-end failover in the kernel lab: Handoff agents on real
+# strongSwan gateways in a user-mode-linux guest (lab/scenario/e2e), and the
+# benchmark against keepalived + strongSwan (lab/scenario/baseline).
+# -include'd by the top-level Makefile next to lab/lab.mk; see docs/lab.md
+# and docs/failover-timings.md.
+#
+#   make lab-e2e          TestPrivilegedE2E*: one guest per reliable fault (root)
+#   make bench-failover   N Handoff runs (active killed) and N baseline runs in
+#                         one benchmark: one JSON line, docs/failover-timings.md
+#
+#   BENCH_RUNS=5          runs of each side
+#   E2E_FLAGS=            extra e2e scenario flags, e.g. -heartbeat 200ms -lease 90ms
+#   E2E_FAULTS=           lab-e2e: only these faults (comma-separated), e.g. kill
+
+E2E_GO ?= go
+BENCH_RUNS ?= 5
+E2E_FLAGS ?=
+E2E_TEST_FLAGS ?= -count=1 -timeout 8m -v
+
+.PHONY: lab-e2e bench-failover
+
+lab-e2e: lab-deps ## end-to-end failover tests: Handoff agents + charon in the UML lab (root)
+	$(E2E_GO) test $(E2E_TEST_FLAGS) -run 'TestPrivilegedE2E' ./lab
+
+bench-failover: lab-deps ## Handoff vs keepalived failover, BENCH_RUNS guests each: one JSON line, docs/failover-timings.md
+	$(E2E_GO) run ./lab/scenario/e2ebench -n $(BENCH_RUNS) -doc docs/failover-timings.md $(if $(E2E_FLAGS),-- $(E2E_FLAGS))

@@ -1,0 +1,391 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"text/template"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/handoffvpn/handoff/lab/topo"
+)
+
+// raftPort is where every agent listens for Raft and cluster RPC, on its
+// gateway's outside address (the uplink: losing it cuts the node off from
+// the cluster too, as in a cloud subnet with one interface).
+const raftPort = 7946
+
+// agentTiming is Raft's timing for the lab's agents.
+type agentTiming struct {
+	Heartbeat, Election, Lease time.Duration
+	// ProbeTimeout bounds the linux provider's owner query and yield.
+	ProbeTimeout time.Duration
+	// HealthInterval is the period of the agent's own charon checks,
+	// HealthTimeout the bound of one (charon answers VICI slowly when the
+	// guest's CPU is busy: a tight bound makes false alarms).
+	HealthInterval, HealthTimeout time.Duration
+	// ReplayInterval is how often the active commits replay counters.
+	ReplayInterval time.Duration
+}
+
+// agentSpec is one node's agent.
+type agentSpec struct {
+	Node      *topo.Node
+	ID        string
+	Addr      string // outside address, host part
+	Witness   bool
+	Bootstrap bool
+	Join      string
+	Vici      string
+	Dir       string // configs and logs (hostfs)
+	DataDir   string // Raft's files (tmpfs)
+	StateDir  string // the linux provider's term records (tmpfs)
+	PKI       string
+	Timing    agentTiming
+	// Nice is the agent's scheduling priority (nice(1) value).
+	Nice int
+	// APIToken authorises the operator API's mutating endpoints.
+	APIToken string
+}
+
+var agentConf = template.Must(template.New("agent").Parse(`# Handoff agent {{.ID}} in the kernel lab (lab/scenario/e2e).
+node_id          = "{{.ID}}"
+role             = "{{if .Witness}}witness{{else}}gateway{{end}}"
+bind_addr        = "{{.Addr}}:{{.Port}}"
+advertise_addr   = "{{.Addr}}:{{.Port}}"
+data_dir         = "{{.DataDir}}"
+cluster_key_file = "{{.PKI}}/cluster.key"
+log_level        = "info"
+log_format       = "json"
+{{- if .Bootstrap}}
+bootstrap        = true
+{{- else}}
+join             = ["{{.Join}}"]
+{{- end}}
+
+tls {
+  ca   = "{{.PKI}}/ca.pem"
+  cert = "{{.PKI}}/{{.ID}}.pem"
+  key  = "{{.PKI}}/{{.ID}}-key.pem"
+}
+
+raft {
+  heartbeat_timeout    = "{{.Timing.Heartbeat}}"
+  election_timeout     = "{{.Timing.Election}}"
+  leader_lease_timeout = "{{.Timing.Lease}}"
+  commit_timeout       = "2ms"
+}
+
+replication {
+  batch_window    = "2ms"
+  replay_interval = "{{.Timing.ReplayInterval}}"
+}
+{{if .Witness}}
+provider {
+  type = "memory"
+}
+
+dataplane {
+  type = "memory"
+}
+{{- else}}
+provider {
+  type = "linux"
+  resource {
+    kind = "vip"
+    id   = "{{.VIP}}/24"
+  }
+  linux {
+    interface         = "{{.OuterIf}}"
+    announce_count    = 5
+    announce_interval = "100ms"
+    probe_timeout     = "{{.Timing.ProbeTimeout}}"
+    state_dir         = "{{.StateDir}}"
+  }
+}
+
+dataplane {
+  type        = "strongswan"
+  vici_socket = "{{.Vici}}"
+}
+
+health {
+  interval = "{{.Timing.HealthInterval}}"
+  timeout  = "{{.Timing.HealthTimeout}}"
+  rise     = 1
+  fall     = 3
+}
+{{- end}}
+`))
+
+// Agent is one running `handoff agent`.
+type Agent struct {
+	spec agentSpec
+	cmd  *exec.Cmd
+	log  string
+	done chan struct{}
+
+	mu      sync.Mutex // guards waitErr
+	waitErr error
+}
+
+// writeConfig renders the agent's configuration file.
+func (s agentSpec) writeConfig() (string, error) {
+	var b bytes.Buffer
+	data := struct {
+		agentSpec
+		Port         int
+		VIP, OuterIf string
+	}{s, raftPort, topo.VIPOuter, topo.OuterIf}
+	if err := agentConf.Execute(&b, data); err != nil {
+		return "", fmt.Errorf("rendering agent config of %s: %w", s.ID, err)
+	}
+	for _, d := range []string{s.Dir, s.DataDir, s.StateDir} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return "", fmt.Errorf("creating %s: %w", d, err)
+		}
+	}
+	path := filepath.Join(s.Dir, "agent.hcl")
+	if err := os.WriteFile(path, b.Bytes(), 0o600); err != nil {
+		return "", fmt.Errorf("writing %s: %w", path, err)
+	}
+	return path, nil
+}
+
+// startAgent starts `handoff agent` inside the spec's namespace.
+func startAgent(bin string, s agentSpec) (*Agent, error) {
+	conf, err := s.writeConfig()
+	if err != nil {
+		return nil, err
+	}
+	logPath := filepath.Join(s.Dir, "agent.log")
+	out, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("creating agent log of %s: %w", s.ID, err)
+	}
+	// Agents run at a higher priority than charon and the probes, as an
+	// HA daemon should (keepalived runs at a real-time priority): on the
+	// guest's one slow CPU a starved agent misses its Raft lease and
+	// steps down, which is an outage of its own.
+	cmd := exec.Command("nice", "-n", strconv.Itoa(s.Nice), bin, "agent", "-config", conf)
+	// A larger GC target: the agents allocate little, and every
+	// collection is CPU the guest's one slow processor lacks.
+	cmd.Env = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "GOGC=400",
+		// The operator API's token (promote and drain need one).
+		"HANDOFF_API_TOKEN=" + s.APIToken, "HANDOFF_TOKEN=" + s.APIToken}
+	cmd.Stdout, cmd.Stderr = out, out
+	// Its own process group, and gone with the scenario: a killed scenario
+	// must not leave agents behind.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if err := s.Node.Start(cmd); err != nil {
+		out.Close()
+		return nil, err
+	}
+	a := &Agent{spec: s, cmd: cmd, log: logPath, done: make(chan struct{})}
+	go func() {
+		err := cmd.Wait()
+		out.Close()
+		a.mu.Lock()
+		a.waitErr = err
+		a.mu.Unlock()
+		close(a.done)
+	}()
+	return a, nil
+}
+
+// Kill ends the agent with SIGKILL, as a crash would, and waits for it.
+func (a *Agent) Kill() {
+	select {
+	case <-a.done:
+		return
+	default:
+	}
+	_ = a.cmd.Process.Kill()
+	<-a.done
+}
+
+// Close stops the agent (SIGTERM, then SIGKILL after 3 s). Safe twice.
+func (a *Agent) Close() {
+	select {
+	case <-a.done:
+		return
+	default:
+	}
+	_ = a.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-a.done:
+	case <-time.After(3 * time.Second):
+		a.Kill()
+	}
+}
+
+// logLine is one JSON line of an agent's log (slog's JSON handler:
+// durations in nanoseconds).
+type logLine struct {
+	Time    time.Time `json:"time"`
+	Level   string    `json:"level"`
+	Msg     string    `json:"msg"`
+	Node    string    `json:"node"`
+	Term    uint64    `json:"term"`
+	SAs     int       `json:"sas"`
+	Detect  int64     `json:"detect"`
+	Elect   int64     `json:"elect"`
+	Claim   int64     `json:"claim"`
+	Move    int64     `json:"move"`
+	Install int64     `json:"install"`
+	Total   int64     `json:"total"`
+	Reason  string    `json:"reason"`
+	Err     string    `json:"err"`
+}
+
+// Lines parses the agent's log so far (non-JSON lines are skipped).
+func (a *Agent) Lines() []logLine {
+	data, err := os.ReadFile(a.log)
+	if err != nil {
+		return nil
+	}
+	var out []logLine
+	sc := bufio.NewScanner(bytes.NewReader(data))
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		line := sc.Bytes()
+		if len(line) == 0 || line[0] != '{' {
+			continue
+		}
+		var l logLine
+		if json.Unmarshal(line, &l) == nil {
+			out = append(out, l)
+		}
+	}
+	return out
+}
+
+// waitLog waits until the agent logged a line msg satisfies.
+func (a *Agent) waitLog(ctx context.Context, d time.Duration, what string, ok func(logLine) bool) (logLine, error) {
+	ctx, cancel := context.WithTimeout(ctx, d)
+	defer cancel()
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		for _, l := range a.Lines() {
+			if ok(l) {
+				return l, nil
+			}
+		}
+		select {
+		case <-a.done:
+			return logLine{}, fmt.Errorf("agent %s exited while waiting for %s: %v\n%s", a.spec.ID, what, a.exitErr(), a.tail())
+		case <-ctx.Done():
+			return logLine{}, fmt.Errorf("agent %s: waiting for %s: %w\n%s", a.spec.ID, what, ctx.Err(), a.tail())
+		case <-tick.C:
+		}
+	}
+}
+
+func (a *Agent) exitErr() error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.waitErr
+}
+
+func (a *Agent) tail() string {
+	data, _ := os.ReadFile(a.log)
+	lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
+	if len(lines) > 12 {
+		lines = lines[len(lines)-12:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// makePKI creates the cluster's CA, one certificate per node and the
+// cluster key with the handoff binary itself, as an operator would.
+func makePKI(ctx context.Context, bin, dir string, nodes map[string]string) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("creating %s: %w", dir, err)
+	}
+	run := func(args ...string) error {
+		cmd := exec.CommandContext(ctx, bin, args...)
+		cmd.WaitDelay = time.Second
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return fmt.Errorf("handoff %s: %w\n%s", strings.Join(args, " "), err, out)
+		}
+		return nil
+	}
+	g, gctx := errgroup.WithContext(ctx)
+	_ = gctx
+	g.Go(func() error { return run("keygen", "-out", filepath.Join(dir, "cluster.key")) })
+	if err := run("tls", "ca", "-out", dir, "-name", "handoff lab CA"); err != nil {
+		return errors.Join(err, g.Wait())
+	}
+	for id, host := range nodes {
+		g.Go(func() error { return run("tls", "cert", "-ca", dir, "-node", id, "-hosts", host, "-out", dir) })
+	}
+	return g.Wait()
+}
+
+// cpuTimes returns the CPU time (user + system) each process in the guest
+// has used, by pid and command name: the lab runs every node on one
+// (slow) CPU, and Raft's timing depends on who else uses it.
+func cpuTimes() map[string]time.Duration {
+	out := map[string]time.Duration{}
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return out
+	}
+	for _, e := range ents {
+		data, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
+		if err != nil {
+			continue
+		}
+		s := string(data)
+		open, close := strings.IndexByte(s, '('), strings.LastIndexByte(s, ')')
+		if open < 0 || close < open {
+			continue
+		}
+		f := strings.Fields(s[close+1:])
+		if len(f) < 13 {
+			continue
+		}
+		var ut, st int64
+		fmt.Sscan(f[11], &ut)
+		fmt.Sscan(f[12], &st)
+		// USER_HZ is 100.
+		out[e.Name()+":"+s[open+1:close]] = time.Duration(ut+st) * 10 * time.Millisecond
+	}
+	return out
+}
+
+// operatorCommand runs `handoff args...` inside n against the agent's API
+// there (127.0.0.1:7950 of the node's namespace), in the background; the
+// returned channel yields its outcome.
+func operatorCommand(bin, token string, n *topo.Node, args ...string) (<-chan error, error) {
+	var out bytes.Buffer
+	cmd := exec.Command(bin, args...)
+	cmd.Env = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "HANDOFF_TOKEN=" + token}
+	cmd.Stdout, cmd.Stderr = &out, &out
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := n.Start(cmd); err != nil {
+		return nil, err
+	}
+	done := make(chan error, 1)
+	go func() {
+		err := cmd.Wait()
+		if err != nil {
+			err = fmt.Errorf("handoff %s in %s: %w\n%s", strings.Join(args, " "), n.Name, err, out.String())
+		}
+		done <- err
+	}()
+	return done, nil
+}

@@ -1,0 +1,544 @@
+// Command e2e is the lab's end-to-end failover scenario, run inside the
+// UML guest: three gateways, each with charon (kernel-netlink) and a real
+// `handoff agent` (strongSwan dataplane over VICI and XFRM, linux provider
+// moving the outside VIP), a client with a live tunnel and a probe stream
+// through it, and one fault:
+//
+//	kill     the active dies: links down, agent and charon SIGKILLed
+//	drain    planned: the operator runs `handoff drain` on the active
+//	charon   charon on the active crashes while its agent lives
+//	uplink   the active's outside link goes down
+//	isolate  the active is cut off from the cluster (its Raft peers
+//	         unreachable) while its uplink stays up
+//	standby  a standby dies (links down, agent and charon killed)
+//	witness  two gateways and a witness; the active dies
+//	flap     the active's outside link flaps (down and up several times)
+//
+// It reports the gap the client saw, what the agents committed (who was
+// active in which term, the per-phase timings of the takeover, how many
+// SAs the new active installed), the ESP sequence numbers on the wire, and
+// a second phase after the failover (the client idle long enough to send
+// DPD, then a CHILD_SA rekey under traffic) that shows whether the client
+// suffers a second outage.
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"path/filepath"
+	"slices"
+	"sort"
+	"time"
+
+	"github.com/vishvananda/netlink"
+
+	"github.com/handoffvpn/handoff/ipsec/vici"
+	"github.com/handoffvpn/handoff/lab/guest"
+	"github.com/handoffvpn/handoff/lab/site"
+	"github.com/handoffvpn/handoff/lab/swan"
+	"github.com/handoffvpn/handoff/lab/topo"
+	"github.com/handoffvpn/handoff/lab/traffic"
+)
+
+type config struct {
+	handoff  string
+	fault    string
+	interval time.Duration
+	warmup   time.Duration
+	after    time.Duration
+	dpd      time.Duration
+	second   bool
+	flaps    int
+	nice     int
+	timing   agentTiming
+}
+
+// Term is one takeover an agent committed (its "active" log line).
+type Term struct {
+	Term      uint64  `json:"term"`
+	Node      string  `json:"node"`
+	SAs       int     `json:"sas"`
+	DetectMS  float64 `json:"detect_ms"`
+	ElectMS   float64 `json:"elect_ms"`
+	ClaimMS   float64 `json:"claim_ms"`
+	MoveMS    float64 `json:"move_ms"`
+	InstallMS float64 `json:"install_ms"`
+	TotalMS   float64 `json:"total_ms"`
+	// AtMS is when the node logged it, after the fault.
+	AtMS float64 `json:"at_ms"`
+}
+
+// Result is the scenario's JSON result.
+type Result struct {
+	Fault      string  `json:"fault"`
+	GapMS      float64 `json:"gap_ms"`
+	ProbesSent int     `json:"probes_sent"`
+	ProbesLost int     `json:"probes_lost"`
+	GapLost    int     `json:"gap_lost"`
+	// GapStartMS is when the largest gap began, relative to the fault.
+	GapStartMS float64 `json:"gap_start_ms"`
+	// Resumed: echoes arrived in the last 500 ms of the stream.
+	Resumed bool `json:"resumed"`
+	// Who was active before and after, from the agents' logs.
+	OldActive string `json:"old_active"`
+	NewActive string `json:"new_active"`
+	// Terms lists every takeover committed after the fault.
+	Terms []Term `json:"terms"`
+	// TermsWithTwoActives lists terms for which two nodes said active.
+	TermsWithTwoActives []uint64 `json:"terms_with_two_actives"`
+	// Takeover is the last committed takeover's timings.
+	Takeover *Term `json:"takeover,omitempty"`
+	// VIPMovedMS: the new active gained the outside VIP (netlink event).
+	VIPMovedMS float64 `json:"vip_moved_ms"`
+	// FencedMS: the old active logged that it fenced itself.
+	FencedMS float64 `json:"fenced_ms,omitempty"`
+	// VIPHolders are the gateways holding the outside VIP at the end.
+	VIPHolders []string `json:"vip_holders"`
+	// SAs: the client's CHILD_SAs before the fault, and what the new
+	// active installed.
+	ClientChildSAs int `json:"client_child_sas"`
+	SAsCarried     int `json:"sas_carried"`
+	// The wire.
+	ESPSeqReused int `json:"esp_seq_reused"`
+	SPIs         int `json:"spis_seen"`
+	// Second phase: idle (DPD), then probes with a CHILD_SA rekey.
+	SecondGapMS float64 `json:"second_gap_ms"`
+	SecondLost  int     `json:"second_lost"`
+	SecondSent  int     `json:"second_sent"`
+	// ClientIKERestarted: the client's IKE SA after the second phase is
+	// not the one it had before the fault.
+	ClientIKERestarted bool `json:"client_ike_restarted"`
+	// Settings and setup.
+	IntervalMS  float64 `json:"interval_ms"`
+	HeartbeatMS int64   `json:"heartbeat_ms"`
+	LeaseMS     int64   `json:"lease_ms"`
+	SetupMS     int64   `json:"setup_ms"`
+	BootMS      int64   `json:"boot_ms"`
+	Kernel      string  `json:"kernel"`
+}
+
+func main() {
+	fs := flag.NewFlagSet("e2e", flag.ExitOnError)
+	var c config
+	fs.StringVar(&c.handoff, "handoff", "", "path of the handoff binary (built on the host)")
+	fs.StringVar(&c.fault, "fault", "kill", "kill, charon, uplink, isolate, standby, witness or flap")
+	fs.DurationVar(&c.interval, "interval", 10*time.Millisecond, "probe interval (100 pps: the agents need the guest's CPU more than the probes)")
+	fs.DurationVar(&c.warmup, "warmup", 1500*time.Millisecond, "probe time before the fault")
+	fs.DurationVar(&c.after, "after", 3*time.Second, "probe time after the fault")
+	fs.DurationVar(&c.dpd, "dpd", time.Second, "client DPD delay")
+	fs.BoolVar(&c.second, "second", true, "run the second phase (client DPD and rekey after the failover)")
+	fs.IntVar(&c.flaps, "flaps", 3, "link flaps (fault flap)")
+	fs.IntVar(&c.nice, "nice", -5, "agents' nice value")
+	fs.DurationVar(&c.timing.Heartbeat, "heartbeat", 300*time.Millisecond, "raft.heartbeat_timeout")
+	fs.DurationVar(&c.timing.Election, "election", 300*time.Millisecond, "raft.election_timeout")
+	fs.DurationVar(&c.timing.Lease, "lease", 140*time.Millisecond, "raft.leader_lease_timeout")
+	fs.DurationVar(&c.timing.ProbeTimeout, "probe-timeout", 30*time.Millisecond, "linux provider probe_timeout")
+	fs.DurationVar(&c.timing.HealthInterval, "health-interval", time.Second, "agent health check interval")
+	fs.DurationVar(&c.timing.ReplayInterval, "replay-interval", 250*time.Millisecond, "replication.replay_interval")
+	fs.DurationVar(&c.timing.HealthTimeout, "health-timeout", 2*time.Second, "agent health check timeout")
+	guest.Main(fs, func(ctx context.Context, env *guest.Env) (any, error) {
+		return run(ctx, env, c)
+	})
+}
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
+
+func run(ctx context.Context, env *guest.Env, c config) (res Result, err error) {
+	res = Result{Fault: c.fault, IntervalMS: ms(c.interval), HeartbeatMS: c.timing.Heartbeat.Milliseconds(),
+		LeaseMS: c.timing.Lease.Milliseconds(), BootMS: env.BootTime().Milliseconds(), Kernel: guest.KernelRelease()}
+	if c.handoff == "" {
+		return res, errors.New("-handoff is required")
+	}
+	if !slices.Contains([]string{"kill", "drain", "charon", "uplink", "isolate", "standby", "witness", "flap"}, c.fault) {
+		return res, fmt.Errorf("unknown -fault %q", c.fault)
+	}
+	log := env.Log
+	t0 := time.Now()
+	s, err := site.Start(ctx, site.Options{
+		Gateways: 3, Profile: swan.Profile{Encap: true, DPDDelay: c.dpd},
+		// As the baseline: a dead peer is declared 1.4 s after the DPD.
+		ClientRetransmit: swan.Retransmit{Timeout: 500 * time.Millisecond, Tries: 1, Base: 1.8},
+		Dir:              env.Dir, RunDir: env.RunDir, Log: log,
+	})
+	if err != nil {
+		return res, err
+	}
+	defer func() { err = errors.Join(err, s.Close()) }()
+	if err := env.NoteNamespaces(s.Topo.Namespaces()); err != nil {
+		return res, err
+	}
+	mirror, err := startMirror(s.Topo.Gateways, log)
+	if err != nil {
+		return res, err
+	}
+	defer mirror.Close()
+
+	pkiDir := env.Path("pki")
+	token, err := newToken()
+	if err != nil {
+		return res, err
+	}
+	hosts := map[string]string{}
+	for i, gw := range s.Topo.Gateways {
+		hosts[gw.Name] = topo.GatewayOuter(i + 1).String()
+	}
+	if err := makePKI(ctx, c.handoff, pkiDir, hosts); err != nil {
+		return res, err
+	}
+	agents := make([]*Agent, len(s.Topo.Gateways))
+	defer func() {
+		for _, a := range agents {
+			if a != nil {
+				a.Close()
+			}
+		}
+	}()
+	spec := func(i int) agentSpec {
+		gw := s.Topo.Gateways[i]
+		return agentSpec{
+			Node: gw, ID: gw.Name, Addr: topo.GatewayOuter(i + 1).String(),
+			Witness: c.fault == "witness" && i == 2, Bootstrap: i == 0,
+			Join: fmt.Sprintf("%s:%d", topo.GatewayOuter(1), raftPort), Vici: s.Gateways[i].Socket(),
+			Dir: env.Path(gw.Name), DataDir: filepath.Join(env.RunDir, gw.Name, "raft"),
+			StateDir: filepath.Join(env.RunDir, gw.Name, "vips"), PKI: pkiDir, Timing: c.timing, Nice: c.nice, APIToken: token,
+		}
+	}
+	// gw1 bootstraps the cluster and becomes active before the others join.
+	if agents[0], err = startAgent(c.handoff, spec(0)); err != nil {
+		return res, err
+	}
+	if _, err := agents[0].waitLog(ctx, 20*time.Second, "gw1 active", func(l logLine) bool { return l.Msg == "active" }); err != nil {
+		return res, err
+	}
+	for i := 1; i < len(agents); i++ {
+		if agents[i], err = startAgent(c.handoff, spec(i)); err != nil {
+			return res, err
+		}
+	}
+	for _, a := range agents[1:] {
+		if _, err := a.waitLog(ctx, 20*time.Second, "join", func(l logLine) bool { return l.Msg == "agent running" }); err != nil {
+			return res, err
+		}
+	}
+	active, err := waitStable(ctx, agents, s.Topo.Gateways, 1500*time.Millisecond, 30*time.Second)
+	if err != nil {
+		return res, err
+	}
+	if _, err := s.Connect(ctx); err != nil {
+		return res, err
+	}
+	children, err := s.Client.ChildSAs(ctx)
+	if err != nil {
+		return res, err
+	}
+	res.ClientChildSAs = len(children)
+	clientVICI := vici.New(vici.Config{Socket: s.Client.Socket(), Logger: log})
+	defer clientVICI.Close()
+	ikeBefore, err := clientIKEIDs(ctx, clientVICI)
+	if err != nil {
+		return res, err
+	}
+	res.SetupMS = time.Since(t0).Milliseconds()
+	log.Info("site, cluster and tunnel up", "took", time.Since(t0).Round(time.Millisecond))
+
+	// The main stream: warm-up, fault, recovery.
+	total := c.warmup + c.after
+	p, err := s.Probe(ctx, traffic.ProbeConfig{Interval: c.interval, Count: int(total / c.interval)})
+	if err != nil {
+		return res, err
+	}
+	if err := sleep(ctx, c.warmup); err != nil {
+		return res, err
+	}
+	oldActive, victim := active, active
+	if c.fault == "standby" {
+		victim = (active + 1) % len(agents)
+	}
+	res.OldActive = agents[oldActive].spec.ID
+	faultAt := time.Now()
+	var drained <-chan error
+	if c.fault == "drain" {
+		// The planned handover: the operator asks the active to hand over.
+		drained, err = operatorCommand(c.handoff, token, s.Topo.Gateways[victim], "drain", "-wait=false")
+	} else {
+		err = inject(ctx, c, s, agents, victim)
+	}
+	if err != nil {
+		return res, err
+	}
+	log.Info("fault injected", "fault", c.fault, "took", time.Since(faultAt).Round(time.Microsecond))
+	if err := sleep(ctx, time.Until(faultAt.Add(c.after-500*time.Millisecond))); err != nil {
+		return res, err
+	}
+	_, recvBefore, _ := p.Progress()
+	rep, err := p.Wait(ctx)
+	if err != nil {
+		return res, err
+	}
+	res.Resumed = rep.Received > recvBefore
+	if drained != nil {
+		if err := <-drained; err != nil {
+			return res, err
+		}
+	}
+	res.GapMS, res.ProbesSent, res.ProbesLost, res.GapLost = rep.GapMS(), rep.Sent, rep.Lost, rep.GapLost
+	if !rep.GapStart.IsZero() {
+		res.GapStartMS = ms(rep.GapStart.Sub(faultAt))
+	}
+
+	// What the agents committed after the fault.
+	byTerm := map[uint64][]string{}
+	for _, a := range agents {
+		for _, l := range a.Lines() {
+			switch {
+			case l.Msg == "active" && l.Time.After(faultAt):
+				t := Term{Term: l.Term, Node: a.spec.ID, SAs: l.SAs,
+					DetectMS: nsMS(l.Detect), ElectMS: nsMS(l.Elect), ClaimMS: nsMS(l.Claim),
+					MoveMS: nsMS(l.Move), InstallMS: nsMS(l.Install), TotalMS: nsMS(l.Total), AtMS: ms(l.Time.Sub(faultAt))}
+				res.Terms = append(res.Terms, t)
+				byTerm[l.Term] = append(byTerm[l.Term], a.spec.ID)
+			case l.Msg == "fenced" && a == agents[oldActive] && l.Time.After(faultAt) && res.FencedMS == 0:
+				res.FencedMS = ms(l.Time.Sub(faultAt))
+			}
+		}
+	}
+	sort.Slice(res.Terms, func(i, j int) bool { return res.Terms[i].Term < res.Terms[j].Term })
+	for term, nodes := range byTerm {
+		if len(nodes) > 1 {
+			res.TermsWithTwoActives = append(res.TermsWithTwoActives, term)
+		}
+	}
+	res.NewActive = res.OldActive
+	if n := len(res.Terms); n > 0 {
+		last := res.Terms[n-1]
+		res.Takeover = &last
+		res.NewActive = last.Node
+		res.SAsCarried = last.SAs
+		if at, ok := mirror.GainedAfter(last.Node, faultAt); ok {
+			res.VIPMovedMS = ms(at.Sub(faultAt))
+		}
+	}
+	for i, gw := range s.Topo.Gateways {
+		if i == victim && (c.fault == "kill" || c.fault == "standby" || c.fault == "witness") {
+			continue // a dead machine: its kernel's addresses reach no one
+		}
+		if ok, err := gw.HasAddr(netip.MustParseAddr(topo.VIPOuter)); err == nil && ok {
+			res.VIPHolders = append(res.VIPHolders, gw.Name)
+		}
+	}
+
+	if c.second {
+		rep2, err := secondPhase(ctx, c, s, clientVICI, log)
+		if err != nil {
+			return res, err
+		}
+		res.SecondGapMS, res.SecondLost, res.SecondSent = rep2.GapMS(), rep2.Lost, rep2.Sent
+		ikeAfter, err := clientIKEIDs(ctx, clientVICI)
+		if err != nil {
+			return res, err
+		}
+		res.ClientIKERestarted = !sameKeys(ikeBefore, ikeAfter)
+	}
+	capRep := s.Capture.Report()
+	res.ESPSeqReused, res.SPIs = capRep.Reused, len(capRep.SPIs)
+	if err := mirror.Err(); err != nil {
+		log.Warn("inside VIP mirror", "err", err)
+	}
+	log.Info("scenario", "probes", rep, "capture", capRep)
+	for k, v := range cpuTimes() {
+		if v >= 100*time.Millisecond {
+			log.Info("cpu", "proc", k, "time", v)
+		}
+	}
+	return res, nil
+}
+
+func newToken() (string, error) {
+	var b [24]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", fmt.Errorf("creating API token: %w", err)
+	}
+	return hex.EncodeToString(b[:]), nil
+}
+
+func nsMS(ns int64) float64 { return float64(ns/1000) / 1000 }
+
+// inject breaks what c.fault says. victim is the gateway index to break.
+func inject(ctx context.Context, c config, s *site.Site, agents []*Agent, victim int) error {
+	gw := s.Topo.Gateways[victim]
+	switch c.fault {
+	case "kill", "standby", "witness":
+		// A dead machine: gone from both segments at once, then its
+		// processes die without a word.
+		if err := gw.LinksDown(); err != nil {
+			return err
+		}
+		agents[victim].Kill()
+		return s.Gateways[victim].Kill()
+	case "charon":
+		return s.Gateways[victim].Kill()
+	case "uplink":
+		return setLink(gw, topo.OuterIf, false)
+	case "isolate":
+		// Raft and cluster RPC run on the outside addresses: make the
+		// peers unreachable from the victim while the client still is.
+		for i := range s.Topo.Gateways {
+			if i == victim {
+				continue
+			}
+			if err := gw.Netlink().RouteAdd(&netlink.Route{
+				Dst: &net.IPNet{IP: topo.GatewayOuter(i + 1).AsSlice(), Mask: net.CIDRMask(32, 32)}, Type: unixRTNBlackhole,
+			}); err != nil {
+				return fmt.Errorf("cutting %s off from gw%d: %w", gw.Name, i+1, err)
+			}
+		}
+		return nil
+	case "flap":
+		for i := 0; i < c.flaps; i++ {
+			if err := setLink(gw, topo.OuterIf, false); err != nil {
+				return err
+			}
+			if err := sleep(ctx, 150*time.Millisecond); err != nil {
+				return err
+			}
+			if err := setLink(gw, topo.OuterIf, true); err != nil {
+				return err
+			}
+			if err := sleep(ctx, 250*time.Millisecond); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	return fmt.Errorf("unknown fault %q", c.fault)
+}
+
+// unixRTNBlackhole is RTN_BLACKHOLE: the route drops silently.
+const unixRTNBlackhole = 6
+
+func setLink(n *topo.Node, dev string, up bool) error {
+	link, err := n.Netlink().LinkByName(dev)
+	if err != nil {
+		return fmt.Errorf("finding %s in %s: %w", dev, n.Name, err)
+	}
+	if up {
+		err = n.Netlink().LinkSetUp(link)
+	} else {
+		err = n.Netlink().LinkSetDown(link)
+	}
+	if err != nil {
+		return fmt.Errorf("setting %s in %s up=%v: %w", dev, n.Name, up, err)
+	}
+	return nil
+}
+
+// waitStable waits until one gateway has been active, holding both VIPs,
+// with no takeover or fencing anywhere for quiet, and returns its index.
+func waitStable(ctx context.Context, agents []*Agent, gws []*topo.Node, quiet, d time.Duration) (int, error) {
+	deadline := time.Now().Add(d)
+	for {
+		var lastEvent time.Time
+		active := -1
+		var activeAt time.Time
+		for i, a := range agents {
+			for _, l := range a.Lines() {
+				switch l.Msg {
+				case "active":
+					if l.Time.After(activeAt) {
+						active, activeAt = i, l.Time
+					}
+					fallthrough
+				case "fenced", "taking over", "takeover failed":
+					if l.Time.After(lastEvent) {
+						lastEvent = l.Time
+					}
+				}
+			}
+		}
+		if active >= 0 && time.Since(lastEvent) >= quiet {
+			outer, err := gws[active].HasAddr(netip.MustParseAddr(topo.VIPOuter))
+			if err != nil {
+				return 0, err
+			}
+			inner, err := gws[active].HasAddr(netip.MustParseAddr(topo.VIPInner))
+			if err != nil {
+				return 0, err
+			}
+			if outer && inner {
+				return active, nil
+			}
+		}
+		if time.Now().After(deadline) {
+			return 0, fmt.Errorf("no stable active gateway within %v (last: %d at %v, last event %v)", d, active, activeAt, lastEvent)
+		}
+		if err := sleep(ctx, 50*time.Millisecond); err != nil {
+			return 0, err
+		}
+	}
+}
+
+// secondPhase lets the client go idle long enough to send DPD to the new
+// active, then probes while the client rekeys its CHILD_SA: a gateway
+// without the IKE SA leaves both unanswered and the client, giving up
+// after its retransmits, tears the tunnel down and restarts it.
+func secondPhase(ctx context.Context, c config, s *site.Site, cl *vici.Client, log *slog.Logger) (traffic.ProbeReport, error) {
+	if err := sleep(ctx, c.dpd+c.dpd/2); err != nil {
+		return traffic.ProbeReport{}, err
+	}
+	d := 4 * time.Second
+	p, err := s.Probe(ctx, traffic.ProbeConfig{Interval: c.interval, Count: int(d / c.interval)})
+	if err != nil {
+		return traffic.ProbeReport{}, err
+	}
+	if err := sleep(ctx, 1500*time.Millisecond); err == nil {
+		if _, err := cl.Rekey(ctx, vici.RekeyRequest{Child: swan.ChildName}); err != nil {
+			// Keep going: the probes tell what the client made of it.
+			log.Warn("client CHILD_SA rekey", "err", err)
+		}
+	}
+	return p.Wait(ctx)
+}
+
+func clientIKEIDs(ctx context.Context, c *vici.Client) (map[uint32]bool, error) {
+	ikes, err := c.ListSAs(ctx, vici.ListFilter{})
+	if err != nil {
+		return nil, fmt.Errorf("listing the client's SAs: %w", err)
+	}
+	ids := map[uint32]bool{}
+	for _, ike := range ikes {
+		if ike.State == "ESTABLISHED" {
+			ids[ike.UniqueID] = true
+		}
+	}
+	return ids, nil
+}
+
+func sameKeys(a, b map[uint32]bool) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k := range a {
+		if !b[k] {
+			return false
+		}
+	}
+	return true
+}

@@ -1,0 +1,89 @@
+package main
+
+// analysis is the static part of the breakdown: where the time goes and
+// what would remove it, written from the measured runs (Nov 2026, this
+// machine: 2 vCPUs shared with other builds; the UML guest has one CPU).
+const analysis = `## Where the time goes, and what would remove it
+
+The target (client gap ≤ 150 ms, ratio ≥ 20 against the baseline) is **not
+met in the UML lab**. The SA handoff itself is not the problem: the kernel
+part (install) takes 1.5–61 ms, and a new active that has the SAs carries
+the tunnel without a single replay error or reused sequence number. The
+time goes to Raft on a starved CPU:
+
+- **Raft timing had to be relaxed to 300 ms heartbeat / 300 ms election /
+  140 ms lease.** With the suggested 100/100/30 (and 100/100/45, 200/200/90)
+  the cluster never settled: leaders stepped down every few seconds with
+  "failed to contact quorum" after 45–240 ms without a follower's answer,
+  and every step-down is a fence (outbound SAs deleted, VIP released), i.e.
+  an outage of its own. The guest is a uniprocessor UML kernel (HZ=100,
+  ~60 µs per system call) running three agents, four charons, the probe
+  stream and the ESP capture: the two surviving agents used 20–25 % of the
+  CPU each (4–5 s of CPU in ~20 s), so a heartbeat waits for the scheduler.
+  Even at 300/140 some runs see one extra leader change after the takeover.
+- **detect** (last contact → candidacy) is the follower's randomised
+  heartbeat timeout, 1–2 × 300 ms, plus scheduling delay: 440–625 ms
+  in the benchmark (up to 690 ms in trial runs).
+  This is most of every gap. The *last contact* column (active logged − agent total) is the part
+  the agent's timings cannot see; it also carries the commit of the
+  ` + "`active`" + ` entry, hence the small negative values.
+- **elect** 48–762 ms: pre-vote + vote over mTLS; long (500–760 ms) when
+  the first election splits or a vote RPC to the dead node's address
+  holds the candidate up, and a second round is needed.
+- **claim** 12–75 ms (up to 420 ms in trial runs): Barrier plus two log entries (membership, claim);
+  each commit waits for a follower that is itself starved.
+- **move** 34–134 ms: the linux provider's owner query to the VIP goes
+  unanswered (the old holder is dead) until ` + "`probe_timeout`" + ` (30 ms), then the
+  address add, the first gratuitous ARP and the yield attempt.
+- **install** 1.5–61 ms for one CHILD_SA (both states and their policies).
+- After the agent's *active*, the client needs the announcement to reach
+  it and one probe interval (10 ms) to see the first echo.
+
+What would remove it, in order of gain:
+
+1. **Agent CPU.** Profile an idle agent in the guest: Raft heartbeats every
+   heartbeat/10 over TLS, the replay-counter commits (every 250 ms here),
+   the health checks (a /proc scan per interval) and the API monitor all
+   cost system calls, which UML makes ~150× dearer. With the agents at a
+   few percent of a CPU, 100/100/30 becomes stable and detect drops to
+   100–200 ms.
+2. **A faster detector than Raft's heartbeat timeout.** The old active's
+   death is visible sooner on the data plane (its links, its BFD/IKE probes)
+   than through a missed heartbeat; a follower that sees the active's uplink
+   die could start the election at once (Raft's leadership transfer or a
+   lower follower timeout after a health signal).
+3. **Fewer commits before the move.** The claim phase needs Barrier and the
+   claim entry; the membership entry could be skipped when unchanged (it
+   is), and the claim could be pipelined with the provider's owner query.
+4. **No owner-query wait for a dead holder.** The query waits the full
+   probe timeout; with ` + "`peers`" + ` configured the neighbour table already shows the
+   holder's MAC unreachable.
+
+Outside UML (real hardware, or a host kernel with ESP) system calls are
+~150× cheaper; whether 100/100/30 then meets 150 ms is not measured here.
+
+### Second outage at the client's next DPD / rekey
+
+The *second-phase gap* column (client idle for 1.5 × DPD, then probes and a
+client CHILD_SA rekey) is 114–1,064 ms (median 157 ms): the new active has the CHILD_SAs but
+no IKE SA, so the client's DPD and rekey go unanswered and the client
+tears the tunnel down and restarts it. ` + "`ipsec.Dataplane.Reestablish`" + ` would fix
+this (the sahandoff scenario shows it), but ` + "`handoff agent`" + ` builds the
+strongSwan dataplane without a connection template
+(` + "`ipsec.Config.Reestablish.Template`" + ` is never set and the configuration has no
+key for it), so the agent logs "no connection template; IKE SAs not
+re-established".
+
+### Lab stand-ins
+
+- The linux provider holds VIPs on one interface per node; a gateway's two
+  VIPs live on two segments (outside 203.0.113.100 on out0, inside
+  198.18.1.1 on in0). The agents move the outside VIP; the scenario mirrors
+  the inside VIP onto whichever gateway holds the outside one, from
+  netlink address events (sub-millisecond, with gratuitous ARP).
+- The linux provider opens netlink for every family the library knows
+  (` + "`netlink.NewHandle()`" + `), netfilter included; the guest loads ` + "`nfnetlink`" + ` so
+  that it starts.
+- Agents run at nice -5 and GOGC=400; probes at 100/s (the baseline's
+  figures above use 200/s, which does not change a seconds-long gap).
+`
