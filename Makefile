@@ -40,7 +40,7 @@ else
 endif
 
 .PHONY: test
-test: deps ## run every test tier (unit, in-process cluster, host lab, kernel lab)
+test: deps operator-deps ## run every test tier (unit, in-process cluster, host lab, kernel lab)
 	$(GO) test $(GOFLAGS) -count=1 -timeout $(TEST_TIMEOUT) $(PKGS)
 
 .PHONY: test-race
@@ -56,7 +56,11 @@ fuzz: ## run each fuzz target for FUZZTIME (default 30s)
 	$(GO) test ./raftstore -run '^$$' -fuzz FuzzDecodeCommand -fuzztime $${FUZZTIME:-30s}
 	$(GO) test ./raftstore -run '^$$' -fuzz FuzzReadSnapshot -fuzztime $${FUZZTIME:-30s}
 	$(GO) test ./config -run '^$$' -fuzz FuzzParse -fuzztime $${FUZZTIME:-30s}
-	$(GO) test ./ipsec/sa -run '^$$' -fuzz FuzzUnmarshal -fuzztime $${FUZZTIME:-30s}
+	$(GO) test ./ipsec/sa -run '^$$' -fuzz 'FuzzUnmarshal$$' -fuzztime $${FUZZTIME:-30s}
+	$(GO) test ./ipsec/sa -run '^$$' -fuzz FuzzUnmarshalReplay -fuzztime $${FUZZTIME:-30s}
+	$(GO) test ./ipsec/xfrm -run '^$$' -fuzz FuzzDecode -fuzztime $${FUZZTIME:-30s}
+	$(GO) test ./ipsec/vici -run '^$$' -fuzz FuzzParse -fuzztime $${FUZZTIME:-30s}
+	$(GO) test ./healthcheck/ikeprobe -run '^$$' -fuzz FuzzParseResponse -fuzztime $${FUZZTIME:-30s}
 
 .PHONY: bench
 bench: ## run the benchmarks and print the figures
