@@ -131,6 +131,13 @@ type ResourceBlock struct {
 type DataplaneBlock struct {
 	Type       string `hcl:"type,optional" yaml:"type" json:"type"`
 	ViciSocket string `hcl:"vici_socket,optional" yaml:"vici_socket" json:"vici_socket"`
+	// ReestablishTemplate is a JSON or YAML file holding the gateway's
+	// connection in VICI load-conn form (version, proposals, local/remote
+	// auth, children...). After a takeover the agent derives one
+	// connection per known peer from it and initiates a fresh IKE SA, so
+	// the peers' next DPD or rekey finds a live IKE SA. Empty: no
+	// re-establishment (the peers restart at their next DPD or rekey).
+	ReestablishTemplate string `hcl:"reestablish_template,optional" yaml:"reestablish_template" json:"reestablish_template"`
 }
 
 // Defaults returns the built-in configuration.
@@ -278,7 +285,9 @@ type Config struct {
 	ProviderSettings any
 	DataplaneType    string
 	ViciSocket       string
-	Health           Health
+	// Reestablish is the decoded reestablish_template (nil if unset).
+	Reestablish map[string]any
+	Health      Health
 }
 
 // Health is the resolved health block.
@@ -428,6 +437,9 @@ func Resolve(f File) (*Config, error) {
 	default:
 		bad("dataplane.type", "%q is not memory or strongswan", c.DataplaneType)
 	}
+	if path := f.Dataplane.ReestablishTemplate; path != "" {
+		c.Reestablish = readTemplate(path, bad)
+	}
 	h := f.Health
 	c.Health = Health{Rise: *h.Rise, Fall: *h.Fall, CharonProcess: h.CharonProcess, LocalChecks: c.DataplaneType == "strongswan"}
 	if h.LocalChecks != nil {
@@ -509,4 +521,26 @@ func settingsOf[T any, P interface {
 		bad(key, "%v", err)
 	}
 	return s
+}
+
+// readTemplate reads a connection template (JSON is YAML too).
+func readTemplate(path string, bad func(string, string, ...any)) map[string]any {
+	src, err := os.ReadFile(path)
+	if err != nil {
+		bad("dataplane.reestablish_template", "%v", err)
+		return nil
+	}
+	var m map[string]any
+	if err := yaml.Unmarshal(src, &m); err != nil {
+		bad("dataplane.reestablish_template", "%s: %v", path, err)
+		return nil
+	}
+	if len(m) == 0 {
+		bad("dataplane.reestablish_template", "%s holds no connection", path)
+		return nil
+	}
+	if _, ok := m["children"]; !ok {
+		bad("dataplane.reestablish_template", "%s: the connection has no children section", path)
+	}
+	return m
 }

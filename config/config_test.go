@@ -193,3 +193,28 @@ provider {
 		t.Fatalf("gcp settings = %#v", c.ProviderSettings)
 	}
 }
+
+func TestReestablishTemplate(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "conn.json")
+	tmpl := `{"version": 2, "proposals": ["aes128gcm16-prfsha256-ecp256"], "local": {"auth": "psk"},
+"remote": {"auth": "psk"}, "children": {"net": {"esp_proposals": ["aes128gcm16"]}}}`
+	if err := os.WriteFile(path, []byte(tmpl), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	f := validFile()
+	f.Dataplane = &DataplaneBlock{Type: "strongswan", ReestablishTemplate: path}
+	c, err := Resolve(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ch, ok := c.Reestablish["children"].(map[string]any); !ok || ch["net"] == nil {
+		t.Fatalf("template = %#v", c.Reestablish)
+	}
+	if err := os.WriteFile(path, []byte(`{"version": 2}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Resolve(f); err == nil || !strings.Contains(err.Error(), "dataplane.reestablish_template") {
+		t.Errorf("template without children: err = %v", err)
+	}
+}

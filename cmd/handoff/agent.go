@@ -198,7 +198,8 @@ func buildDataplane(cfg *config.Config, log *slog.Logger) (agent.Dataplane, func
 			vc.Close()
 			return nil, nil, fmt.Errorf("dataplane: opening XFRM: %w", err)
 		}
-		dp, err := ipsec.New(ipsec.Config{VICI: vc, XFRM: xh, Logger: log})
+		dp, err := ipsec.New(ipsec.Config{VICI: vc, XFRM: xh, Logger: log,
+			Reestablish: ipsec.ReestablishConfig{Template: cfg.Reestablish}})
 		if err != nil {
 			vc.Close()
 			xh.Close()
