@@ -7,11 +7,6 @@ PKGS      ?= ./...
 BIN       ?= bin/handoff
 TEST_TIMEOUT ?= 25m
 
-# Debian packages the labs need (strongSwan, user-mode-linux, keepalived...).
-LAB_PACKAGES = user-mode-linux kmod strongswan-swanctl charon-systemd libcharon-extra-plugins \
-	keepalived iproute2 iputils-ping iputils-arping tcpdump
-IS_ROOT := $(shell [ "$$(id -u)" = 0 ] && echo yes)
-
 .DEFAULT_GOAL := help
 
 .PHONY: help
@@ -27,20 +22,10 @@ demo: ## run the in-process failover demo (no cloud account, no root)
 	$(GO) run ./cmd/handoff demo
 
 .PHONY: deps
-deps: ## install the Debian packages the labs need (as root, only when missing)
-ifeq ($(IS_ROOT),yes)
-	@missing=""; for p in $(LAB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
-	if [ -n "$$missing" ]; then \
-		echo "installing:$$missing"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
-	fi
-	@mkdir -p /usr/lib/modules
-else
-	@echo "SKIP: lab packages not installed: not root (the lab tiers will print SKIP lines)"
-endif
+deps: lab-deps operator-deps ## install the Debian packages the labs and the page test need (as root, only when missing)
 
 .PHONY: test
-test: deps operator-deps ## run every test tier (unit, in-process cluster, host lab, kernel lab)
+test: deps ## run every test tier (unit, in-process cluster, host lab, kernel lab)
 	$(GO) test $(GOFLAGS) -count=1 -timeout $(TEST_TIMEOUT) $(PKGS)
 
 .PHONY: test-race
@@ -63,8 +48,7 @@ fuzz: ## run each fuzz target for FUZZTIME (default 30s)
 	$(GO) test ./healthcheck/ikeprobe -run '^$$' -fuzz FuzzParseResponse -fuzztime $${FUZZTIME:-30s}
 
 .PHONY: bench
-bench: ## run the benchmarks and print the figures
-	$(GO) test -run '^$$' -bench . -benchtime 1x -count 1 ./raftstore/... ./agent/...
+bench: bench-all ## every benchmark, then the performance driver's table and one JSON line (perf.mk)
 
 .PHONY: lint
 lint: ## gofmt, go vet and staticcheck

@@ -9,6 +9,7 @@
 #
 # Environment (kernel command line words): LABDIR, LABMODROOT (a directory
 # holding lib/modules/<release>), LABMODS (comma-separated modules),
+# LABOPTMODS (comma-separated modules whose failure is only logged),
 # LABTIMEOUT (seconds the scenario may run).
 
 PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
@@ -43,6 +44,9 @@ if ! modprobe -d "$LABMODROOT" -a $(echo "$LABMODS" | tr ',' ' '); then
 	echo 125 >"$LABDIR/exit"
 	poweroff
 fi
+for m in $(echo "$LABOPTMODS" | tr ',' ' '); do
+	modprobe -d "$LABMODROOT" "$m" || echo "lab-init: optional module $m not loaded"
+done
 # Every crypto template lookup would otherwise try to run modprobe for a
 # module that does not exist, costing ~170 ms each in UML.
 echo >/proc/sys/kernel/modprobe

@@ -11,8 +11,11 @@
 # as a target. Both need `lab-deps` first on a fresh machine.
 
 LAB_GO ?= go
+# libstrongswan-standard-plugins carries openssl and gcm (the lab's
+# proposals); it is only a Recommends, so it is named here.
 LAB_APT_PACKAGES := user-mode-linux kmod strongswan-swanctl charon-systemd \
-	libcharon-extra-plugins keepalived iproute2 iputils-ping iputils-arping tcpdump
+	libstrongswan-standard-plugins libcharon-extra-plugins keepalived iproute2 \
+	iputils-ping iputils-arping tcpdump
 # The lab's packages, listed so that lab/hostlab (a separate fixture) is
 # not tested twice.
 LAB_PKGS := ./lab ./lab/guest ./lab/topo ./lab/swan ./lab/vrrp ./lab/traffic \
@@ -29,12 +32,13 @@ lab-deps: ## install the kernel lab's Debian packages (root, only the missing on
 	for p in $(LAB_APT_PACKAGES); do \
 		dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed$$' || missing="$$missing $$p"; \
 	done; \
+	if [ "$$(id -u)" = 0 ]; then mkdir -p /usr/lib/modules; fi; \
 	if [ -z "$$missing" ]; then echo "lab-deps: all lab packages installed"; exit 0; fi; \
 	if [ "$$(id -u)" != 0 ]; then \
 		echo "lab-deps: not root, not installing:$$missing (the lab's privileged tests skip without root)"; exit 0; \
 	fi; \
 	echo "lab-deps: installing:$$missing"; \
-	apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing
 
 lab-smoke: lab-deps ## boot the UML guest, bring up an IKEv2 tunnel with kernel ESP, send 1,000 probes
 	$(LAB_GO) run ./lab/cmd/labrun $(LABRUN_FLAGS) smoke
