@@ -2,7 +2,6 @@ package agent
 
 import (
 	"context"
-	"crypto/sha256"
 	"fmt"
 	"slices"
 	"time"
@@ -16,28 +15,16 @@ import (
 // the previous entry is being committed) go into one log entry: a rekey
 // storm of thousands of SAs costs a handful of entries.
 type feeder struct {
-	a *Agent
-	// sent is the plaintext hash of every SA in the log, to skip no-op upserts.
-	sent map[string][32]byte
+	a         *Agent
+	committer *SACommitter
 	// synced is the replay state last committed per SA.
 	synced map[string]sa.Replay
 }
 
 // feed runs while this node is active. known seeds the hashes of the SAs
-// the takeover just installed from the log.
+// the takeover just installed from the log (nil: read them from the log).
 func (a *Agent) feed(ctx context.Context, known map[string][32]byte) {
-	f := &feeder{a: a, sent: known, synced: make(map[string]sa.Replay)}
-	if f.sent == nil {
-		f.sent = make(map[string][32]byte)
-		a.store.FSM().View(func(st *raftstore.State) {
-			for id, e := range st.SAs {
-				if pt, err := a.sealer.Open(id, e.Sealed); err == nil {
-					f.sent[id] = sha256.Sum256(pt)
-					clear(pt)
-				}
-			}
-		})
-	}
+	f := &feeder{a: a, committer: NewSACommitter(a.store, a.sealer, a.cfg.MaxBatch, a.log, known), synced: make(map[string]sa.Replay)}
 	changes := make(chan sa.Change, 16384)
 	watchErr := make(chan error, 1)
 	go func() { watchErr <- a.dp.Watch(ctx, changes) }()
@@ -115,62 +102,15 @@ func (a *Agent) feed(ctx context.Context, known map[string][32]byte) {
 
 // commit seals and commits one batch of changes.
 func (f *feeder) commit(ctx context.Context, changes map[string]sa.Change) error {
-	cmd := &raftstore.SABatchCmd{}
-	hashes := make(map[string][32]byte)
-	for id, c := range changes {
-		switch c.Op {
-		case sa.Upsert:
-			if c.SA == nil || c.SA.ID != id {
-				f.a.log.Warn("dataplane reported an upsert without its SA", "id", id)
-				continue
-			}
-			if err := c.SA.Validate(); err != nil {
-				f.a.log.Warn("dataplane reported an invalid SA; not replicated", "id", id, "err", err)
-				continue
-			}
-			pt := sa.Marshal(c.SA)
-			h := sha256.Sum256(pt)
-			if old, ok := f.sent[id]; ok && old == h {
-				clear(pt)
-				continue
-			}
-			sealed, err := f.a.sealer.Seal(id, pt)
-			clear(pt)
-			if err != nil {
-				return fmt.Errorf("sealing SA %s: %w", id, err)
-			}
-			cmd.Upserts = append(cmd.Upserts, raftstore.SAUpsert{ID: id, Sealed: sealed})
-			hashes[id] = h
-		case sa.Delete:
-			if _, ok := f.sent[id]; ok {
-				cmd.Deletes = append(cmd.Deletes, id)
+	_, deletes, err := f.committer.Commit(ctx, changes)
+	if deletes > 0 {
+		for id, c := range changes {
+			if c.Op == sa.Delete && !f.committer.Has(id) {
+				delete(f.synced, id)
 			}
 		}
 	}
-	if len(cmd.Upserts) == 0 && len(cmd.Deletes) == 0 {
-		return nil
-	}
-	for start := 0; start < len(cmd.Upserts) || start == 0; start += f.a.cfg.MaxBatch {
-		end := min(start+f.a.cfg.MaxBatch, len(cmd.Upserts))
-		part := &raftstore.SABatchCmd{Upserts: cmd.Upserts[start:end]}
-		if end == len(cmd.Upserts) {
-			part.Deletes = cmd.Deletes
-		}
-		if _, err := f.a.store.Apply(ctx, part); err != nil {
-			return err
-		}
-		if end == len(cmd.Upserts) {
-			break
-		}
-	}
-	for id, h := range hashes {
-		f.sent[id] = h
-	}
-	for _, id := range cmd.Deletes {
-		delete(f.sent, id)
-		delete(f.synced, id)
-	}
-	return nil
+	return err
 }
 
 // resync makes the log's SA set equal to the dataplane's: the full resync
@@ -184,7 +124,7 @@ func (f *feeder) resync(ctx context.Context) error {
 	for _, c := range list {
 		changes[c.ID] = sa.Change{Op: sa.Upsert, ID: c.ID, SA: c}
 	}
-	for id := range f.sent {
+	for id := range f.committer.IDs() {
 		if _, ok := changes[id]; !ok {
 			changes[id] = sa.Change{Op: sa.Delete, ID: id}
 		}
@@ -200,7 +140,7 @@ func (f *feeder) syncReplay(ctx context.Context) error {
 	}
 	cmd := &raftstore.ReplayBatchCmd{}
 	for _, r := range states {
-		if _, known := f.sent[r.ID]; !known {
+		if !f.committer.Has(r.ID) {
 			continue
 		}
 		if old, ok := f.synced[r.ID]; ok && old.OSeq == r.OSeq && old.Seq == r.Seq && slices.Equal(old.Bitmap, r.Bitmap) {

@@ -522,7 +522,15 @@ func (a *Agent) promoteLocal(ctx context.Context, node string) (Handover, error)
 		h.ReplaySynced = n
 	}
 	a.log.Info("operator promote: transferring leadership", "to", node, "replay_synced", h.ReplaySynced)
+	if a.IsActive() {
+		a.mu.Lock()
+		a.handover = plannedHandover{term: h.Term, until: time.Now().Add(a.cfg.HandoverGrace)}
+		a.mu.Unlock()
+	}
 	if err := a.store.TransferLeadership(node, string(p.Address)); err != nil {
+		a.mu.Lock()
+		a.handover = plannedHandover{}
+		a.mu.Unlock()
 		return h, fmt.Errorf("promote %s: %w", node, err)
 	}
 	a.emit(Event{Kind: "leadership.transferred", Detail: "operator promote → " + node})
@@ -613,18 +621,10 @@ func (a *Agent) syncReplayNow(ctx context.Context) (int, error) {
 }
 
 // reload makes the feed's idea of what the log holds equal to the FSM
-// again (after a snapshot restore replaced the state under it).
+// (after a snapshot restore replaced it).
 func (f *feeder) reload() {
-	f.sent = make(map[string][32]byte)
+	f.committer.Reload()
 	f.synced = make(map[string]sa.Replay)
-	f.a.store.FSM().View(func(st *raftstore.State) {
-		for id, e := range st.SAs {
-			if pt, err := f.a.sealer.Open(id, e.Sealed); err == nil {
-				f.sent[id] = sha256.Sum256(pt)
-				clear(pt)
-			}
-		}
-	})
 }
 
 // Forwarded operator requests.
