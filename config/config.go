@@ -107,6 +107,7 @@ type TakeoverBlock struct {
 	ClaimTimeout   string `hcl:"claim_timeout,optional" yaml:"claim_timeout" json:"claim_timeout"`
 	InstallTimeout string `hcl:"install_timeout,optional" yaml:"install_timeout" json:"install_timeout"`
 	FenceTimeout   string `hcl:"fence_timeout,optional" yaml:"fence_timeout" json:"fence_timeout"`
+	HandoverGrace  string `hcl:"handover_grace,optional" yaml:"handover_grace" json:"handover_grace"`
 }
 
 // ProviderBlock selects the provider and the floating resources. The
@@ -155,7 +156,7 @@ func Defaults() File {
 			CommitTimeout: "5ms", SnapshotInterval: "30s", SnapshotThreshold: ptr(8192), TrailingLogs: ptr(10240)},
 		Replication: &ReplicationBlock{BatchWindow: "5ms", MaxBatch: ptr(4096), ReplayInterval: "100ms",
 			MinSeqJump: ptr(int64(1 << 16)), MaxPacketRate: ptr(1e6)},
-		Takeover:  &TakeoverBlock{BarrierTimeout: "5s", ClaimTimeout: "20s", InstallTimeout: "30s", FenceTimeout: "2s"},
+		Takeover:  &TakeoverBlock{BarrierTimeout: "5s", ClaimTimeout: "20s", InstallTimeout: "30s", FenceTimeout: "2s", HandoverGrace: "1s"},
 		Provider:  &ProviderBlock{Type: "memory"},
 		Dataplane: &DataplaneBlock{Type: "memory", ViciSocket: "/var/run/charon.vici"},
 		Health: &HealthBlock{Interval: "1s", Timeout: "500ms", Rise: ptr(2), Fall: ptr(3), ReportInterval: "1s",
@@ -278,6 +279,7 @@ type Config struct {
 	ClaimTimeout   time.Duration
 	InstallTimeout time.Duration
 	FenceTimeout   time.Duration
+	HandoverGrace  time.Duration
 	ProviderType   string
 	Resources      []ResourceBlock
 	// ProviderSettings is the settings block of ProviderType (a
@@ -414,6 +416,7 @@ func Resolve(f File) (*Config, error) {
 	c.ClaimTimeout = dur("takeover.claim_timeout", t.ClaimTimeout, time.Millisecond)
 	c.InstallTimeout = dur("takeover.install_timeout", t.InstallTimeout, time.Millisecond)
 	c.FenceTimeout = dur("takeover.fence_timeout", t.FenceTimeout, time.Millisecond)
+	c.HandoverGrace = dur("takeover.handover_grace", t.HandoverGrace, time.Millisecond)
 	switch c.ProviderType {
 	case "memory":
 	case "aws":

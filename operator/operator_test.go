@@ -303,7 +303,13 @@ func TestPromoteThroughFollowerAndDrain(t *testing.T) {
 	if next != target {
 		t.Fatalf("%s became active, want %s", next.Spec.ID, target.Spec.ID)
 	}
-	waitFor(t, "old active fenced", func() bool { return !e.first.Agent.IsActive() })
+	waitFor(t, "old active fenced", func() bool { return !e.first.Agent.IsActive() && !e.first.DP.FencedAt().IsZero() })
+	// A planned hand-over keeps the old active carrying the tunnels (its
+	// outbound SAs kept sending, see the reuse check below) until the new
+	// one has committed active: fencing earlier leaves them no gateway.
+	if fenced := e.first.DP.FencedAt(); fenced.Before(act.ActiveAt) {
+		t.Errorf("old active fenced at %s, before the new one was active at %s", fenced.Format(time.StampMicro), act.ActiveAt.Format(time.StampMicro))
+	}
 	if got := len(target.DP.Outbound()); got != 20 {
 		t.Errorf("new active carries %d SAs, want 20", got)
 	}
