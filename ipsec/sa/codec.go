@@ -29,7 +29,8 @@ var ErrCodec = errors.New("malformed SA encoding")
 // Marshal encodes c. The result holds key material: seal it before it
 // leaves the process.
 func Marshal(c *ChildSA) []byte {
-	w := writer{buf: make([]byte, 0, 512)}
+	// Room for a typical SA, so the buffer is allocated once.
+	w := writer{buf: make([]byte, 0, 512+64*len(c.Policies))}
 	w.u8(codecVersion)
 	w.str(c.ID)
 	w.ike(&c.IKE)
@@ -137,9 +138,25 @@ func (w *writer) time(t time.Time) {
 	}
 	w.u64(uint64(t.UnixNano()))
 }
+
+// addr writes what MarshalBinary returns, length-prefixed, without its
+// allocation for the common cases: an SA holds some twenty addresses.
 func (w *writer) addr(a netip.Addr) {
-	b, _ := a.MarshalBinary() // never fails
-	w.bytes(b)
+	switch {
+	case !a.IsValid():
+		w.uvar(0)
+	case a.Is4():
+		v := a.As4()
+		w.uvar(4)
+		w.buf = append(w.buf, v[:]...)
+	case a.Zone() == "":
+		v := a.As16()
+		w.uvar(16)
+		w.buf = append(w.buf, v[:]...)
+	default:
+		b, _ := a.MarshalBinary() // never fails
+		w.bytes(b)
+	}
 }
 func (w *writer) addrPort(a netip.AddrPort) {
 	w.addr(a.Addr())
@@ -342,6 +359,26 @@ func (r *reader) bytes(max int) []byte {
 	return append([]byte(nil), b...)
 }
 func (r *reader) str() string { return string(r.take(r.count(maxString))) }
+
+// algoName reads an algorithm name, sharing the string of the names of
+// strongSwan's default proposals instead of allocating one per state.
+func (r *reader) algoName() string {
+	b := r.take(r.count(maxString))
+	switch string(b) {
+	case "rfc4106(gcm(aes))":
+		return "rfc4106(gcm(aes))"
+	case "cbc(aes)":
+		return "cbc(aes)"
+	case "hmac(sha256)":
+		return "hmac(sha256)"
+	case "hmac(sha1)":
+		return "hmac(sha1)"
+	case "rfc7539esp(chacha20,poly1305)":
+		return "rfc7539esp(chacha20,poly1305)"
+	}
+	return string(b)
+}
+
 func (r *reader) boolean() bool {
 	switch v := r.u8(); v {
 	case 0:
@@ -362,7 +399,8 @@ func (r *reader) time() time.Time {
 	return time.Unix(0, int64(v)).UTC()
 }
 func (r *reader) addr() netip.Addr {
-	b := r.bytes(16)
+	// netip.AddrFromSlice copies: no intermediate copy of the bytes.
+	b := r.take(r.count(16))
 	if r.err != nil {
 		return netip.Addr{}
 	}
@@ -411,7 +449,7 @@ func (r *reader) algo() *Algo {
 	if !r.present() {
 		return nil
 	}
-	return &Algo{Name: r.str(), Key: r.bytes(maxKey), ICVBits: r.u32var("ICV length"), TruncBits: r.u32var("truncation length")}
+	return &Algo{Name: r.algoName(), Key: r.bytes(maxKey), ICVBits: r.u32var("ICV length"), TruncBits: r.u32var("truncation length")}
 }
 func (r *reader) mark() *Mark {
 	if !r.present() {
