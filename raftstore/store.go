@@ -15,7 +15,6 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
-	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
 
 	"github.com/handoffvpn/handoff/internal/pki"
 )
@@ -27,7 +26,7 @@ type Config struct {
 	BindAddr string
 	// AdvertiseAddr is the address peers dial; defaults to the listener's.
 	AdvertiseAddr string
-	// DataDir holds the Raft log (raft.db) and snapshots, mode 0700.
+	// DataDir holds the Raft log (wal/) and snapshots, mode 0700.
 	DataDir string
 	TLS     *pki.Material
 	// Authorize, if set, further restricts which verified nodes may connect.
@@ -66,7 +65,7 @@ type Store struct {
 	raft      *raft.Raft
 	layer     *streamLayer
 	transport *raft.NetworkTransport
-	logs      *raftboltdb.BoltStore
+	logs      *logStore
 	notify    chan bool
 	observer  *raft.Observer
 	obsCh     chan raft.Observation
@@ -124,10 +123,10 @@ func Open(cfg Config) (*Store, error) {
 		Stream: s.layer, MaxPool: 3, Timeout: 2 * time.Second, Logger: hl,
 	})
 
-	s.logs, err = raftboltdb.New(raftboltdb.Options{Path: filepath.Join(cfg.DataDir, "raft.db"), NoSync: cfg.NoSync})
+	s.logs, err = openLogStore(cfg.DataDir, cfg.NoSync, hl)
 	if err != nil {
 		s.transport.Close()
-		return nil, fmt.Errorf("opening raft log %s: %w", filepath.Join(cfg.DataDir, "raft.db"), err)
+		return nil, err
 	}
 	fss, err := raft.NewFileSnapshotStoreWithLogger(cfg.DataDir, 2, hl)
 	if err != nil {
@@ -164,9 +163,9 @@ func Open(cfg Config) (*Store, error) {
 		return nil, fmt.Errorf("raft timing: %w", err)
 	}
 	// Replication reads back the entries it sends and the term of the one
-	// before them; from bolt that is a read and a msgpack decode of the
-	// whole entry (megabytes for a full sa-batch) per follower and send.
-	// The cache keeps the last few entries in memory instead.
+	// before them: without a cache, a read and a decode of the
+	// whole entry (megabytes for a full sa-batch) per follower and send
+	// from the disk. The cache keeps the last few entries in memory instead.
 	cached, err := raft.NewLogCache(logCacheEntries, s.logs)
 	if err != nil {
 		s.logs.Close()
