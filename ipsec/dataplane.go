@@ -26,6 +26,10 @@ type kernelXFRM interface {
 	Delete(ctx context.Context, k xfrm.Key) error
 	InstallPolicy(ctx context.Context, p *sa.Policy) error
 	DeletePolicy(ctx context.Context, p *sa.Policy) error
+	// The batched forms of Install and InstallPolicy, for a takeover:
+	// one error per item, nil where it is installed.
+	InstallStates(ctx context.Context, states []*xfrm.State) []error
+	InstallPolicies(ctx context.Context, policies []*sa.Policy) []error
 }
 
 var _ kernelXFRM = (*xfrm.Handle)(nil)
@@ -312,53 +316,70 @@ var ErrSeqExhausted = errors.New("outbound sequence number space exhausted")
 // keeps its counters when they are further along. Errors are collected per
 // SA; the others are still installed.
 func (d *Dataplane) Install(ctx context.Context, sas []sa.Install) error {
-	var errs []error
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("installing %d SAs: %w", len(sas), err)
+	}
+	// Every SA's states first, in one batched call, then the policies of
+	// the SAs whose states went in: inbound ones (in, fwd) before outbound
+	// ones, so that no packet is sent under a policy without its state.
+	failed := make([]error, len(sas))
+	var states []*xfrm.State
+	var owner []int
 	for i := range sas {
-		if err := ctx.Err(); err != nil {
-			errs = append(errs, err)
-			break
+		in := &sas[i]
+		c := in.SA
+		switch {
+		case c == nil:
+			failed[i] = errors.New("install without an SA")
+			continue
+		case c.Validate() != nil:
+			failed[i] = fmt.Errorf("installing %s: %w", c.ID, c.Validate())
+			continue
+		case !c.Out.ESN && in.OSeq >= 1<<32-1:
+			failed[i] = fmt.Errorf("installing %s: outbound sequence number %d: %w", c.ID, in.OSeq, ErrSeqExhausted)
+			continue
 		}
-		if err := d.installOne(ctx, &sas[i]); err != nil {
-			errs = append(errs, err)
+		addTime := c.Child.InstalledAt
+		states = append(states,
+			&xfrm.State{State: c.In, Replay: xfrm.Replay{Seq: in.Replay.Seq, Bitmap: slices.Clone(in.Replay.Bitmap)}, AddTime: addTime},
+			&xfrm.State{State: c.Out, Replay: xfrm.Replay{OSeq: in.OSeq}, AddTime: addTime})
+		owner = append(owner, i, i)
+	}
+	for j, err := range d.x.InstallStates(ctx, states) {
+		if i := owner[j]; err != nil && failed[i] == nil {
+			failed[i] = fmt.Errorf("installing %s: %w", sas[i].SA.ID, err)
 		}
 	}
-	return errors.Join(errs...)
-}
-
-func (d *Dataplane) installOne(ctx context.Context, in *sa.Install) error {
-	c := in.SA
-	if c == nil {
-		return errors.New("install without an SA")
-	}
-	if err := c.Validate(); err != nil {
-		return fmt.Errorf("installing %s: %w", c.ID, err)
-	}
-	if !c.Out.ESN && in.OSeq >= 1<<32-1 {
-		return fmt.Errorf("installing %s: outbound sequence number %d: %w", c.ID, in.OSeq, ErrSeqExhausted)
-	}
-	addTime := c.Child.InstalledAt
-	inState := &xfrm.State{State: c.In, Replay: xfrm.Replay{Seq: in.Replay.Seq, Bitmap: slices.Clone(in.Replay.Bitmap)}, AddTime: addTime}
-	outState := &xfrm.State{State: c.Out, Replay: xfrm.Replay{OSeq: in.OSeq}, AddTime: addTime}
-	for _, st := range []*xfrm.State{inState, outState} {
-		res, err := d.x.Install(ctx, st)
-		if err != nil {
-			return fmt.Errorf("installing %s: %w", c.ID, err)
+	var pols []*sa.Policy
+	owner = owner[:0]
+	for _, outbound := range []bool{false, true} {
+		for i := range sas {
+			if failed[i] != nil {
+				continue
+			}
+			for k := range sas[i].SA.Policies {
+				if p := &sas[i].SA.Policies[k]; (p.Dir == sa.DirOut) == outbound {
+					pols = append(pols, p)
+					owner = append(owner, i)
+				}
+			}
 		}
-		d.log.Debug("ipsec: installed state", "id", c.ID, "key", st.Key().String(), "result", res.String())
 	}
-	// Inbound policies (in, fwd) before outbound ones.
-	pols := slices.Clone(c.Policies)
-	sort.SliceStable(pols, func(i, j int) bool { return pols[i].Dir != sa.DirOut && pols[j].Dir == sa.DirOut })
-	for i := range pols {
-		if err := d.x.InstallPolicy(ctx, &pols[i]); err != nil {
-			return fmt.Errorf("installing %s: %w", c.ID, err)
+	for j, err := range d.x.InstallPolicies(ctx, pols) {
+		if i := owner[j]; err != nil && failed[i] == nil {
+			failed[i] = fmt.Errorf("installing %s: %w", sas[i].SA.ID, err)
 		}
 	}
 	d.mu.Lock()
-	d.installed[c.ID] = &installedSA{sa: c, in: xfrm.KeyOf(&c.In), out: xfrm.KeyOf(&c.Out)}
-	delete(d.staged, c.ID)
+	for i := range sas {
+		if failed[i] == nil {
+			c := sas[i].SA
+			d.installed[c.ID] = &installedSA{sa: c, in: xfrm.KeyOf(&c.In), out: xfrm.KeyOf(&c.Out)}
+			delete(d.staged, c.ID)
+		}
+	}
 	d.mu.Unlock()
-	return nil
+	return errors.Join(failed...)
 }
 
 // Stage pre-installs the inbound states of sas on a standby, so that a

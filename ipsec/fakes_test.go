@@ -131,6 +131,24 @@ func (f *fakeXFRM) InstallPolicy(ctx context.Context, p *sa.Policy) error {
 	return nil
 }
 
+// InstallStates and InstallPolicies stand in for the batched kernel
+// calls by doing each item as the single calls do.
+func (f *fakeXFRM) InstallStates(ctx context.Context, states []*xfrm.State) []error {
+	errs := make([]error, len(states))
+	for i, s := range states {
+		_, errs[i] = f.Install(ctx, s)
+	}
+	return errs
+}
+
+func (f *fakeXFRM) InstallPolicies(ctx context.Context, policies []*sa.Policy) []error {
+	errs := make([]error, len(policies))
+	for i, p := range policies {
+		errs[i] = f.InstallPolicy(ctx, p)
+	}
+	return errs
+}
+
 func (f *fakeXFRM) DeletePolicy(ctx context.Context, p *sa.Policy) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()

@@ -25,8 +25,10 @@ type fakeKernel struct {
 	// instead of performing it.
 	before func(op string, k Key) error
 	hz     uint32
-	aeCh   chan ReplayEvent
-	closed bool
+	// applyBreak > 0 breaks every batch after that many messages.
+	applyBreak int
+	aeCh       chan ReplayEvent
+	closed     bool
 }
 
 func newFakeKernel() *fakeKernel {
@@ -193,6 +195,31 @@ func (f *fakeKernel) updPolicy(p *sa.Policy) error {
 	f.record("updpolicy %s", policyKey(p))
 	f.policies[policyKey(p)] = &Policy{Policy: *p}
 	return nil
+}
+
+// apply plays a batch the way the kernel does: in order, every message
+// whatever the ones before it did, one verdict each. applyBreak, when set,
+// breaks the exchange after that many messages (a socket error).
+func (f *fakeKernel) apply(reqs []request) ([]error, error) {
+	f.mu.Lock()
+	f.record("batch of %d", len(reqs))
+	brk := f.applyBreak
+	f.mu.Unlock()
+	verdicts := make([]error, len(reqs))
+	for i, r := range reqs {
+		if brk > 0 && i == brk {
+			return verdicts, unix.ENOBUFS
+		}
+		switch {
+		case r.state != nil:
+			verdicts[i] = f.addState(r.state, false)
+		case r.policy != nil:
+			verdicts[i] = f.updPolicy(r.policy)
+		default:
+			verdicts[i] = unix.EINVAL
+		}
+	}
+	return verdicts, nil
 }
 
 func (f *fakeKernel) delPolicy(p *sa.Policy) error {

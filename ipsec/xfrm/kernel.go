@@ -1,8 +1,10 @@
 package xfrm
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"sync/atomic"
 
 	"github.com/handoffvpn/handoff/ipsec/sa"
 	"github.com/vishvananda/netlink/nl"
@@ -27,6 +29,10 @@ type kernel interface {
 	getAE(k Key, s *sa.State) (ReplayEvent, uint32, error)
 	dumpPolicies() ([]*Policy, error)
 	updPolicy(p *sa.Policy) error
+	// apply sends reqs in order and returns the kernel's verdict on each
+	// (nil: applied). A non-nil error means the exchange itself broke:
+	// the verdicts of the requests it did not reach are nil and unknown.
+	apply(reqs []request) ([]error, error)
 	delPolicy(p *sa.Policy) error
 	// subscribeAE opens a listener for async replay events.
 	subscribeAE() (aeSource, error)
@@ -137,6 +143,85 @@ func (k *nlKernel) addState(s *State, update bool) error {
 	}
 	_, err = k.exec(typ, unix.NLM_F_ACK, body, 0)
 	return err
+}
+
+// batchMessages is how many messages apply sends per system call: about
+// 30 KB of states, well inside the socket's send buffer, and at most as
+// many error replies as the 4 MB receive buffer can always take.
+const batchMessages = 64
+
+// apply sends reqs batchMessages to a sendto. Only the last message of a
+// batch asks for an acknowledgement: the kernel processes a batch in
+// order, goes on after a failed message, and reports every failure as an
+// error reply whether or not it was asked to, so the acknowledgement of
+// the last message means every earlier verdict has arrived.
+func (k *nlKernel) apply(reqs []request) ([]error, error) {
+	verdicts := make([]error, len(reqs))
+	s := k.sh.Socket
+	s.Lock()
+	defer s.Unlock()
+	var buf []byte
+	for start := 0; start < len(reqs); start += batchMessages {
+		part := reqs[start:min(start+batchMessages, len(reqs))]
+		n := uint32(len(part))
+		first := atomic.AddUint32(&k.sh.Seq, n) - n + 1
+		buf = buf[:0]
+		for i, r := range part {
+			flags := unix.NLM_F_REQUEST
+			if i == len(part)-1 {
+				flags |= unix.NLM_F_ACK
+			}
+			buf = appendMessage(buf, uint16(r.typ), uint16(flags), first+uint32(i), k.pid, r.body)
+		}
+		if err := unix.Sendto(s.GetFd(), buf, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+			return verdicts, fmt.Errorf("sending %d XFRM messages: %w", len(part), err)
+		}
+		for acked := false; !acked; {
+			msgs, from, err := s.Receive()
+			if err != nil {
+				return verdicts, fmt.Errorf("reading the kernel's verdicts on %d XFRM messages: %w", len(part), err)
+			}
+			if from.Pid != nl.PidKernel {
+				continue
+			}
+			for _, m := range msgs {
+				// Unsigned arithmetic keeps this right across a wrap of the
+				// sequence counter; replies to earlier requests fall outside.
+				off := m.Header.Seq - first
+				if m.Header.Pid != k.pid || m.Header.Type != unix.NLMSG_ERROR || off >= n {
+					continue
+				}
+				if len(m.Data) < 4 {
+					return verdicts, fmt.Errorf("a %d-byte XFRM error reply", len(m.Data))
+				}
+				if errno := int32(binary.NativeEndian.Uint32(m.Data)); errno != 0 {
+					verdicts[start+int(off)] = unix.Errno(-errno)
+				}
+				if off == n-1 {
+					acked = true
+				}
+			}
+		}
+	}
+	return verdicts, nil
+}
+
+// appendMessage appends one netlink message (header and body, padded to
+// the netlink alignment) to buf.
+func appendMessage(buf []byte, typ, flags uint16, seq, pid uint32, body []byte) []byte {
+	l := unix.NLMSG_HDRLEN + len(body)
+	off := len(buf)
+	buf = append(buf, make([]byte, unix.NLMSG_HDRLEN)...)
+	binary.NativeEndian.PutUint32(buf[off:], uint32(l))
+	binary.NativeEndian.PutUint16(buf[off+4:], typ)
+	binary.NativeEndian.PutUint16(buf[off+6:], flags)
+	binary.NativeEndian.PutUint32(buf[off+8:], seq)
+	binary.NativeEndian.PutUint32(buf[off+12:], pid)
+	buf = append(buf, body...)
+	for len(buf)%unix.NLMSG_ALIGNTO != 0 {
+		buf = append(buf, 0)
+	}
+	return buf
 }
 
 func (k *nlKernel) delState(key Key) error {

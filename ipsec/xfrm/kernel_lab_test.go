@@ -59,6 +59,15 @@ func TestPrivilegedKernel(t *testing.T) {
 	if len(kc.Checks) < 10 {
 		t.Fatalf("only %d checks ran: %s", len(kc.Checks), res.Output)
 	}
+	ran := map[string]bool{}
+	for _, c := range kc.Checks {
+		ran[c.Name] = true
+	}
+	for _, name := range []string{"dump round trip", "policies round trip", "batched install", "delete twice"} {
+		if !ran[name] {
+			t.Errorf("kernel check %q did not run", name)
+		}
+	}
 	for _, c := range kc.Checks {
 		if !c.OK {
 			t.Errorf("kernel check %q failed: %s", c.Name, c.Detail)

@@ -199,6 +199,7 @@ func run(ctx context.Context, bulk int) (*Result, error) {
 	}())
 
 	c.check("policies round trip", policies(ctx, h))
+	c.check("batched install", batched(ctx, h, addTime))
 
 	c.check("delete twice", func() error {
 		k := states()["transport selector"].Key()
@@ -288,6 +289,92 @@ func expectResult(ctx context.Context, h *xfrm.Handle, s *xfrm.State, want xfrm.
 }
 
 // same compares what the kernel returned with what was written.
+// batched installs every kind of state, under new SPIs and more than one
+// batch's worth, through InstallStates: each must read back as written;
+// a state the kernel refuses fails alone; installing the set again (every
+// state EEXIST, counters behind the kernel's) changes nothing; policies go
+// in through InstallPolicies.
+func batched(ctx context.Context, h *xfrm.Handle, addTime time.Time) error {
+	var want []*xfrm.State
+	for i := 0; i < 10; i++ { // 70 states: past the first batch of 64
+		for _, s := range states() {
+			s.SPI = 0xb0000000 + uint32(len(want))
+			s.AddTime = addTime
+			want = append(want, s)
+		}
+	}
+	bad := *states()["gcm inbound legacy"]
+	bad.SPI = 0xbfffffff
+	bad.AEAD = &sa.Algo{Name: "rfc4106(nope(aes))", Key: bytes.Repeat([]byte{9}, 20), ICVBits: 128}
+	mid := len(want) / 2
+	batch := append(append(append([]*xfrm.State{}, want[:mid]...), &bad), want[mid:]...)
+	errs := h.InstallStates(ctx, batch)
+	for i, err := range errs {
+		if (batch[i] == &bad) != (err != nil) {
+			return fmt.Errorf("state %d of %d (SPI %#x): error %v", i, len(batch), batch[i].SPI, err)
+		}
+	}
+	for _, s := range want {
+		got, err := h.Get(ctx, s.Key())
+		if err != nil {
+			return err
+		}
+		if err := same(got, s); err != nil {
+			return fmt.Errorf("SPI %#x: %w", s.SPI, err)
+		}
+	}
+	// Again, with every outbound sequence number lower than the kernel's.
+	var again []*xfrm.State
+	for _, s := range want {
+		c := *s
+		c.Replay.OSeq /= 2
+		again = append(again, &c)
+	}
+	for i, err := range h.InstallStates(ctx, again) {
+		if err != nil {
+			return fmt.Errorf("second install of SPI %#x: %w", again[i].SPI, err)
+		}
+	}
+	for _, s := range want {
+		got, err := h.Get(ctx, s.Key())
+		if err != nil {
+			return err
+		}
+		if got.Replay.OSeq != s.Replay.OSeq {
+			return fmt.Errorf("SPI %#x: oseq %d after a lower re-install, want %d kept", s.SPI, got.Replay.OSeq, s.Replay.OSeq)
+		}
+	}
+	pol := sa.Policy{Dir: sa.DirOut, Selector: sa.Selector{Src: netip.MustParsePrefix("198.18.2.0/24"), Dst: netip.MustParsePrefix("198.51.100.20/32")},
+		Templates: []sa.Template{{Src: netip.MustParseAddr("203.0.113.100"), Dst: netip.MustParseAddr("203.0.113.2"), Proto: sa.ProtoESP, Mode: sa.ModeTunnel, Reqid: 7}}}
+	fwd := pol
+	fwd.Dir = sa.DirFwd
+	fwd.Selector = sa.Selector{Src: pol.Selector.Dst, Dst: pol.Selector.Src}
+	for i, err := range h.InstallPolicies(ctx, []*sa.Policy{&fwd, &pol, &pol}) {
+		if err != nil {
+			return fmt.Errorf("batched policy %d: %w", i, err)
+		}
+	}
+	ps, err := h.Policies(ctx)
+	if err != nil {
+		return err
+	}
+	found := 0
+	for _, p := range ps {
+		if reflect.DeepEqual(p.Policy, pol) || reflect.DeepEqual(p.Policy, fwd) {
+			found++
+		}
+	}
+	if found != 2 {
+		return fmt.Errorf("%d of the 2 batched policies read back", found)
+	}
+	for _, s := range want {
+		if err := h.Delete(ctx, s.Key()); err != nil {
+			return err
+		}
+	}
+	return errors.Join(h.DeletePolicy(ctx, &pol), h.DeletePolicy(ctx, &fwd))
+}
+
 func same(got, want *xfrm.State) error {
 	if len(got.Unsupported) > 0 {
 		return fmt.Errorf("unsupported attributes %v", got.Unsupported)
