@@ -402,14 +402,24 @@ func TestClusterNewNodeRestoredFromSnapshot(t *testing.T) {
 	e := start(t, cluster.Options{Nodes: specs("gw1", "gw2", "gw3"), TrailingLogs: 1, SnapshotThreshold: 1 << 20})
 	first, _ := e.waitActive(0)
 	e.loadSAs(first, 250)
-	if err := first.Store.TakeSnapshot(); err != nil {
-		t.Fatal(err)
+	// Every node snapshots and compacts: whichever leads when gw4 joins
+	// (a loaded machine can see an election here) has no log to replay.
+	for _, n := range e.c.Nodes() {
+		if err := n.Store.TakeSnapshot(); err != nil {
+			t.Fatalf("%s: %v", n.Spec.ID, err)
+		}
 	}
 	n4, err := e.c.Add(e.ctx, cluster.NodeSpec{ID: "gw4", Role: raftstore.RoleGateway, Priority: 10})
 	if err != nil {
 		t.Fatalf("adding gw4: %v", err)
 	}
 	e.waitReplicated(250, n4)
+	// Raft records the installed snapshot's index just after the FSM's
+	// restore (which waitReplicated saw): give it a moment.
+	snapDeadline := time.Now().Add(5 * time.Second)
+	for n4.Store.Raft().Stats()["last_snapshot_index"] == "0" && time.Now().Before(snapDeadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
 	if idx := n4.Store.Raft().Stats()["last_snapshot_index"]; idx == "0" {
 		t.Errorf("gw4 did not restore from a snapshot (last_snapshot_index %s)", idx)
 	}

@@ -32,7 +32,7 @@ type SACommitter struct {
 // store's FSM (see Reload).
 func NewSACommitter(store *raftstore.Store, sealer *raftstore.Sealer, maxBatch int, log *slog.Logger, known map[string][32]byte) *SACommitter {
 	if maxBatch <= 0 {
-		maxBatch = 4096
+		maxBatch = DefaultMaxBatch
 	}
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -75,7 +75,7 @@ func (c *SACommitter) IDs() iter.Seq[string] { return maps.Keys(c.sent) }
 // skipped. On error the committer forgets nothing it committed before.
 func (c *SACommitter) Commit(ctx context.Context, changes map[string]sa.Change) (upserts, deletes int, err error) {
 	cmd := &raftstore.SABatchCmd{}
-	hashes := make(map[string][32]byte)
+	hashes := make(map[string][32]byte, len(changes))
 	for id, ch := range changes {
 		switch ch.Op {
 		case sa.Upsert:

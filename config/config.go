@@ -154,7 +154,7 @@ func Defaults() File {
 		TLS:       &TLSBlock{CA: "/etc/handoff/tls/ca.pem", Cert: "/etc/handoff/tls/node.pem", Key: "/etc/handoff/tls/node-key.pem"},
 		Raft: &RaftBlock{HeartbeatTimeout: "150ms", ElectionTimeout: "150ms", LeaderLeaseTimeout: "50ms",
 			CommitTimeout: "5ms", SnapshotInterval: "30s", SnapshotThreshold: ptr(8192), TrailingLogs: ptr(10240)},
-		Replication: &ReplicationBlock{BatchWindow: "5ms", MaxBatch: ptr(4096), ReplayInterval: "100ms",
+		Replication: &ReplicationBlock{BatchWindow: "0s", MaxBatch: ptr(256), ReplayInterval: "100ms",
 			MinSeqJump: ptr(int64(1 << 16)), MaxPacketRate: ptr(1e6)},
 		Takeover:  &TakeoverBlock{BarrierTimeout: "5s", ClaimTimeout: "20s", InstallTimeout: "30s", FenceTimeout: "2s", HandoverGrace: "1s"},
 		Provider:  &ProviderBlock{Type: "memory"},

@@ -34,7 +34,7 @@ func TestHCLAndYAMLAgree(t *testing.T) {
 		t.Errorf("file values not applied: %+v", c)
 	}
 	// Defaults fill what the file leaves out.
-	if c.ClaimTimeout != 20*time.Second || c.MaxBatch != 4096 || c.Role != "gateway" || c.DataplaneType != "memory" {
+	if c.ClaimTimeout != 20*time.Second || c.MaxBatch != 256 || c.Role != "gateway" || c.DataplaneType != "memory" {
 		t.Errorf("defaults not applied: %+v", c)
 	}
 }

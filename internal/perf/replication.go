@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"runtime"
 	"time"
 )
 
@@ -64,6 +65,15 @@ func Replication(ctx context.Context, o ReplicationOptions) (res *ReplicationRes
 		}
 	}
 	if o.RateSAs > 0 {
+		if o.StormSAs > 0 {
+			// The storm's aftermath (its garbage, the followers' last
+			// applies) would otherwise land on the first 100 ms of the
+			// steady run: measure the steady state, not the storm's tail.
+			runtime.GC()
+			if err := sleep(ctx, 500*time.Millisecond); err != nil {
+				return nil, err
+			}
+		}
 		res.Steady, err = Feed(ctx, c, FeedOptions{SAs: sas[o.StormSAs:], Rate: o.Rate, BatchWindow: o.BatchWindow, MaxBatch: o.MaxBatch})
 		if err != nil {
 			return nil, fmt.Errorf("%d SAs at %.0f/s (%d leadership changes): %w", o.RateSAs, o.Rate, c.LeaderChanges(), err)
@@ -71,4 +81,15 @@ func Replication(ctx context.Context, o ReplicationOptions) (res *ReplicationRes
 	}
 	res.LeaderChanges = c.LeaderChanges()
 	return res, nil
+}
+
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
 }
