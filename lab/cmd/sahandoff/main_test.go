@@ -11,22 +11,6 @@ import (
 	"github.com/handoffvpn/handoff/lab"
 )
 
-// handoffResult is the part of the scenario's result the test checks.
-type handoffResult struct {
-	SAs                     int     `json:"sas"`
-	GapMS                   float64 `json:"gap_ms"`
-	ProbesLostAfterTakeover int     `json:"probes_lost_after_takeover"`
-	ClientReplayErrors      int     `json:"client_replay_errors"`
-	SeqReuse                int     `json:"seq_reuse"`
-	SecondGapMS             float64 `json:"second_gap_ms"`
-	ProbesSent              int     `json:"probes_sent"`
-	Gw1OSeqRead             uint64  `json:"gw1_oseq_read"`
-	Gw2OSeqStart            uint64  `json:"gw2_oseq_start"`
-	WireMaxSeq              uint32  `json:"wire_max_seq"`
-	SecondPhaseLost         int     `json:"second_phase_probes_lost"`
-	ReestablishErr          string  `json:"reestablish_error"`
-}
-
 func requireLab(t testing.TB) *lab.Runner {
 	t.Helper()
 	if testing.Short() {
@@ -42,7 +26,7 @@ func requireLab(t testing.TB) *lab.Runner {
 	return r
 }
 
-func runHandoff(t testing.TB, r *lab.Runner, args ...string) handoffResult {
+func runHandoff(t testing.TB, r *lab.Runner, args ...string) Result {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
@@ -58,7 +42,7 @@ func runHandoff(t testing.TB, r *lab.Runner, args ...string) handoffResult {
 		t.Errorf("after the scenario: %v", err)
 	}
 	t.Logf("sahandoff %v: %s", args, res.Output)
-	var hr handoffResult
+	var hr Result
 	if err := res.Decode(&hr); err != nil {
 		t.Fatal(err)
 	}
@@ -72,26 +56,32 @@ func runHandoff(t testing.TB, r *lab.Runner, args ...string) handoffResult {
 func TestPrivilegedSAHandoff(t *testing.T) {
 	r := requireLab(t)
 	hr := runHandoff(t, r)
-	if hr.SAs < 1 {
-		t.Fatalf("no SA handed off")
+	for _, err := range hr.Check() {
+		t.Error(err)
 	}
-	if hr.ClientReplayErrors != 0 {
-		t.Errorf("client counted %d replay errors", hr.ClientReplayErrors)
+}
+
+// Check fails on every broken promise, and only then.
+func TestCheck(t *testing.T) {
+	good := Result{SAs: 1, Gw1OSeqRead: 600, Gw2OSeqStart: 1_100_600, WireMaxSeq: 1_100_900}
+	if errs := good.Check(); len(errs) != 0 {
+		t.Fatalf("a good result fails: %v", errs)
 	}
-	if hr.SeqReuse != 0 {
-		t.Errorf("%d ESP sequence numbers seen twice on the wire", hr.SeqReuse)
-	}
-	if hr.ProbesLostAfterTakeover != 0 {
-		t.Errorf("%d probes lost while gw2 carried the tunnel", hr.ProbesLostAfterTakeover)
-	}
-	if hr.Gw2OSeqStart <= hr.Gw1OSeqRead || uint64(hr.WireMaxSeq) <= hr.Gw2OSeqStart {
-		t.Errorf("sequence numbers: gw1 read %d, gw2 started after %d, wire max %d", hr.Gw1OSeqRead, hr.Gw2OSeqStart, hr.WireMaxSeq)
-	}
-	if hr.ReestablishErr != "" {
-		t.Errorf("reestablish: %s", hr.ReestablishErr)
-	}
-	if hr.SecondPhaseLost != 0 {
-		t.Errorf("%d probes lost across the client's rekeys and DPD after reestablish", hr.SecondPhaseLost)
+	for name, mut := range map[string]func(*Result){
+		"no SA":         func(r *Result) { r.SAs = 0 },
+		"replay errors": func(r *Result) { r.ClientReplayErrors = 1 },
+		"reuse":         func(r *Result) { r.SeqReuse = 2 },
+		"lost after":    func(r *Result) { r.ProbesLostAfterTakeover = 1 },
+		"no jump":       func(r *Result) { r.Gw2OSeqStart = r.Gw1OSeqRead },
+		"nothing sent":  func(r *Result) { r.WireMaxSeq = 700 },
+		"reestablish":   func(r *Result) { r.ReestablishErr = "timeout" },
+		"second outage": func(r *Result) { r.SecondPhaseLost = 3 },
+	} {
+		r := good
+		mut(&r)
+		if errs := r.Check(); len(errs) != 1 {
+			t.Errorf("%s: %d errors (%v), want 1", name, len(errs), errs)
+		}
 	}
 }
 

@@ -1,8 +1,11 @@
 // Command sahandoff is the SA handoff scenario, run inside the UML lab
 // guest: a client with a tunnel to gw1 and probe traffic through it; gw1's
 // CHILD_SAs are exported through the real dataplane (package ipsec: VICI
-// plus kernel XFRM), installed on gw2 with the outbound sequence numbers
-// jumped ahead (agent.SeqStart), the VIPs move (added on gw2 with
+// plus kernel XFRM) and replicated the agent's way: sealed and committed
+// by agent.SACommitter into a two-node Raft log (mutual TLS over the
+// guest's loopback), replay counters synced as a ReplayBatchCmd; gw2's
+// node reads them back with agent.PrepareInstall (outbound sequence
+// numbers jumped ahead) and installs them, the VIPs move (added on gw2 with
 // gratuitous ARP first, then removed from gw1), and gw1 dies (charon
 // killed, links down). gw2 then carries the tunnel. After that gw2
 // re-establishes the IKE SA (Dataplane.Reestablish), the client rekeys its
@@ -31,9 +34,11 @@ import (
 	"strings"
 	"time"
 
+	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
 	"github.com/handoffvpn/handoff/agent"
+	"github.com/handoffvpn/handoff/internal/perf"
 	"github.com/handoffvpn/handoff/ipsec"
 	"github.com/handoffvpn/handoff/ipsec/sa"
 	"github.com/handoffvpn/handoff/ipsec/vici"
@@ -44,6 +49,7 @@ import (
 	"github.com/handoffvpn/handoff/lab/swan"
 	"github.com/handoffvpn/handoff/lab/topo"
 	"github.com/handoffvpn/handoff/lab/traffic"
+	"github.com/handoffvpn/handoff/raftstore"
 )
 
 // Result is the scenario's JSON result.
@@ -153,14 +159,32 @@ func run(ctx context.Context, env *guest.Env, interval time.Duration, encap, ree
 	}
 
 	// The SA set is replicated ahead of a failure (the agent feeds it
-	// continuously): export it while the tunnel is up.
+	// continuously): export it while the tunnel is up and commit it to a
+	// Raft log whose leader stands for gw1's agent and whose follower for
+	// gw2's.
+	if err := loopbackUp(); err != nil {
+		return res, err
+	}
+	rc, err := perf.StartCluster(ctx, perf.ClusterOptions{Nodes: 2, Dir: env.Path("raft"), HeartbeatTimeout: time.Second, Logger: log})
+	if err != nil {
+		return res, fmt.Errorf("starting the Raft log: %w", err)
+	}
+	defer func() { err = errors.Join(err, rc.Close()) }()
+	leader := rc.Leader()
+	follower := rc.Followers(leader)[0]
 	sas, err := dp1.Export(ctx)
 	if err != nil {
 		return res, fmt.Errorf("exporting gw1's SAs: %w", err)
 	}
-	res.SAs = len(sas)
 	if len(sas) == 0 {
 		return res, errors.New("gw1 exported no SA")
+	}
+	changes := make(map[string]sa.Change, len(sas))
+	for _, c := range sas {
+		changes[c.ID] = sa.Change{Op: sa.Upsert, ID: c.ID, SA: c}
+	}
+	if _, _, err := agent.NewSACommitter(leader, rc.Sealer, 0, log, nil).Commit(ctx, changes); err != nil {
+		return res, fmt.Errorf("replicating gw1's SAs: %w", err)
 	}
 
 	// Stream A: carries through the handoff.
@@ -175,31 +199,39 @@ func run(ctx context.Context, env *guest.Env, interval time.Duration, encap, ree
 	}
 
 	// The handoff, in one process as it must be (every process start costs
-	// ~100 ms in UML): the replay counters as the last sync read them,
-	// install with the jump, move the VIPs, kill gw1.
+	// ~100 ms in UML): the replay counters synced into the log as the
+	// agent's last sync would, read back on gw2's node with the jump,
+	// installed, the VIPs moved, gw1 killed.
 	t0 := time.Now()
 	replays, err := dp1.Replay(ctx)
 	if err != nil {
 		return res, fmt.Errorf("reading gw1's replay counters: %w", err)
 	}
-	res.ReplayReadMS = ms(time.Since(t0))
-	byID := map[string]sa.Replay{}
+	records := make([]raftstore.ReplayRecord, 0, len(replays))
 	for _, r := range replays {
-		byID[r.ID] = r
+		records = append(records, raftstore.ReplayRecord{ID: r.ID, OSeq: r.OSeq, Seq: r.Seq, Bitmap: r.Bitmap, ReadAt: r.ReadAt})
 	}
-	installs := make([]sa.Install, 0, len(sas))
-	now := time.Now()
-	for _, c := range sas {
-		r := byID[c.ID]
-		// As the agent does: the old active may send at up to 1M pps for
-		// the replay interval (100 ms) plus the staleness of the read.
-		start := agent.SeqStart(r.OSeq, r.ReadAt, now, 100*time.Millisecond, 1_000_000, 1<<16)
-		res.SeqJump = start - r.OSeq
-		res.Gw1OSeqRead, res.Gw2OSeqStart = r.OSeq, start
-		installs = append(installs, sa.Install{SA: c, OSeq: start, Replay: r})
+	if _, err := leader.Apply(ctx, &raftstore.ReplayBatchCmd{Records: records}); err != nil {
+		return res, fmt.Errorf("syncing gw1's replay counters: %w", err)
+	}
+	if err := leader.Barrier(ctx); err != nil {
+		return res, err
+	}
+	res.ReplayReadMS = ms(time.Since(t0))
+	var cfg agent.Config
+	cfg.Defaults()
+	prep, err := replicated(ctx, follower, rc.Sealer, cfg, len(sas))
+	if err != nil {
+		return res, err
+	}
+	res.SAs = len(prep.Installs)
+	for _, in := range prep.Installs {
+		r := in.Replay
+		res.SeqJump = in.OSeq - r.OSeq
+		res.Gw1OSeqRead, res.Gw2OSeqStart = r.OSeq, in.OSeq
 	}
 	t1 := time.Now()
-	if err := dp2.Install(ctx, installs); err != nil {
+	if err := dp2.Install(ctx, prep.Installs); err != nil {
 		return res, fmt.Errorf("installing on gw2: %w", err)
 	}
 	res.InstallMS = ms(time.Since(t1))
@@ -467,3 +499,40 @@ func garp(n *topo.Node, dev string, ip netip.Addr) error {
 }
 
 func htons(v uint16) uint16 { return v<<8 | v>>8 }
+
+// replicated waits until the follower holds want SAs with their replay
+// state and prepares their install as a taking-over agent does.
+func replicated(ctx context.Context, follower *raftstore.Store, sealer *raftstore.Sealer, cfg agent.Config, want int) (agent.PreparedInstall, error) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	for {
+		changed := follower.FSM().Changed()
+		var sas, replays int
+		follower.FSM().View(func(st *raftstore.State) { sas, replays = len(st.SAs), len(st.Replay) })
+		if sas >= want && replays >= want {
+			p := agent.PrepareInstall(follower.FSM(), sealer, cfg, time.Now())
+			if len(p.Errs) > 0 {
+				return p, fmt.Errorf("opening the replicated SAs: %w", errors.Join(p.Errs...))
+			}
+			return p, nil
+		}
+		select {
+		case <-ctx.Done():
+			return agent.PreparedInstall{}, fmt.Errorf("gw2's node holds %d of %d SAs (%d replay states): %w", sas, want, replays, ctx.Err())
+		case <-changed:
+		}
+	}
+}
+
+// loopbackUp brings up the guest's own loopback, where the Raft nodes
+// talk (the guest's init leaves it down).
+func loopbackUp() error {
+	lo, err := netlink.LinkByName("lo")
+	if err != nil {
+		return fmt.Errorf("finding the guest's loopback: %w", err)
+	}
+	if err := netlink.LinkSetUp(lo); err != nil {
+		return fmt.Errorf("bringing the guest's loopback up: %w", err)
+	}
+	return nil
+}
