@@ -522,19 +522,40 @@ func (a *Agent) promoteLocal(ctx context.Context, node string) (Handover, error)
 		h.ReplaySynced = n
 	}
 	a.log.Info("operator promote: transferring leadership", "to", node, "replay_synced", h.ReplaySynced)
-	if a.IsActive() {
-		a.mu.Lock()
-		a.handover = plannedHandover{term: h.Term, until: time.Now().Add(a.cfg.HandoverGrace)}
-		a.mu.Unlock()
-	}
-	if err := a.store.TransferLeadership(node, string(p.Address)); err != nil {
-		a.mu.Lock()
-		a.handover = plannedHandover{}
-		a.mu.Unlock()
+	if err := a.transferPlanned(ctx, h.Term, node, string(p.Address)); err != nil {
 		return h, fmt.Errorf("promote %s: %w", node, err)
 	}
 	a.emit(Event{Kind: "leadership.transferred", Detail: "operator promote → " + node})
 	return h, nil
+}
+
+// transferPlanned hands Raft leadership to node for a promote or drain,
+// marking the hand-over as planned (see awaitSuccessor). Raft gives a
+// transfer one election timeout to complete, which a loaded target misses
+// now and then (seen in the lab: its election alone took longer); while
+// this node still leads, the operator's intent stands and the transfer is
+// asked for again, three times in all. A transfer that "timed out" but did
+// move leadership is a success.
+func (a *Agent) transferPlanned(ctx context.Context, term uint64, node, addr string) error {
+	const attempts = 3
+	for attempt := 1; ; attempt++ {
+		if a.IsActive() {
+			a.mu.Lock()
+			a.handover = plannedHandover{term: term, until: time.Now().Add(a.cfg.HandoverGrace)}
+			a.mu.Unlock()
+		}
+		err := a.store.TransferLeadership(node, addr)
+		if err == nil || !a.store.IsLeader() {
+			return nil
+		}
+		if attempt == attempts || ctx.Err() != nil {
+			a.mu.Lock()
+			a.handover = plannedHandover{}
+			a.mu.Unlock()
+			return err
+		}
+		a.log.Warn("leadership transfer did not complete; asking again", "to", node, "attempt", attempt, "err", err)
+	}
 }
 
 // ineligible says why node may not become active, or "".

@@ -39,8 +39,14 @@ func buildScenarios(t testing.TB, pkgs ...string) map[string]string {
 	return bins
 }
 
+// testRunner keeps each guest's files under a test temporary directory,
+// or under $LAB_SCRATCH (kept after the test, for reading agent logs).
 func testRunner(t testing.TB) *Runner {
-	return &Runner{ScratchRoot: t.TempDir(), Log: slog.New(slog.NewTextHandler(testWriter{t}, nil))}
+	root := os.Getenv("LAB_SCRATCH")
+	if root == "" {
+		root = t.TempDir()
+	}
+	return &Runner{ScratchRoot: root, Log: slog.New(slog.NewTextHandler(testWriter{t}, nil))}
 }
 
 // testWriter routes the runner's log to the test log.

@@ -26,6 +26,13 @@ import (
 // walDir is the log's directory inside the data directory.
 const walDir = "wal"
 
+// segmentSize is the size of a log segment file, preallocated when it is
+// created. raft-wal's default is 64 MiB; a node writes a segment in a few
+// seconds even in a storm (~20 MB/s), so a smaller one costs only more
+// frequent rotations, and it keeps a node's log small on a small disk or a
+// lab guest's tmpfs (three nodes with 64 MiB each filled the lab's).
+const segmentSize = 16 << 20
+
 // openLogStore opens (or creates) the log in dataDir. Every file it holds
 // is owner-only like the rest of the data directory (the entries are
 // sealed, but the term and vote are nobody else's business either).
@@ -41,7 +48,7 @@ func openLogStore(dataDir string, noSync bool, log hclog.Logger) (*logStore, err
 	// the cluster tests) forever: this one is closed with the log.
 	meta := &metadb.BoltMetaDB{}
 	w, err := raftwal.Open(dir, raftwal.WithSegmentFiler(segment.NewFiler(dir, vfs)), raftwal.WithMetaStore(meta),
-		raftwal.WithLogger(log.Named("wal")))
+		raftwal.WithSegmentSize(segmentSize), raftwal.WithLogger(log.Named("wal")))
 	if err != nil {
 		return nil, errors.Join(fmt.Errorf("opening the raft log in %s: %w", dir, err), meta.Close())
 	}

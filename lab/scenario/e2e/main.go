@@ -5,7 +5,7 @@
 // through it, and one fault:
 //
 //	kill     the active dies: links down, agent and charon SIGKILLed
-//	drain    planned: the operator runs `handoff drain` on the active
+//	drain    planned: the operator drains the active (POST /v1/drain, as `handoff drain` does)
 //	charon   charon on the active crashes while its agent lives
 //	uplink   the active's outside link goes down
 //	isolate  the active is cut off from the cluster (its Raft peers
@@ -277,7 +277,7 @@ func run(ctx context.Context, env *guest.Env, c config) (res Result, err error) 
 	var drained <-chan error
 	if c.fault == "drain" {
 		// The planned handover: the operator asks the active to hand over.
-		drained, err = operatorCommand(c.handoff, token, s.Topo.Gateways[victim], "drain", "-wait=false")
+		drained = operatorCall(token, s.Topo.Gateways[victim], "drain")
 	} else {
 		err = inject(ctx, c, s, agents, victim)
 	}
