@@ -96,6 +96,13 @@ replication {
   batch_window    = "2ms"
   replay_interval = "{{.Timing.ReplayInterval}}"
 }
+
+# A leadership transfer in the guest takes up to a second (its one CPU
+# runs three agents and four charons), and is asked for again when it
+# times out: the old active keeps carrying the tunnels for up to 3 s.
+takeover {
+  handover_grace = "3s"
+}
 {{if .Witness}}
 provider {
   type = "memory"

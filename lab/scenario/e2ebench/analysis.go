@@ -1,8 +1,8 @@
 package main
 
 // analysis is the static part of the breakdown: where the time goes and
-// what would remove it, written from the measured runs (Nov 2026, this
-// machine: 2 vCPUs shared with other builds; the UML guest has one CPU).
+// what would remove it, written from the measured runs (Nov and Dec 2026,
+// this machine: 2 vCPUs shared with other builds; the UML guest has one CPU).
 const analysis = `## Where the time goes, and what would remove it
 
 The target (client gap ≤ 150 ms, ratio ≥ 20 against the baseline) is **not
@@ -65,14 +65,29 @@ Outside UML (real hardware, or a host kernel with ESP) system calls are
 ### Second outage at the client's next DPD / rekey
 
 The *second-phase gap* column (client idle for 1.5 × DPD, then probes and a
-client CHILD_SA rekey) is 114–1,064 ms (median 157 ms): the new active has the CHILD_SAs but
-no IKE SA, so the client's DPD and rekey go unanswered and the client
-tears the tunnel down and restarts it. ` + "`ipsec.Dataplane.Reestablish`" + ` would fix
-this (the sahandoff scenario shows it), but ` + "`handoff agent`" + ` builds the
-strongSwan dataplane without a connection template
-(` + "`ipsec.Config.Reestablish.Template`" + ` is never set and the configuration has no
-key for it), so the agent logs "no connection template; IKE SAs not
-re-established".
+client CHILD_SA rekey) has a median of 131 ms in the December runs (114–1,064 ms
+in November, before ` + "`dataplane.reestablish_template`" + `): the new active
+initiates a fresh IKE SA to each peer it knows right after the takeover
+(` + "`ipsec.Dataplane.Reestablish`" + `, INITIAL_CONTACT), so the client's
+next DPD and rekey are answered; what remains is the switch to the new IKE
+SA and a UML stall or two.
+
+### Planned hand-over (drain)
+
+The old active keeps its VIP and outbound SAs until the successor's
+` + "`active`" + ` entry reaches its log (at most ` + "`takeover.handover_grace`" + `,
+3 s in the lab), so a drain that goes as planned loses nothing: ` + "`make lab-e2e`" + `
+saw 0 of 450 probes lost in several runs. It is not 0 in every run: in
+most of the lossy runs the guest's Raft did not settle after the
+transfer. A leadership transfer in hashicorp/raft must finish within one
+election timeout (300 ms here) and often does not in the one-CPU guest
+(the agent asks again), and the new leader, busy with its takeover at
+nice -5 next to four charons, then misses heartbeats: a follower starts
+an election (` + "`detect`" + ` ≈ 470–490 ms in the successor's timings), the
+new active loses leadership, fences, and takes over again in the next
+term. That second takeover is the outage (45–125 probes at 100/s). It is
+the same starvation as above; off UML the transfer and the new leader's
+heartbeats are not competing for one slow CPU.
 
 ### Lab stand-ins
 

@@ -216,7 +216,7 @@ func bench(ctx context.Context, log *slog.Logger, n int, doc string, keep, skipB
 	}
 	fmt.Println(string(line))
 	if doc != "" {
-		if err := os.WriteFile(doc, []byte(render(sum, ho, base, extra)), 0o644); err != nil {
+		if err := os.WriteFile(doc, []byte(render(sum, ho, drain, base, extra)), 0o644); err != nil {
 			return fmt.Errorf("writing %s: %w", doc, err)
 		}
 		abs, _ := filepath.Abs(doc)
@@ -256,7 +256,7 @@ func median(xs []float64) float64 {
 func round1(v float64) float64 { return float64(int64(v*10+0.5)) / 10 }
 
 // render writes the Markdown breakdown.
-func render(sum Summary, ho []e2eResult, base []baselineResult, extra []string) string {
+func render(sum Summary, ho []e2eResult, drainLost []float64, base []baselineResult, extra []string) string {
 	var b strings.Builder
 	p := func(format string, a ...any) { fmt.Fprintf(&b, format, a...) }
 	p("# Failover timings (kernel lab)\n\n")
@@ -297,7 +297,7 @@ func render(sum Summary, ho []e2eResult, base []baselineResult, extra []string) 
 	p("| **median** | **%.1f** | %.0f | %.1f | %.1f | %.1f | %.1f | %.1f | %.1f | %.1f | %.1f | %.1f | %.1f |\n\n",
 		sum.HandoffGapMSMedian, sum.HandoffLostMedian, median(pre), median(det), median(el), median(cl), median(mv), median(in), median(tot), median(vip), median(at), sum.HandoffSecondGapMS)
 	if sum.DrainLost != nil {
-		p("Planned handover (`handoff drain` on the active), median probes lost: **%d**.\n\n", *sum.DrainLost)
+		p("Planned handover (`handoff drain` on the active), median probes lost: **%d** (runs: %v; see *Planned hand-over* below).\n\n", *sum.DrainLost, drainLost)
 	}
 	p("## Baseline (keepalived + DPD): per run\n\n| run | client gap ms | lost | VIP moved ms |\n|---|---|---|---|\n")
 	for i, bl := range base {
