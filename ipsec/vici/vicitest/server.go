@@ -275,6 +275,26 @@ func (s *Server) fail(err error) {
 // false when the session broke.
 func (s *Server) command(c *conn, p wire.Packet) bool {
 	s.mu.Lock()
+	// A command that follows a pushed event in the transcript can arrive
+	// before run() has moved past that event (the client reacts to the
+	// event while run() is still returning from Push): let run() finish
+	// the step first, as charon would have. Registrations are not
+	// commands, so run() never waits for this one.
+	deadline := time.NewTimer(pushWait)
+	defer deadline.Stop()
+	for s.pos < len(s.steps) && s.steps[s.pos].Kind == '!' {
+		ch := s.changed
+		s.mu.Unlock()
+		select {
+		case <-ch:
+		case <-deadline.C:
+			s.fail(fmt.Errorf("command %q waited %v for the transcript's pushed events", p.Name, pushWait))
+			return c.write(wire.Packet{Type: wire.CmdUnknown}) == nil
+		case <-s.stop:
+			return false
+		}
+		s.mu.Lock()
+	}
 	s.requests = append(s.requests, p.Name)
 	var replies []Step
 	if s.pos < len(s.steps) && s.steps[s.pos].Kind == '>' {
