@@ -10,7 +10,9 @@
 package sa
 
 import (
+	"encoding/json"
 	"fmt"
+	"log/slog"
 	"net/netip"
 	"time"
 )
@@ -198,6 +200,22 @@ func (a *Algo) String() string {
 
 // GoString keeps %#v from dumping keys.
 func (a *Algo) GoString() string { return a.String() }
+
+// MarshalJSON keeps encoding/json (and so slog's JSON handler, which a
+// JSON log_format uses) from writing the key: only its length goes out.
+// Nothing decodes an SA from JSON; the replicated form is the sealed codec.
+func (a Algo) MarshalJSON() ([]byte, error) {
+	return json.Marshal(struct {
+		Name      string `json:"name"`
+		KeyBits   int    `json:"key_bits"`
+		Key       string `json:"key"`
+		ICVBits   uint32 `json:"icv_bits,omitempty"`
+		TruncBits uint32 `json:"trunc_bits,omitempty"`
+	}{a.Name, len(a.Key) * 8, "redacted", a.ICVBits, a.TruncBits})
+}
+
+// LogValue makes slog log the SA as its String, whatever the handler.
+func (c *ChildSA) LogValue() slog.Value { return slog.StringValue(c.String()) }
 
 // Format implements fmt.Formatter so that no verb (%v, %+v, %#v, %x, %s)
 // can print key bytes.
