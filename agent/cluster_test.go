@@ -189,23 +189,6 @@ func (e *env) carries(node *cluster.Node, ids []string, term uint64) {
 	}
 }
 
-// fingerprint hashes the replicated state of a node.
-func fingerprint(n *cluster.Node) string {
-	h := sha256.New()
-	n.Store.FSM().View(func(st *raftstore.State) {
-		fmt.Fprintf(h, "%+v|%+v|", st.SortedMembers(), st.Active)
-		ids := make([]string, 0, len(st.SAs))
-		for id := range st.SAs {
-			ids = append(ids, id)
-		}
-		sort.Strings(ids)
-		for _, id := range ids {
-			fmt.Fprintf(h, "%s=%x|%+v|", id, st.SAs[id].Sealed, st.Replay[id])
-		}
-	})
-	return fmt.Sprintf("%x", h.Sum(nil))
-}
-
 // badInputIsHarmless feeds malformed and unknown commands through the real
 // log of the leader and checks that no node's state changed.
 func (e *env) badInputIsHarmless(leader *cluster.Node) {
