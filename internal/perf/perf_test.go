@@ -30,7 +30,9 @@ func TestSAsAreDistinctAndValid(t *testing.T) {
 func TestFeedReplicatesEverySAToEveryFollower(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	c, err := StartCluster(ctx, ClusterOptions{Dir: t.TempDir(), NoSync: true, HeartbeatTimeout: 100 * time.Millisecond})
+	// A lease of a third of the heartbeat: generous, so that a slow run
+	// (the race detector, a loaded machine) does not lose its leader.
+	c, err := StartCluster(ctx, ClusterOptions{Dir: t.TempDir(), NoSync: true, HeartbeatTimeout: 500 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
