@@ -15,7 +15,7 @@
 E2E_GO ?= go
 BENCH_RUNS ?= 5
 E2E_FLAGS ?=
-E2E_TEST_FLAGS ?= -count=1 -timeout 8m -v
+E2E_TEST_FLAGS ?= -count=1 -timeout 12m -v
 
 .PHONY: lab-e2e bench-failover
 

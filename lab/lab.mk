@@ -20,7 +20,7 @@ LAB_APT_PACKAGES := user-mode-linux kmod strongswan-swanctl charon-systemd \
 # not tested twice.
 LAB_PKGS := ./lab ./lab/guest ./lab/topo ./lab/swan ./lab/vrrp ./lab/traffic \
 	./lab/site ./lab/scenario/... ./lab/cmd/...
-LAB_TEST_FLAGS ?= -p 1 -count=1 -timeout 5m
+LAB_TEST_FLAGS ?= -p 1 -count=1 -timeout 12m
 LAB_TEST = $(LAB_GO) test $(LAB_TEST_FLAGS) $(LAB_PKGS)
 LAB_BENCH_FLAGS ?= -run '^$$' -bench PrivilegedLab -benchtime 3x -timeout 10m
 LABRUN_FLAGS ?=

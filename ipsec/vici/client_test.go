@@ -325,6 +325,35 @@ func TestMalformedReplies(t *testing.T) {
 			}
 		})
 	}
+	// charon prints ages as unsigned clock differences: a last use stamped
+	// just after "now" comes as 2^64-1 (seen from charon 5.9.8 in the lab).
+	// That is "just used", not a malformed reply; garbage still is.
+	t.Run("wrapped use-in", func(t *testing.T) {
+		srv := startServer(t, nil)
+		msg := ike(vicitest.Item{Key: "child-sas", Section: &vicitest.Msg{Items: []vicitest.Item{{Key: "net-3", Section: child(
+			vicitest.Item{Key: "use-in", Value: "18446744073709551615"}, vicitest.Item{Key: "use-out", Value: "7"})}}}})
+		srv.Handle("list-sas", func(*vicitest.Msg) ([]*vicitest.Msg, *vicitest.Msg) { return []*vicitest.Msg{msg}, nil })
+		c := New(Config{Socket: srv.Path(), Logger: testLogger(t)})
+		defer c.Close()
+		sas, err := c.ListSAs(context.Background(), ListFilter{IKE: "gw"})
+		if err != nil || len(sas) != 1 || len(sas[0].Children) != 1 {
+			t.Fatalf("list-sas: %v %+v", err, sas)
+		}
+		if ch := sas[0].Children[0]; ch.UseIn != 0 || ch.UseOut != 7*time.Second {
+			t.Errorf("use-in %v, use-out %v; want 0 and 7s", ch.UseIn, ch.UseOut)
+		}
+	})
+	t.Run("use-in not a number", func(t *testing.T) {
+		srv := startServer(t, nil)
+		msg := ike(vicitest.Item{Key: "child-sas", Section: &vicitest.Msg{Items: []vicitest.Item{{Key: "net-3", Section: child(
+			vicitest.Item{Key: "use-in", Value: "9223372036854775807"})}}}})
+		srv.Handle("list-sas", func(*vicitest.Msg) ([]*vicitest.Msg, *vicitest.Msg) { return []*vicitest.Msg{msg}, nil })
+		c := New(Config{Socket: srv.Path(), Logger: testLogger(t)})
+		defer c.Close()
+		if _, err := c.ListSAs(context.Background(), ListFilter{IKE: "gw"}); !errors.Is(err, ErrMalformed) || !strings.Contains(err.Error(), "use-in") {
+			t.Fatalf("got %v, want ErrMalformed about use-in", err)
+		}
+	})
 	t.Run("stats without ikesas", func(t *testing.T) {
 		srv := startServer(t, nil)
 		srv.Handle("stats", func(*vicitest.Msg) ([]*vicitest.Msg, *vicitest.Msg) { return nil, &vicitest.Msg{} })

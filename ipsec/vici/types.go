@@ -186,6 +186,15 @@ func (s section) seconds(key string) time.Duration {
 		return 0
 	}
 	n, err := strconv.ParseInt(v, 10, 64)
+	if err != nil {
+		// charon prints ages as unsigned differences of two clock readings
+		// (vici_query.c: now - use time); a stamp taken just after "now"
+		// wraps to just under 2^64 (seen in the lab: use-in
+		// 18446744073709551615). That is a small negative age, not garbage.
+		if u, uerr := strconv.ParseUint(v, 10, 64); uerr == nil && u >= 1<<63 {
+			n, err = int64(u), nil
+		}
+	}
 	if err != nil || n > int64(time.Duration(1<<62)/time.Second) || n < -int64(time.Duration(1<<62)/time.Second) {
 		s.fail(key, "%q is not a number of seconds", v)
 		return 0
@@ -325,10 +334,10 @@ func parseChild(s section, key string) ChildSA {
 		c.MarkMaskOut = 0xffffffff
 	}
 	if s.has("use-in") {
-		c.UseIn = s.seconds("use-in")
+		c.UseIn = max(s.seconds("use-in"), 0)
 	}
 	if s.has("use-out") {
-		c.UseOut = s.seconds("use-out")
+		c.UseOut = max(s.seconds("use-out"), 0)
 	}
 	return c
 }
