@@ -318,9 +318,10 @@ func (a *Agent) RaftPeers() ([]Peer, error) {
 // be a voting gateway that a majority of its observers see healthy. On a
 // follower the request is forwarded to the leader.
 //
-// This is not yet the zero-loss planned failover: the old active fences
-// when it loses leadership, before the new one has moved the resources and
-// installed the SAs, so the tunnels see a gap of about one takeover.
+// The old active keeps carrying the tunnels until the new one has
+// committed active (at most Config.HandoverGrace, see awaitSuccessor), and
+// a transfer that runs out Raft's window is asked for again
+// (transferPlanned).
 func (a *Agent) Promote(ctx context.Context, node string) (Handover, error) {
 	var h Handover
 	err := a.onLeader(ctx, &raftstore.RPCRequest{Op: opPromote, ID: node}, &h)

@@ -66,7 +66,7 @@ func main() {
 	var def agent.Config
 	def.Defaults()
 	flag.DurationVar(&o.batchWindow, "batch-window", def.BatchWindow, "replication.batch_window of the first variant (default: the agent's)")
-	flag.DurationVar(&o.commitTimeout, "commit-timeout", 5*time.Millisecond, "raft.commit_timeout of the first variant (default: the agent's)")
+	flag.DurationVar(&o.commitTimeout, "commit-timeout", 5*time.Millisecond, "raft.commit_timeout of the first variant (default: the configuration's)")
 	flag.IntVar(&o.maxBatch, "max-batch", def.MaxBatch, "replication.max_batch of the first variant (default: the agent's)")
 	flag.BoolVar(&o.variants, "variants", true, "also measure without fsync, and with commit_timeout 1ms")
 	flag.IntVar(&o.heapSAs, "heap-sas", 100000, "SAs in the FSM for the heap figure")
