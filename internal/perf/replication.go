@@ -70,8 +70,10 @@ func Replication(ctx context.Context, o ReplicationOptions) (res *ReplicationRes
 			// applies) would otherwise land on the first 100 ms of the
 			// steady run: measure the steady state, not the storm's tail.
 			runtime.GC()
-			if err := sleep(ctx, 500*time.Millisecond); err != nil {
-				return nil, err
+			select {
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			case <-time.After(500 * time.Millisecond):
 			}
 		}
 		res.Steady, err = Feed(ctx, c, FeedOptions{SAs: sas[o.StormSAs:], Rate: o.Rate, BatchWindow: o.BatchWindow, MaxBatch: o.MaxBatch})
@@ -81,15 +83,4 @@ func Replication(ctx context.Context, o ReplicationOptions) (res *ReplicationRes
 	}
 	res.LeaderChanges = c.LeaderChanges()
 	return res, nil
-}
-
-func sleep(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
 }
