@@ -66,7 +66,6 @@ type Store struct {
 	layer     *streamLayer
 	transport *raft.NetworkTransport
 	logs      *logStore
-	notify    chan bool
 	observer  *raft.Observer
 	obsCh     chan raft.Observation
 	extraRPC  func(ctx context.Context, peer string, req *RPCRequest) *RPCResponse
@@ -98,7 +97,7 @@ func Open(cfg Config) (*Store, error) {
 	if err := os.Chmod(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("securing data dir %s: %w", cfg.DataDir, err)
 	}
-	s := &Store{cfg: cfg, log: log, fsm: NewFSM(log), notify: make(chan bool, 1), closed: make(chan struct{})}
+	s := &Store{cfg: cfg, log: log, fsm: NewFSM(log), closed: make(chan struct{})}
 
 	ln, err := cfg.Network.Listen(cfg.NodeID, cfg.BindAddr)
 	if err != nil {
@@ -144,7 +143,6 @@ func Open(cfg Config) (*Store, error) {
 	rc := raft.DefaultConfig()
 	rc.LocalID = raft.ServerID(cfg.NodeID)
 	rc.Logger = hl
-	rc.NotifyCh = s.notify
 	rc.BatchApplyCh = true
 	setDur(&rc.HeartbeatTimeout, cfg.HeartbeatTimeout)
 	setDur(&rc.ElectionTimeout, cfg.ElectionTimeout)
@@ -245,9 +243,13 @@ func (s *Store) FSM() *FSM { return s.fsm }
 // Raft exposes the Raft instance for operator commands and tests.
 func (s *Store) Raft() *raft.Raft { return s.raft }
 
-// LeaderCh delivers leadership changes. Raft merges flaps: two trues in a
-// row mean leadership was lost and regained in between.
-func (s *Store) LeaderCh() <-chan bool { return s.notify }
+// LeaderCh delivers leadership changes. A slow reader sees only the latest
+// one: two trues in a row mean leadership was lost and regained in
+// between. It is Raft's own LeaderCh, not Config.NotifyCh: Raft blocks on
+// NotifyCh until it is read, and an agent that waits for its leader
+// goroutine (itself waiting on a Raft future) before reading again would
+// deadlock with it.
+func (s *Store) LeaderCh() <-chan bool { return s.raft.LeaderCh() }
 
 // IsLeader reports whether this node is the leader now.
 func (s *Store) IsLeader() bool { return s.raft.State() == raft.Leader }
@@ -320,11 +322,14 @@ func (s *Store) Apply(ctx context.Context, payload any) (ApplyResult, error) {
 }
 
 // ApplyRaw commits an already encoded entry. Tests use it to feed the FSM
-// malformed input through the real log.
+// malformed input through the real log. When ctx ends first, the entry may
+// still commit: the error says only that the caller stopped waiting.
 func (s *Store) ApplyRaw(ctx context.Context, data []byte) (ApplyResult, error) {
 	start := time.Now()
-	f := s.raft.Apply(data, timeoutOf(ctx))
-	err := f.Error()
+	f, err := await(ctx, func() (raft.ApplyFuture, error) {
+		f := s.raft.Apply(data, timeoutOf(ctx))
+		return f, f.Error()
+	})
 	if obs := s.applyObs.Load(); obs != nil {
 		(*obs)(time.Since(start), err)
 	}
@@ -340,10 +345,36 @@ func (s *Store) ApplyRaw(ctx context.Context, data []byte) (ApplyResult, error) 
 
 // Barrier waits until every committed entry is applied locally.
 func (s *Store) Barrier(ctx context.Context) error {
-	if err := s.raft.Barrier(timeoutOf(ctx)).Error(); err != nil {
+	_, err := await(ctx, func() (struct{}, error) { return struct{}{}, s.raft.Barrier(timeoutOf(ctx)).Error() })
+	if err != nil {
 		return fmt.Errorf("raft barrier: %w", err)
 	}
 	return nil
+}
+
+// await runs op, a Raft call that takes no context, and waits for it or
+// for ctx to end. Raft answers every future by its shutdown at the latest,
+// so an abandoned op's goroutine ends too.
+func await[T any](ctx context.Context, op func() (T, error)) (T, error) {
+	if ctx.Done() == nil {
+		return op()
+	}
+	type result struct {
+		v   T
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		v, err := op()
+		done <- result{v, err}
+	}()
+	select {
+	case r := <-done:
+		return r.v, r.err
+	case <-ctx.Done():
+		var zero T
+		return zero, ctx.Err()
+	}
 }
 
 // Servers returns the Raft configuration.

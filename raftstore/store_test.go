@@ -173,3 +173,51 @@ func TestTransportAuthorisesPeersByCertificate(t *testing.T) {
 		t.Errorf("voters = %v, want only gw1", v)
 	}
 }
+
+// A node whose agent is busy (not reading LeaderCh) must keep taking part
+// in Raft: leadership moves around a cluster nobody reads the leadership
+// channel of, and every new leader still commits. With Config.NotifyCh
+// (Raft blocks until it is read) the second change on a node stalls its
+// main loop for good, and with it the agent waiting on a Raft future.
+func TestLeadershipChangesNeverWaitForTheirReader(t *testing.T) {
+	f := newFixture(t)
+	stores := []*raftstore.Store{f.open("gw1", nil, nil), f.open("gw2", nil, nil), f.open("gw3", nil, nil)}
+	if err := stores[0].Bootstrap([]raftstore.Server{{ID: "gw1", Address: stores[0].Addr()}}); err != nil {
+		t.Fatal(err)
+	}
+	waitLeader(t, stores[0])
+	for i, s := range stores[1:] {
+		if err := s.JoinCluster(ctx(t, 10*time.Second), []string{stores[0].Addr()}, raftstore.RoleGateway, 50-i); err != nil {
+			t.Fatalf("join %s: %v", s.NodeID(), err)
+		}
+	}
+	leader := stores[0]
+	for round := 0; round < 6; round++ {
+		next := stores[(round+1)%len(stores)]
+		if next == leader {
+			continue
+		}
+		if err := leader.TransferLeadership(next.NodeID(), next.Addr()); err != nil {
+			t.Fatalf("round %d: transferring %s → %s: %v", round, leader.NodeID(), next.NodeID(), err)
+		}
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			leader = nil
+			for _, s := range stores {
+				if s.IsLeader() {
+					leader = s
+				}
+			}
+			if leader != nil {
+				if _, err := leader.Apply(ctx(t, 2*time.Second), &raftstore.MemberCmd{ID: "gw1", Address: stores[0].Addr(), Role: raftstore.RoleGateway, Priority: round}); err == nil {
+					break
+				} else if time.Now().After(deadline) {
+					t.Fatalf("round %d: %s leads but cannot commit: %v", round, leader.NodeID(), err)
+				}
+			} else if time.Now().After(deadline) {
+				t.Fatalf("round %d: no leader within 10 s after the transfer", round)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+}
