@@ -45,6 +45,9 @@ type e2eResult struct {
 type e2eCase struct {
 	fault string
 	args  []string
+	// mayStay: the active may also keep (or win back) the role, as after
+	// a flapping link; traffic must resume either way.
+	mayStay bool
 	// moves: the active role moves to another gateway (false: a standby
 	// was hit and the active must stay where it is).
 	moves bool
@@ -103,7 +106,9 @@ func e2eCases() []e2eCase {
 		// isolate passed 2 of 3 runs, the third read the client's
 		// CHILD_SAs while it was restarting them (0 listed).
 		{fault: "witness", args: []string{"-after", "5s"}, moves: true},
-		{fault: "flap", args: []string{"-after", "5s"}, moves: true},
+		// A link that flaps faster than the lease: the old active may lose
+		// the role and win it back (it fences and takes over again).
+		{fault: "flap", args: []string{"-after", "5s"}, moves: true, mayStay: true},
 	}
 	pick := os.Getenv("E2E_FAULTS")
 	if pick == "" {
@@ -145,10 +150,10 @@ func checkE2E(t *testing.T, tc e2eCase, r e2eResult) {
 		t.Errorf("second outage at the client's DPD/rekey: gap %.1f ms, %d of %d probes lost", r.SecondGapMS, r.SecondLost, r.SecondSent)
 	}
 	if tc.moves {
-		if r.NewActive == r.OldActive || len(r.Terms) == 0 {
-			t.Fatalf("active stayed on %s (terms after the fault: %+v)", r.OldActive, r.Terms)
+		if !tc.mayStay && (r.NewActive == r.OldActive || len(r.Terms) == 0) {
+			t.Fatalf("the active stayed on %s (terms after the fault: %+v)", r.OldActive, r.Terms)
 		}
-		if r.ClientChildSAs < 1 || r.SAsCarried < r.ClientChildSAs {
+		if len(r.Terms) > 0 && (r.ClientChildSAs < 1 || r.SAsCarried < r.ClientChildSAs) {
 			t.Errorf("the new active installed %d SAs, the client had %d CHILD_SAs", r.SAsCarried, r.ClientChildSAs)
 		}
 		if r.SPIs < 2 {

@@ -310,14 +310,22 @@ func setupGateway(gw *Node) error {
 			return err
 		}
 	}
-	// Every gateway routes the client's inner net itself: charon's table
-	// 220 routes do not follow an XFRM copy to a takeover node.
-	if err := gw.nl.RouteAdd(&netlink.Route{
+	return gw.GatewayRoutes()
+}
+
+// GatewayRoutes (re)installs a gateway's static routes. Every gateway
+// routes the client's inner net itself: charon's table 220 routes do not
+// follow an XFRM copy to a takeover node. The kernel drops a route when its
+// device's link goes down and does not bring it back; on a real host the
+// network configuration does (systemd-networkd on carrier), in the lab
+// whoever brings a link back up calls this.
+func (n *Node) GatewayRoutes() error {
+	if err := n.nl.RouteReplace(&netlink.Route{
 		Dst:       ipNet(netip.MustParsePrefix(ClientNet)),
 		Gw:        net.ParseIP(ClientOuter),
-		LinkIndex: gw.index(OuterIf),
+		LinkIndex: n.index(OuterIf),
 	}); err != nil {
-		return fmt.Errorf("adding client route on %s: %w", gw.Name, err)
+		return fmt.Errorf("adding client route on %s: %w", n.Name, err)
 	}
 	return nil
 }

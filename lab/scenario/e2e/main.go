@@ -422,6 +422,10 @@ func inject(ctx context.Context, c config, s *site.Site, agents []*Agent, victim
 			if err := setLink(gw, topo.OuterIf, true); err != nil {
 				return err
 			}
+			// As the host's network configuration would on carrier.
+			if err := gw.GatewayRoutes(); err != nil {
+				return err
+			}
 			if err := sleep(ctx, 250*time.Millisecond); err != nil {
 				return err
 			}
