@@ -466,22 +466,31 @@ func (a *Agent) failed(ctx context.Context, term uint64, phase string, err error
 	a.handOver(ctx, phase+" failed")
 }
 
-// handOver transfers leadership to the best other gateway, retrying until
-// one accepts or ctx ends (a lone witness keeps leading Raft meanwhile).
+// handOver transfers leadership to the best other gateway that answers,
+// retrying until one accepts or ctx ends (a lone witness keeps leading
+// Raft meanwhile). A gateway that did not answer or refused is passed over
+// until every candidate has had its turn: after the active dies, the
+// state still ranks it first (its last health reports were good), and a
+// transfer to a dead node blocks the next ones for the whole dial timeout.
 func (a *Agent) handOver(ctx context.Context, reason string) {
 	backoff := 100 * time.Millisecond
+	passed := map[string]bool{}
 	for ctx.Err() == nil {
-		target, ok := a.bestGateway(a.cfg.NodeID)
-		if ok {
+		target, ok := a.reachableGateway(ctx, passed)
+		switch {
+		case ok:
 			a.log.Info("handing leadership over", "to", target.ID, "reason", reason)
-			if err := a.store.TransferLeadership(target.ID, target.Address); err == nil {
+			err := a.store.TransferLeadership(target.ID, target.Address)
+			if err == nil {
 				a.emit(Event{Kind: "leadership.transferred", Detail: reason + " → " + target.ID})
 				<-ctx.Done()
 				return
-			} else {
-				a.log.Warn("leadership transfer failed", "to", target.ID, "err", err)
 			}
-		} else {
+			a.log.Warn("leadership transfer failed", "to", target.ID, "err", err)
+			passed[target.ID] = true
+		case len(passed) > 0:
+			clear(passed) // every candidate had its turn: start over
+		default:
 			a.log.Warn("no gateway to hand leadership to", "reason", reason)
 		}
 		select {
@@ -492,12 +501,30 @@ func (a *Agent) handOver(ctx context.Context, reason string) {
 	}
 }
 
-// bestGateway picks the healthiest, highest-priority gateway other than
-// exclude that is a voter in the Raft configuration.
-func (a *Agent) bestGateway(exclude string) (raftstore.Member, bool) {
+// reachableGateway returns the best-ranked gateway (see rankGateways) not
+// in passed that answers a ping. The ones that do not answer join passed.
+func (a *Agent) reachableGateway(ctx context.Context, passed map[string]bool) (raftstore.Member, bool) {
+	for _, m := range a.rankGateways(a.cfg.NodeID) {
+		if passed[m.ID] {
+			continue
+		}
+		if err := a.store.Ping(ctx, m.Address); err != nil {
+			a.log.Warn("passing over a gateway that does not answer", "node", m.ID, "err", err)
+			passed[m.ID] = true
+			continue
+		}
+		return m, true
+	}
+	return raftstore.Member{}, false
+}
+
+// rankGateways orders the gateways other than exclude that are voters in
+// the Raft configuration: healthy before unhealthy (by the observers'
+// majority), then by priority, then by ID.
+func (a *Agent) rankGateways(exclude string) []raftstore.Member {
 	servers, err := a.store.Servers()
 	if err != nil {
-		return raftstore.Member{}, false
+		return nil
 	}
 	voters := make(map[string]bool, len(servers))
 	for _, s := range servers {
@@ -526,10 +553,7 @@ func (a *Agent) bestGateway(exclude string) (raftstore.Member, bool) {
 		}
 		return a.ID < b.ID
 	})
-	if len(cands) == 0 {
-		return raftstore.Member{}, false
-	}
-	return cands[0], true
+	return cands
 }
 
 // majorityHealthy is true unless a majority of the observers that reported

@@ -402,6 +402,39 @@ func TestClusterWitnessWinningHandsOver(t *testing.T) {
 	e.badInputIsHarmless(next)
 }
 
+// A witness that wins right after the active died must not hand the
+// leadership back to the dead node: the state still ranks it first (it has
+// the highest priority and its last health reports were good).
+func TestClusterWitnessPassesOverADeadGateway(t *testing.T) {
+	e := start(t, cluster.Options{Nodes: specs("gw1", "gw2", "gw3", "w1")})
+	first, act := e.waitActive(0)
+	if first.Spec.ID != "gw1" {
+		// The dead node must be the one the witness ranks first.
+		gw1 := e.c.Node("gw1")
+		if err := first.Store.TransferLeadership("gw1", gw1.Store.Addr()); err != nil {
+			t.Fatalf("moving the active role to gw1: %v", err)
+		}
+		if first, act = e.waitActive(act.Term); first.Spec.ID != "gw1" {
+			t.Fatalf("%s is active, want gw1", first.Spec.ID)
+		}
+	}
+	ids := e.loadSAs(first, 50)
+	time.Sleep(250 * time.Millisecond)
+	if err := e.c.Kill("gw1"); err != nil {
+		t.Fatal(err)
+	}
+	next, act2 := e.waitActive(act.Term, "gw1")
+	w := e.c.Node("w1")
+	if err := next.Store.TransferLeadership("w1", w.Store.Addr()); err != nil {
+		t.Fatalf("making the witness campaign: %v", err)
+	}
+	last, act3 := e.waitActive(act2.Term, "gw1")
+	if last.Spec.Role != raftstore.RoleGateway {
+		t.Fatalf("active is %s, a %s", last.Spec.ID, last.Spec.Role)
+	}
+	e.carries(last, ids, act3.Term)
+}
+
 func TestClusterNewNodeRestoredFromSnapshot(t *testing.T) {
 	e := start(t, cluster.Options{Nodes: specs("gw1", "gw2", "gw3"), TrailingLogs: 1, SnapshotThreshold: 1 << 20})
 	first, _ := e.waitActive(0)

@@ -357,9 +357,11 @@ func (a *Agent) local(ctx context.Context, req *raftstore.RPCRequest) (any, erro
 	case opPromote:
 		return a.promoteLocal(ctx, req.ID)
 	case opDrain:
-		target, ok := a.bestGateway(a.cfg.NodeID)
+		// The best one that answers: a drain must not hand the tunnels to
+		// a gateway that died since its last health report.
+		target, ok := a.reachableGateway(ctx, map[string]bool{})
 		if !ok {
-			return nil, fmt.Errorf("drain of %s: %w", a.cfg.NodeID, ErrNoTarget)
+			return nil, fmt.Errorf("drain of %s: %w (none answers)", a.cfg.NodeID, ErrNoTarget)
 		}
 		if reason := a.ineligible(target.ID); reason != "" {
 			return nil, fmt.Errorf("drain of %s: %w (best candidate %s: %s)", a.cfg.NodeID, ErrNoTarget, target.ID, reason)

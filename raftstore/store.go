@@ -486,6 +486,8 @@ func (s *Store) handleRPC(ctx context.Context, peer string, req *RPCRequest) *RP
 			return fail(err)
 		}
 		return &RPCResponse{Leader: leader}
+	case "ping":
+		return &RPCResponse{Leader: leader}
 	case "leave":
 		if req.ID != peer {
 			return fail(fmt.Errorf("leave for %q refused: certificate says %q", req.ID, peer))
@@ -542,6 +544,23 @@ func (s *Store) Call(ctx context.Context, addrs []string, req *RPCRequest) error
 		}
 		backoff = min(backoff*2, time.Second)
 	}
+}
+
+// Ping checks that the node at addr answers cluster RPCs within Raft's
+// election timeout (or ctx, if that ends first): a node slower than that
+// could not win an election either. A leader pings before it hands
+// leadership to a node, so that it does not hand it to a dead one.
+func (s *Store) Ping(ctx context.Context, addr string) error {
+	ctx, cancel := context.WithTimeout(ctx, s.raft.ReloadableConfig().ElectionTimeout)
+	defer cancel()
+	resp, err := s.layer.call(ctx, addr, &RPCRequest{Op: "ping"})
+	if err != nil {
+		return fmt.Errorf("pinging %s: %w", addr, err)
+	}
+	if resp.Error != "" {
+		return fmt.Errorf("pinging %s: %s", addr, resp.Error)
+	}
+	return nil
 }
 
 // CallOnce sends one RPC to addr and returns the peer's answer as it is:

@@ -151,6 +151,12 @@ func (d Daemon) Render() ([]byte, error) {
 	return b.Bytes(), nil
 }
 
+// The lab's proposals where a connection names none.
+const (
+	DefaultProposals    = "aes128gcm16-prfsha256-ecp256"
+	DefaultESPProposals = "aes128gcm16"
+)
+
 // Auth is how a connection authenticates.
 type Auth string
 
@@ -333,7 +339,7 @@ func (s Swanctl) Render() ([]byte, error) {
 			}
 		}
 		if c.Proposals == "" {
-			c.Proposals = "aes128gcm16-prfsha256-ecp256"
+			c.Proposals = DefaultProposals
 		}
 		if c.Auth == "" {
 			c.Auth = AuthPSK
@@ -350,7 +356,7 @@ func (s Swanctl) Render() ([]byte, error) {
 				return nil, fmt.Errorf("rendering swanctl.conf: child %s: rekey time %v is not a whole number of seconds", ch.Name, ch.RekeyTime)
 			}
 			if ch.ESPProposals == "" {
-				ch.ESPProposals = "aes128gcm16"
+				ch.ESPProposals = DefaultESPProposals
 			}
 			ch.StartAction = orDefault(ch.StartAction, "none")
 			ch.DPDAction = orDefault(ch.DPDAction, "clear")

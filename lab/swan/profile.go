@@ -134,3 +134,31 @@ func (p *Profile) GatewayConfig() (Swanctl, *Creds) {
 	}}
 	return Swanctl{Conns: []Conn{c}, Pools: pools, Secrets: secrets}, creds
 }
+
+// ReestablishTemplate is the gateway's connection in the VICI load-conn
+// form an agent's dataplane.reestablish_template holds: what Reestablish
+// needs to initiate an IKE SA to the peer of a CHILD_SA it took over. The
+// addresses, identities and traffic selectors come from each SA; the
+// authentication, proposals, encapsulation and the child's options from
+// here, as swanctl.conf has them. PSK only: with certificates, load-conn
+// wants the certificates themselves, which this profile keeps in files.
+func (p *Profile) ReestablishTemplate() (map[string]any, error) {
+	if p.Auth != AuthPSK {
+		return nil, fmt.Errorf("reestablish template: %q authentication is not supported (PSK only)", p.Auth)
+	}
+	sw, _ := p.GatewayConfig()
+	c := sw.Conns[0]
+	child := map[string]any{"mode": "tunnel", "esp_proposals": []string{DefaultESPProposals}, "dpd_action": "clear"}
+	if p.ReplayWindow > 0 {
+		child["replay_window"] = p.ReplayWindow
+	}
+	return map[string]any{
+		"version":   2,
+		"proposals": []string{DefaultProposals},
+		"encap":     c.Encap,
+		"mobike":    c.Mobike,
+		"local":     map[string]any{"auth": string(c.Auth)},
+		"remote":    map[string]any{"auth": string(c.Auth)},
+		"children":  map[string]any{ChildName: child},
+	}, nil
+}

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/netip"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -39,6 +40,19 @@ type AWS struct {
 	routeTables map[string]*ec2RouteTable    // key: route table ID
 	tags        map[string]map[string]string // key: resource ID
 	seq         uint64
+	hooks       []func() // OnChange's, never removed
+}
+
+// OnChange registers fn to run after every API call that changed the
+// model (a private IP reassigned, an address associated, a route replaced,
+// tags written), before the call is answered. It stands in for the
+// cloud's data plane: the lab's fabric reads where the VIP and the routes
+// point now and steers packets there. fn may read the model; it runs on
+// the API call's goroutine, so it must not block for long.
+func (f *AWS) OnChange(fn func()) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.hooks = append(slices.Clip(f.hooks), fn)
 }
 
 func newAWS(e *Emulator) *AWS {

@@ -24,6 +24,8 @@ type ec2Action struct {
 	resources func(q url.Values) []string
 	// do runs the action with f.mu held.
 	do func(f *AWS, q url.Values) (ec2Answer, *ec2Err)
+	// mutates: the action changes the model (OnChange hooks run after it).
+	mutates bool
 }
 
 // action looks up an EC2 action by name. It is a switch rather than a
@@ -52,14 +54,16 @@ func (f *AWS) action(name string) (ec2Action, bool) {
 			resources: func(q url.Values) []string {
 				return append([]string{q.Get("NetworkInterfaceId")}, ec2List(q, "PrivateIpAddress")...)
 			},
-			do: (*AWS).assignPrivateIPAddressesLocked,
+			do:      (*AWS).assignPrivateIPAddressesLocked,
+			mutates: true,
 		}, true
 	case "AssociateAddress":
 		return ec2Action{
 			resources: func(q url.Values) []string {
 				return ec2NonEmpty(q.Get("AllocationId"), q.Get("NetworkInterfaceId"), q.Get("InstanceId"))
 			},
-			do: (*AWS).associateAddressLocked,
+			do:      (*AWS).associateAddressLocked,
+			mutates: true,
 		}, true
 	case "ReplaceRoute":
 		return ec2Action{
@@ -68,12 +72,14 @@ func (f *AWS) action(name string) (ec2Action, bool) {
 				dest := q.Get("DestinationCidrBlock") + q.Get("DestinationIpv6CidrBlock")
 				return []string{rtb + "|" + dest, rtb}
 			},
-			do: (*AWS).replaceRouteLocked,
+			do:      (*AWS).replaceRouteLocked,
+			mutates: true,
 		}, true
 	case "CreateTags":
 		return ec2Action{
 			resources: func(q url.Values) []string { return ec2List(q, "ResourceId") },
 			do:        (*AWS).createTagsLocked,
+			mutates:   true,
 		}, true
 	}
 	return ec2Action{}, false
@@ -127,10 +133,17 @@ func (f *AWS) serveEC2(w http.ResponseWriter, r *http.Request) {
 	// once it received it: the provider's calls are idempotent for that.
 	f.mu.Lock()
 	ans, e := act.do(f, q)
+	hooks := f.hooks
 	f.mu.Unlock()
 	if e != nil {
 		ec2WriteError(w, reqID, e)
 		return
+	}
+	if act.mutates {
+		// Before the answer: what the caller is told has happened, has.
+		for _, fn := range hooks {
+			fn()
+		}
 	}
 	ec2Stamp(ans, name, reqID)
 	body, err := xml.Marshal(ans)

@@ -49,6 +49,20 @@ func (f *AWS) MetadataServer(instanceID string) (*AWSMetadataServer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("starting the metadata server of %s: %w", instanceID, err)
 	}
+	return f.MetadataServerOn(instanceID, ln)
+}
+
+// MetadataServerOn serves an instance's IMDSv2 endpoint on ln, which it
+// owns from then on: the lab listens on 169.254.169.254:80 inside the
+// instance's own network namespace, where the SDK looks by default.
+func (f *AWS) MetadataServerOn(instanceID string, ln net.Listener) (*AWSMetadataServer, error) {
+	f.mu.Lock()
+	_, ok := f.instances[instanceID]
+	f.mu.Unlock()
+	if !ok {
+		ln.Close()
+		return nil, fmt.Errorf("starting the metadata server: no instance %s", instanceID)
+	}
 	m := &AWSMetadataServer{f: f, instance: instanceID, ln: ln, done: make(chan struct{}), tokens: make(map[string]time.Time)}
 	mux := http.NewServeMux()
 	mux.HandleFunc("PUT /latest/api/token", m.token)

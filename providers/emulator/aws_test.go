@@ -5,11 +5,14 @@ import (
 	"encoding/xml"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 )
 
 // ec2Fleet starts an emulator with two instances in one VPC, an Elastic IP
@@ -397,5 +400,55 @@ func TestAWSEmulatorIMDSv2(t *testing.T) {
 	}
 	if err := md.Close(); err != nil {
 		t.Fatalf("second Close: %v", err)
+	}
+}
+
+// The lab serves the API on a listener per gateway and steers packets from
+// OnChange: a call on any listener changes the one model, and the hooks run
+// after changes only, seeing the change, before the caller has its answer.
+func TestAWSEmulatorServeAndOnChange(t *testing.T) {
+	em := ec2Fleet(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	em.Serve(ln)
+	other := &Emulator{ln: ln, pool: em.pool}
+	var mu sync.Mutex
+	var seen []string // where the VIP was at each hook call
+	em.AWS.OnChange(func() {
+		st, _ := em.AWS.Address("eipalloc-1")
+		mu.Lock()
+		seen = append(seen, st.NetworkInterfaceID)
+		mu.Unlock()
+	})
+	calls := func() []string {
+		mu.Lock()
+		defer mu.Unlock()
+		return slices.Clone(seen)
+	}
+	if r := ec2Post(t, other, true, "Action", "DescribeAddresses"); r.status != 200 {
+		t.Fatalf("DescribeAddresses on the second listener: %d %s", r.status, r.body)
+	}
+	if r := ec2Post(t, em, true, "Action", "AssignPrivateIpAddresses", "NetworkInterfaceId", "eni-b", "PrivateIpAddress.1", "198.18.2.100"); r.status != 400 {
+		t.Fatalf("refused reassignment: %d %s", r.status, r.body)
+	}
+	if got := calls(); len(got) != 0 {
+		t.Fatalf("hooks ran after a read and a refused call: %v", got)
+	}
+	r := ec2Post(t, other, true, "Action", "AssignPrivateIpAddresses", "NetworkInterfaceId", "eni-b",
+		"PrivateIpAddress.1", "198.18.2.100", "AllowReassignment", "true")
+	if r.status != 200 {
+		t.Fatalf("reassigning on the second listener: %d %s", r.status, r.body)
+	}
+	if got := calls(); !slices.Equal(got, []string{"eni-b"}) {
+		t.Fatalf("hook calls by the time the caller had its answer = %v, want one seeing eni-b", got)
+	}
+	if err := em.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if c, err := net.DialTimeout("tcp", ln.Addr().String(), time.Second); err == nil {
+		c.Close()
+		t.Fatal("the second listener still accepts after Close")
 	}
 }

@@ -48,14 +48,14 @@ type frontend interface {
 
 // Emulator is a running cloud emulator. Close stops it.
 type Emulator struct {
-	gate   *Gate
-	log    *slog.Logger
-	pool   *x509.CertPool
-	cert   []byte // PEM of the server certificate (its own CA)
-	ln     net.Listener
-	srv    *http.Server
-	done   chan struct{}
-	closer sync.Once
+	gate    *Gate
+	log     *slog.Logger
+	pool    *x509.CertPool
+	cert    []byte // PEM of the server certificate (its own CA)
+	ln      net.Listener
+	srv     *http.Server
+	serving sync.WaitGroup // one per listener served
+	closer  sync.Once
 
 	connMu sync.Mutex // guards fresh
 	// fresh holds connections that have not started a request yet. A
@@ -86,7 +86,7 @@ func New(opts Options) (*Emulator, error) {
 	if err != nil {
 		return nil, fmt.Errorf("listening on %s: %w", opts.Addr, err)
 	}
-	e := &Emulator{gate: newGate(), log: log, pool: pool, cert: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Certificate[0]}), ln: ln, done: make(chan struct{})}
+	e := &Emulator{gate: newGate(), log: log, pool: pool, cert: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Certificate[0]}), ln: ln}
 	e.gate.SetLatency(opts.Latency)
 	e.AWS = newAWS(e)
 	e.GCP = newGCP(e)
@@ -102,13 +102,22 @@ func New(opts Options) (*Emulator, error) {
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 		ConnState:         e.trackConn,
 	}
+	e.Serve(ln)
+	return e, nil
+}
+
+// Serve answers the cloud APIs on one more listener until Close: the lab
+// opens one inside each gateway's network namespace, so that every agent
+// reaches "the cloud" at the same address of its own. Its certificate is
+// valid for 127.0.0.1, ::1, localhost and Options.Addr.
+func (e *Emulator) Serve(ln net.Listener) {
+	e.serving.Add(1)
 	go func() {
-		defer close(e.done)
+		defer e.serving.Done()
 		if err := e.srv.ServeTLS(ln, "", ""); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			log.Error("emulator stopped", "err", err)
+			e.log.Error("emulator stopped serving", "addr", ln.Addr().String(), "err", err)
 		}
 	}()
-	return e, nil
 }
 
 // Gate is the emulator's latency and fault injection control.
@@ -143,7 +152,7 @@ func (e *Emulator) Close() error {
 		if err != nil {
 			err = e.srv.Close()
 		}
-		<-e.done
+		e.serving.Wait()
 	})
 	return err
 }

@@ -62,6 +62,9 @@ type agentSpec struct {
 	Nice int
 	// APIToken authorises the operator API's mutating endpoints.
 	APIToken string
+	// Reestablish is the connection template file (JSON) the agent
+	// re-establishes IKE SAs from after a takeover; empty: none.
+	Reestablish string
 }
 
 var agentConf = template.Must(template.New("agent").Parse(`# Handoff agent {{.ID}} in the kernel lab (lab/scenario/e2e).
@@ -130,6 +133,9 @@ provider {
 dataplane {
   type        = "strongswan"
   vici_socket = "{{.Vici}}"
+{{- if .Reestablish}}
+  reestablish_template = "{{.Reestablish}}"
+{{- end}}
 }
 
 health {

@@ -26,12 +26,14 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"slices"
 	"sort"
@@ -55,9 +57,12 @@ type config struct {
 	after    time.Duration
 	dpd      time.Duration
 	second   bool
-	flaps    int
-	nice     int
-	timing   agentTiming
+	// reestablish: the agents get a connection template (IKE SAs are
+	// re-established after a takeover).
+	reestablish bool
+	flaps       int
+	nice        int
+	timing      agentTiming
 }
 
 // Term is one takeover an agent committed (its "active" log line).
@@ -133,6 +138,7 @@ func main() {
 	fs.DurationVar(&c.warmup, "warmup", 1500*time.Millisecond, "probe time before the fault")
 	fs.DurationVar(&c.after, "after", 3*time.Second, "probe time after the fault")
 	fs.DurationVar(&c.dpd, "dpd", time.Second, "client DPD delay")
+	fs.BoolVar(&c.reestablish, "reestablish", true, "give the agents a connection template to re-establish IKE SAs from after a takeover")
 	fs.BoolVar(&c.second, "second", true, "run the second phase (client DPD and rekey after the failover)")
 	fs.IntVar(&c.flaps, "flaps", 3, "link flaps (fault flap)")
 	fs.IntVar(&c.nice, "nice", -5, "agents' nice value")
@@ -191,6 +197,12 @@ func run(ctx context.Context, env *guest.Env, c config) (res Result, err error) 
 	}
 	defer mirror.Close()
 
+	var tmplPath string
+	if c.reestablish {
+		if tmplPath, err = writeTemplate(s, env.Path("reestablish.json")); err != nil {
+			return res, err
+		}
+	}
 	pkiDir := env.Path("pki")
 	token, err := newToken()
 	if err != nil {
@@ -218,7 +230,7 @@ func run(ctx context.Context, env *guest.Env, c config) (res Result, err error) 
 			Witness: c.fault == "witness" && i == 2, Bootstrap: i == 0,
 			Join: fmt.Sprintf("%s:%d", topo.GatewayOuter(1), raftPort), Vici: s.Gateways[i].Socket(),
 			Dir: env.Path(gw.Name), DataDir: filepath.Join(env.RunDir, gw.Name, "raft"),
-			StateDir: filepath.Join(env.RunDir, gw.Name, "vips"), PKI: pkiDir, Timing: c.timing, Nice: c.nice, APIToken: token,
+			StateDir: filepath.Join(env.RunDir, gw.Name, "vips"), PKI: pkiDir, Timing: c.timing, Nice: c.nice, APIToken: token, Reestablish: tmplPath,
 		}
 	}
 	// gw1 bootstraps the cluster and becomes active before the others join.
@@ -369,6 +381,23 @@ func run(ctx context.Context, env *guest.Env, c config) (res Result, err error) 
 		}
 	}
 	return res, nil
+}
+
+// writeTemplate writes the gateways' connection as the agents'
+// reestablish_template.
+func writeTemplate(s *site.Site, path string) (string, error) {
+	tmpl, err := s.Profile.ReestablishTemplate()
+	if err != nil {
+		return "", err
+	}
+	b, err := json.MarshalIndent(tmpl, "", "  ")
+	if err != nil {
+		return "", fmt.Errorf("encoding the connection template: %w", err)
+	}
+	if err := os.WriteFile(path, b, 0o600); err != nil {
+		return "", fmt.Errorf("writing the connection template: %w", err)
+	}
+	return path, nil
 }
 
 func newToken() (string, error) {

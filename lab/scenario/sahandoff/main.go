@@ -146,7 +146,11 @@ func run(ctx context.Context, env *guest.Env, interval time.Duration, encap, ree
 		defer rec.Close()
 		gw2Sock = filepath.Join(env.RunDir, "gw2-record.vici")
 	}
-	dp2, close2, err := dataplane(gw2, gw2Sock, log, ipsec.ReestablishConfig{Template: template(encap), Timeout: 5 * time.Second, MakeBeforeBreak: mbb})
+	tmpl, err := s.Profile.ReestablishTemplate()
+	if err != nil {
+		return res, err
+	}
+	dp2, close2, err := dataplane(gw2, gw2Sock, log, ipsec.ReestablishConfig{Template: tmpl, Timeout: 5 * time.Second, MakeBeforeBreak: mbb})
 	if err != nil {
 		return res, err
 	}
@@ -394,24 +398,6 @@ func dataplane(n *topo.Node, sock string, lg *slog.Logger, rc ipsec.ReestablishC
 		return nil, nil, err
 	}
 	return dp, func() { x.Close(); v.Close() }, nil
-}
-
-// template is the gateway connection of the lab's profile as Reestablish
-// wants it (the VICI load-conn form of swan.Profile.GatewayConfig).
-func template(encap bool) map[string]any {
-	return map[string]any{
-		"version":   2,
-		"proposals": []string{"aes128gcm16-prfsha256-ecp256"},
-		"encap":     encap,
-		"mobike":    false,
-		"local":     map[string]any{"auth": "psk"},
-		"remote":    map[string]any{"auth": "psk"},
-		"children": map[string]any{swan.ChildName: map[string]any{
-			"mode":          "tunnel",
-			"esp_proposals": []string{"aes128gcm16"},
-			"dpd_action":    "clear",
-		}},
-	}
 }
 
 func clientIKEIDs(ctx context.Context, c *vici.Client) (map[uint32]bool, error) {
