@@ -43,6 +43,8 @@ type e2eResult struct {
 
 // e2eCase is one fault and what must hold after it.
 type e2eCase struct {
+	// name is the subtest's and E2E_FAULTS' name (default: fault).
+	name  string
 	fault string
 	args  []string
 	// mayStay: the active may also keep (or win back) the role, as after
@@ -63,7 +65,7 @@ func TestPrivilegedE2EFailover(t *testing.T) {
 	requireRoot(t)
 	bins := buildScenarios(t, e2ePackage, handoffPackage)
 	for _, tc := range e2eCases() {
-		t.Run(tc.fault, func(t *testing.T) {
+		t.Run(tc.label(), func(t *testing.T) {
 			sc := e2eScenario(bins[e2ePackage], bins[handoffPackage], append([]string{"-fault", tc.fault}, tc.args...)...)
 			res := runScenario(t, sc)
 			var r e2eResult
@@ -92,19 +94,22 @@ func e2eCases() []e2eCase {
 		// asserted: in the one-CPU guest an election often follows the
 		// transfer (docs/failover-timings.md).
 		{fault: "drain", args: []string{"-second=false"}, moves: true},
+		// Not in the default set (E2E_FAULTS=charon runs it), as of
+		// 2026-12-02: its own health checks take ~3 s to declare charon
+		// dead (interval 1 s, fall 3), and in the one-CPU guest the three
+		// agents then burn enough CPU that leadership changes several
+		// times before it settles: gaps of 3.5 s (pass) to 9.7 s (fail)
+		// in 3 of 5 runs; see docs/failover-timings.md.
 		{fault: "charon", args: []string{"-after", "5s"}, moves: true},
 		{fault: "uplink", args: []string{"-after", "5s"}, moves: true},
 		{fault: "isolate", args: []string{"-after", "5s"}, moves: true},
 		{fault: "standby"},
-		// Not yet in the default set (run them with E2E_FAULTS=...), as of
-		// 2026-12-02: charon passed 3 of 4 runs, but its gap (own health
-		// checks failing, then the hand-over, in the slow guest) reached
-		// 4.3 and 5.3 s, past the window the test reads "resumed" from;
-		// witness: gw2 committed active but no gateway held the VIP and
-		// traffic never came back; flap: gw1 was re-elected after its
-		// uplink flapped, took over again, and traffic stayed dead;
-		// isolate passed 2 of 3 runs, the third read the client's
-		// CHILD_SAs while it was restarting them (0 listed).
+		// The aws provider against the built-in emulator, its fabric
+		// moving the VIP and the route in the lab as EC2 would.
+		{name: "aws-kill", fault: "kill", args: []string{"-provider", "aws", "-after", "5s"}, moves: true},
+		// Two gateways and a witness: the witness must never take over,
+		// and must not hand leadership to the dead gateway (it did, 1 run
+		// in 3, before handOver pinged its candidates).
 		{fault: "witness", args: []string{"-after", "5s"}, moves: true},
 		// A link that flaps faster than the lease: the old active may lose
 		// the role and win it back (it fences and takes over again).
@@ -112,11 +117,11 @@ func e2eCases() []e2eCase {
 	}
 	pick := os.Getenv("E2E_FAULTS")
 	if pick == "" {
-		pick = "kill,drain,uplink,standby"
+		pick = "kill,drain,uplink,isolate,standby,aws-kill,witness,flap"
 	}
 	var out []e2eCase
 	for _, c := range all {
-		if slices.Contains(strings.Split(pick, ","), c.fault) {
+		if slices.Contains(strings.Split(pick, ","), c.label()) {
 			out = append(out, c)
 		}
 	}
@@ -125,6 +130,13 @@ func e2eCases() []e2eCase {
 
 // secondOutage is the gap in the second phase that counts as an outage.
 const secondOutage = 1000.0
+
+func (c e2eCase) label() string {
+	if c.name != "" {
+		return c.name
+	}
+	return c.fault
+}
 
 func checkE2E(t *testing.T, tc e2eCase, r e2eResult) {
 	t.Helper()

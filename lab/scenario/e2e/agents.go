@@ -62,6 +62,11 @@ type agentSpec struct {
 	Nice int
 	// APIToken authorises the operator API's mutating endpoints.
 	APIToken string
+	// AWS: the agent moves the VIP and the route through the EC2 API of
+	// the emulated account (cloud.go) instead of the linux provider;
+	// AWSCAFile is the emulator's certificate.
+	AWS       bool
+	AWSCAFile string
 	// Reestablish is the connection template file (JSON) the agent
 	// re-establishes IKE SAs from after a takeover; empty: none.
 	Reestablish string
@@ -114,6 +119,27 @@ provider {
 dataplane {
   type = "memory"
 }
+{{- else if .AWS}}
+# The emulated EC2 account (lab/scenario/e2e/cloud.go): instance,
+# interface and region come from IMDS at 169.254.169.254, as on EC2.
+provider {
+  type = "aws"
+  resource {
+    kind = "eip"
+    id   = "{{.AWSAllocation}}"
+  }
+  resource {
+    kind = "route"
+    id   = "{{.AWSRoute}}"
+  }
+  aws {
+    endpoint        = "https://127.0.0.1:{{.AWSPort}}"
+    eip_private_ips = {
+      "{{.AWSAllocation}}" = "{{.VIP}}"
+    }
+    attempt_timeout = "2s"
+  }
+}
 {{- else}}
 provider {
   type = "linux"
@@ -129,6 +155,8 @@ provider {
     state_dir         = "{{.StateDir}}"
   }
 }
+{{- end}}
+{{- if not .Witness}}
 
 dataplane {
   type        = "strongswan"
@@ -163,9 +191,11 @@ func (s agentSpec) writeConfig() (string, error) {
 	var b bytes.Buffer
 	data := struct {
 		agentSpec
-		Port         int
-		VIP, OuterIf string
-	}{s, raftPort, topo.VIPOuter, topo.OuterIf}
+		Port                    int
+		VIP, OuterIf            string
+		AWSAllocation, AWSRoute string
+		AWSPort                 int
+	}{s, raftPort, topo.VIPOuter, topo.OuterIf, awsAllocation, awsRouteTbl + "|" + topo.ClientNet, awsAPIPort}
 	if err := agentConf.Execute(&b, data); err != nil {
 		return "", fmt.Errorf("rendering agent config of %s: %w", s.ID, err)
 	}
@@ -202,6 +232,9 @@ func startAgent(bin string, s agentSpec) (*Agent, error) {
 	cmd.Env = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "GOGC=400",
 		// The operator API's token (promote and drain need one).
 		"HANDOFF_API_TOKEN=" + s.APIToken, "HANDOFF_TOKEN=" + s.APIToken}
+	if s.AWS {
+		cmd.Env = append(cmd.Env, awsEnv(s.AWSCAFile)...)
+	}
 	cmd.Stdout, cmd.Stderr = out, out
 	// Its own process group, and gone with the scenario: a killed scenario
 	// must not leave agents behind.

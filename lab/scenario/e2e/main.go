@@ -32,7 +32,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
@@ -60,9 +59,12 @@ type config struct {
 	// reestablish: the agents get a connection template (IKE SAs are
 	// re-established after a takeover).
 	reestablish bool
-	flaps       int
-	nice        int
-	timing      agentTiming
+	// provider: linux (the agents move the VIP with ARP) or aws (through
+	// the emulated EC2 account, the fabric steering the lab's packets).
+	provider string
+	flaps    int
+	nice     int
+	timing   agentTiming
 }
 
 // Term is one takeover an agent committed (its "active" log line).
@@ -139,6 +141,7 @@ func main() {
 	fs.DurationVar(&c.after, "after", 3*time.Second, "probe time after the fault")
 	fs.DurationVar(&c.dpd, "dpd", time.Second, "client DPD delay")
 	fs.BoolVar(&c.reestablish, "reestablish", true, "give the agents a connection template to re-establish IKE SAs from after a takeover")
+	fs.StringVar(&c.provider, "provider", "linux", "linux, or aws (the built-in emulator, its fabric moving the VIP in the lab)")
 	fs.BoolVar(&c.second, "second", true, "run the second phase (client DPD and rekey after the failover)")
 	fs.IntVar(&c.flaps, "flaps", 3, "link flaps (fault flap)")
 	fs.IntVar(&c.nice, "nice", -5, "agents' nice value")
@@ -176,6 +179,9 @@ func run(ctx context.Context, env *guest.Env, c config) (res Result, err error) 
 	if !slices.Contains([]string{"kill", "drain", "charon", "uplink", "isolate", "standby", "witness", "flap"}, c.fault) {
 		return res, fmt.Errorf("unknown -fault %q", c.fault)
 	}
+	if c.provider != "linux" && c.provider != "aws" {
+		return res, fmt.Errorf("unknown -provider %q (linux or aws)", c.provider)
+	}
 	log := env.Log
 	t0 := time.Now()
 	s, err := site.Start(ctx, site.Options{
@@ -191,11 +197,25 @@ func run(ctx context.Context, env *guest.Env, c config) (res Result, err error) 
 	if err := env.NoteNamespaces(s.Topo.Namespaces()); err != nil {
 		return res, err
 	}
-	mirror, err := startMirror(s.Topo.Gateways, log)
-	if err != nil {
-		return res, err
+	// What steers the client's and the protected host's packets to the
+	// active: the linux provider's VIP (ARP) with the inside VIP mirrored,
+	// or the emulated cloud's fabric.
+	var steer steering
+	if c.provider == "aws" {
+		f, err := startFabric(s.Topo, awsCAFile(env.Dir), log)
+		if err != nil {
+			return res, err
+		}
+		defer f.Close()
+		steer = f
+	} else {
+		m, err := startMirror(s.Topo.Gateways, log)
+		if err != nil {
+			return res, err
+		}
+		defer m.Close()
+		steer = linuxSteering{m, s.Topo.Gateways}
 	}
-	defer mirror.Close()
 
 	var tmplPath string
 	if c.reestablish {
@@ -231,6 +251,7 @@ func run(ctx context.Context, env *guest.Env, c config) (res Result, err error) 
 			Join: fmt.Sprintf("%s:%d", topo.GatewayOuter(1), raftPort), Vici: s.Gateways[i].Socket(),
 			Dir: env.Path(gw.Name), DataDir: filepath.Join(env.RunDir, gw.Name, "raft"),
 			StateDir: filepath.Join(env.RunDir, gw.Name, "vips"), PKI: pkiDir, Timing: c.timing, Nice: c.nice, APIToken: token, Reestablish: tmplPath,
+			AWS: c.provider == "aws", AWSCAFile: awsCAFile(env.Dir),
 		}
 	}
 	// gw1 bootstraps the cluster and becomes active before the others join.
@@ -250,18 +271,29 @@ func run(ctx context.Context, env *guest.Env, c config) (res Result, err error) 
 			return res, err
 		}
 	}
-	active, err := waitStable(ctx, agents, s.Topo.Gateways, 1500*time.Millisecond, 30*time.Second)
+	active, err := waitStable(ctx, agents, steer, 1500*time.Millisecond, 30*time.Second)
 	if err != nil {
 		return res, err
 	}
 	if _, err := s.Connect(ctx); err != nil {
 		return res, err
 	}
-	children, err := s.Client.ChildSAs(ctx)
-	if err != nil {
-		return res, err
+	// The client may be replacing its CHILD_SA right after connecting (a
+	// re-established IKE SA from an earlier takeover during setup): read
+	// until it lists one, for up to 5 s.
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		children, err := s.Client.ChildSAs(ctx)
+		if err != nil {
+			return res, err
+		}
+		res.ClientChildSAs = len(children)
+		if len(children) > 0 || time.Now().After(deadline) {
+			break
+		}
+		if err := sleep(ctx, 100*time.Millisecond); err != nil {
+			return res, err
+		}
 	}
-	res.ClientChildSAs = len(children)
 	clientVICI := vici.New(vici.Config{Socket: s.Client.Socket(), Logger: log})
 	defer clientVICI.Close()
 	ikeBefore, err := clientIKEIDs(ctx, clientVICI)
@@ -344,7 +376,7 @@ func run(ctx context.Context, env *guest.Env, c config) (res Result, err error) 
 		res.Takeover = &last
 		res.NewActive = last.Node
 		res.SAsCarried = last.SAs
-		if at, ok := mirror.GainedAfter(last.Node, faultAt); ok {
+		if at, ok := steer.GainedAfter(last.Node, faultAt); ok {
 			res.VIPMovedMS = ms(at.Sub(faultAt))
 		}
 	}
@@ -352,7 +384,7 @@ func run(ctx context.Context, env *guest.Env, c config) (res Result, err error) 
 		if i == victim && (c.fault == "kill" || c.fault == "standby" || c.fault == "witness") {
 			continue // a dead machine: its kernel's addresses reach no one
 		}
-		if ok, err := gw.HasAddr(netip.MustParseAddr(topo.VIPOuter)); err == nil && ok {
+		if ok, err := steer.holdsVIP(i); err == nil && ok {
 			res.VIPHolders = append(res.VIPHolders, gw.Name)
 		}
 	}
@@ -371,8 +403,8 @@ func run(ctx context.Context, env *guest.Env, c config) (res Result, err error) 
 	}
 	capRep := s.Capture.Report()
 	res.ESPSeqReused, res.SPIs = capRep.Reused, len(capRep.SPIs)
-	if err := mirror.Err(); err != nil {
-		log.Warn("inside VIP mirror", "err", err)
+	if err := steer.Err(); err != nil {
+		log.Warn("steering traffic to the active", "err", err)
 	}
 	log.Info("scenario", "probes", rep, "capture", capRep)
 	for k, v := range cpuTimes() {
@@ -483,9 +515,10 @@ func setLink(n *topo.Node, dev string, up bool) error {
 	return nil
 }
 
-// waitStable waits until one gateway has been active, holding both VIPs,
-// with no takeover or fencing anywhere for quiet, and returns its index.
-func waitStable(ctx context.Context, agents []*Agent, gws []*topo.Node, quiet, d time.Duration) (int, error) {
+// waitStable waits until one gateway has been active, with the traffic
+// steered to it, with no takeover or fencing anywhere for quiet, and
+// returns its index.
+func waitStable(ctx context.Context, agents []*Agent, steer steering, quiet, d time.Duration) (int, error) {
 	deadline := time.Now().Add(d)
 	for {
 		var lastEvent time.Time
@@ -507,15 +540,11 @@ func waitStable(ctx context.Context, agents []*Agent, gws []*topo.Node, quiet, d
 			}
 		}
 		if active >= 0 && time.Since(lastEvent) >= quiet {
-			outer, err := gws[active].HasAddr(netip.MustParseAddr(topo.VIPOuter))
+			ok, err := steer.holds(active)
 			if err != nil {
 				return 0, err
 			}
-			inner, err := gws[active].HasAddr(netip.MustParseAddr(topo.VIPInner))
-			if err != nil {
-				return 0, err
-			}
-			if outer && inner {
+			if ok {
 				return active, nil
 			}
 		}

@@ -163,3 +163,36 @@ func garp(n *topo.Node, dev string, ip netip.Addr) error {
 }
 
 func htons(v uint16) uint16 { return v<<8 | v>>8 }
+
+// steering is what sends the client's and the protected host's packets to
+// a gateway: the linux provider's VIPs (with the inside one mirrored), or
+// the emulated cloud's fabric.
+type steering interface {
+	// holds: gateway i gets both the client's and the protected host's
+	// traffic.
+	holds(i int) (bool, error)
+	// holdsVIP: gateway i gets the client's traffic.
+	holdsVIP(i int) (bool, error)
+	// GainedAfter is the first time after t that gw got the client's
+	// traffic.
+	GainedAfter(gw string, t time.Time) (time.Time, bool)
+	Err() error
+}
+
+// linuxSteering reads the VIPs off the gateways' interfaces.
+type linuxSteering struct {
+	*innerMirror
+	gws []*topo.Node
+}
+
+func (l linuxSteering) holdsVIP(i int) (bool, error) {
+	return l.gws[i].HasAddr(netip.MustParseAddr(topo.VIPOuter))
+}
+
+func (l linuxSteering) holds(i int) (bool, error) {
+	outer, err := l.holdsVIP(i)
+	if err != nil || !outer {
+		return false, err
+	}
+	return l.gws[i].HasAddr(netip.MustParseAddr(topo.VIPInner))
+}
