@@ -1,6 +1,7 @@
 package ipsec
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -285,6 +286,33 @@ func TestInstallOnTakeover(t *testing.T) {
 	}
 	if err := d.Fence(ctx); err != nil {
 		t.Fatalf("second fence: %v", err)
+	}
+
+	// Unfence (re-elected, nobody claimed in between): both outbound
+	// states come back with their keys and counters, once.
+	n, err := d.Unfence(ctx)
+	if err != nil || n != 2 {
+		t.Fatalf("unfence restored %d: %v, want 2", n, err)
+	}
+	if out, ok := x.has(xfrm.KeyOf(&c.Out)); !ok || out.Replay.OSeq != 0x25e+100_000 || !bytes.Equal(out.AEAD.Key, c.Out.AEAD.Key) {
+		t.Errorf("restored outbound state %+v, want oseq %d and the SA's key", out, 0x25e+100_000)
+	}
+	if _, ok := x.has(xfrm.Key{Dst: other, SPI: 0xc3000002, Proto: sa.ProtoESP}); !ok {
+		t.Error("charon's outbound state not restored")
+	}
+	if n, err := d.Unfence(ctx); n != 0 || err != nil {
+		t.Errorf("second unfence restored %d (%v), want nothing", n, err)
+	}
+	// A takeover's install makes the replicated copies authoritative: a
+	// later unfence must not bring back what an earlier fence saved.
+	if err := d.Fence(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Install(ctx, []sa.Install{install}); err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := d.Unfence(ctx); n != 0 {
+		t.Errorf("unfence after an install restored %d states", n)
 	}
 }
 

@@ -65,11 +65,12 @@ type fabric struct {
 	log    *slog.Logger
 	imds   []*emulator.AWSMetadataServer
 
-	mu     sync.Mutex // guards the following fields
-	vipAt  int        // gateway index the VIP is delivered to, -1 none
-	rtAt   int        // gateway index the route sends the client's net to
-	gained map[string][]time.Time
-	errs   []error
+	gains
+
+	mu    sync.Mutex // guards the following fields
+	vipAt int        // gateway index the VIP is delivered to, -1 none
+	rtAt  int        // gateway index the route sends the client's net to
+	errs  []error
 }
 
 // startFabric starts the emulator, seeds the account, serves the EC2 API
@@ -82,8 +83,7 @@ func startFabric(s *topo.Topology, caFile string, log *slog.Logger) (_ *fabric, 
 	if err != nil {
 		return nil, err
 	}
-	f := &fabric{em: em, client: s.Client, inside: s.Inside, gws: s.Gateways, log: log, vipAt: -1, rtAt: -1,
-		gained: map[string][]time.Time{}}
+	f := &fabric{em: em, client: s.Client, inside: s.Inside, gws: s.Gateways, log: log, vipAt: -1, rtAt: -1}
 	defer func() {
 		if err != nil {
 			f.Close()
@@ -189,7 +189,7 @@ func (f *fabric) steer() {
 			f.errs = append(f.errs, fmt.Errorf("delivering the VIP to %s: %w", f.gws[vipAt].Name, err))
 		} else {
 			f.vipAt = vipAt
-			f.gained[f.gws[vipAt].Name] = append(f.gained[f.gws[vipAt].Name], now)
+			f.add(f.gws[vipAt].Name, now)
 			f.log.Info("fabric: VIP delivered", "to", f.gws[vipAt].Name, "eip", st.PublicIP, "eni", awsENI(vipAt))
 		}
 	}
@@ -233,18 +233,6 @@ func (f *fabric) holdsVIP(i int) (bool, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.vipAt == i, nil
-}
-
-// GainedAfter is the first time after t that gw got the VIP's traffic.
-func (f *fabric) GainedAfter(gw string, t time.Time) (time.Time, bool) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	for _, g := range f.gained[gw] {
-		if g.After(t) {
-			return g, true
-		}
-	}
-	return time.Time{}, false
 }
 
 // Err reports what the fabric failed to steer.

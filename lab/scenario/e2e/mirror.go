@@ -30,14 +30,15 @@ type innerMirror struct {
 	done chan struct{}
 	wg   sync.WaitGroup
 
-	mu     sync.Mutex // guards the following fields
-	gained map[string][]time.Time
-	lost   map[string][]time.Time
-	errs   []error
+	gains
+
+	mu   sync.Mutex // guards the following fields
+	lost map[string][]time.Time
+	errs []error
 }
 
 func startMirror(gws []*topo.Node, log *slog.Logger) (*innerMirror, error) {
-	m := &innerMirror{log: log, done: make(chan struct{}), gained: map[string][]time.Time{}, lost: map[string][]time.Time{}}
+	m := &innerMirror{log: log, done: make(chan struct{}), lost: map[string][]time.Time{}}
 	for _, gw := range gws {
 		ch := make(chan netlink.AddrUpdate, 64)
 		err := gw.Do(func() error {
@@ -80,10 +81,11 @@ func (m *innerMirror) follow(gw *topo.Node, ch <-chan netlink.AddrUpdate) {
 				err = nil
 			}
 		}
-		m.mu.Lock()
 		if u.NewAddr {
-			m.gained[gw.Name] = append(m.gained[gw.Name], now)
-		} else {
+			m.add(gw.Name, now)
+		}
+		m.mu.Lock()
+		if !u.NewAddr {
 			m.lost[gw.Name] = append(m.lost[gw.Name], now)
 		}
 		if err != nil {
@@ -94,13 +96,28 @@ func (m *innerMirror) follow(gw *topo.Node, ch <-chan netlink.AddrUpdate) {
 	}
 }
 
-// GainedAfter is the first time after t that gw gained the outside VIP.
-func (m *innerMirror) GainedAfter(gw string, t time.Time) (time.Time, bool) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	for _, g := range m.gained[gw] {
-		if g.After(t) {
-			return g, true
+// gains records when each gateway started to get the VIP's traffic.
+type gains struct {
+	mu sync.Mutex // guards at
+	at map[string][]time.Time
+}
+
+func (g *gains) add(gw string, t time.Time) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.at == nil {
+		g.at = map[string][]time.Time{}
+	}
+	g.at[gw] = append(g.at[gw], t)
+}
+
+// GainedAfter is the first time after t that gw got the VIP's traffic.
+func (g *gains) GainedAfter(gw string, t time.Time) (time.Time, bool) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for _, at := range g.at[gw] {
+		if at.After(t) {
+			return at, true
 		}
 	}
 	return time.Time{}, false
