@@ -66,7 +66,11 @@ func TestPrivilegedE2EFailover(t *testing.T) {
 	bins := buildScenarios(t, e2ePackage, handoffPackage)
 	for _, tc := range e2eCases() {
 		t.Run(tc.label(), func(t *testing.T) {
-			sc := e2eScenario(bins[e2ePackage], bins[handoffPackage], append([]string{"-fault", tc.fault}, tc.args...)...)
+			args := append([]string{"-fault", tc.fault}, tc.args...)
+			// E2E_ARGS: more scenario flags for every case, e.g.
+			// "-cpuprofile" or "-heartbeat 200ms -lease 90ms".
+			args = append(args, strings.Fields(os.Getenv("E2E_ARGS"))...)
+			sc := e2eScenario(bins[e2ePackage], bins[handoffPackage], args...)
 			res := runScenario(t, sc)
 			var r e2eResult
 			if err := res.Decode(&r); err != nil {

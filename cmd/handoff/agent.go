@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
+	"runtime/pprof"
 	"slices"
 	"strings"
 	"time"
@@ -81,11 +83,19 @@ func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
 	fs := flag.NewFlagSet("agent", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	opf := addOperatorFlags(fs, false)
+	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the agent's whole run to this file (diagnosing an agent that uses too much CPU)")
 	cfg, err := loadConfig(fs, args)
 	if err != nil {
 		return err
 	}
 	log := newLogger(stderr, cfg.LogLevel, cfg.LogFormat)
+	if *cpuProfile != "" {
+		stop, err := startCPUProfile(*cpuProfile)
+		if err != nil {
+			return err
+		}
+		defer stop()
+	}
 	mat, err := pki.Load(cfg.TLS.CA, cfg.TLS.Cert, cfg.TLS.Key)
 	if err != nil {
 		return fmt.Errorf("loading TLS material: %w", err)
@@ -209,4 +219,20 @@ func buildDataplane(cfg *config.Config, log *slog.Logger) (agent.Dataplane, func
 		return dp, func() { vc.Close(); xh.Close() }, nil
 	}
 	return nil, nil, fmt.Errorf("dataplane.type %q: not available in this build", cfg.DataplaneType)
+}
+
+// startCPUProfile profiles the process into path (0600) until stop.
+func startCPUProfile(path string) (stop func(), err error) {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("creating the CPU profile: %w", err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("starting the CPU profile: %w", err)
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		f.Close()
+	}, nil
 }

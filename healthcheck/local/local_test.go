@@ -3,6 +3,7 @@ package local
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -175,6 +176,36 @@ func TestProcessStatParsing(t *testing.T) {
 	}
 	if err := (&Process{Proc: root, Comm: "pluto"}).Run(ctx); !errors.Is(err, ErrNotRunning) {
 		t.Errorf("scan without match: %v", err)
+	}
+}
+
+// The scan remembers the PID it found and checks it first; a remembered
+// PID that is now another program, or a zombie, must not pass.
+func TestProcessScanRemembersAndRechecks(t *testing.T) {
+	root := t.TempDir()
+	write := func(pid int, comm, state string) {
+		d := filepath.Join(root, strconv.Itoa(pid))
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		_ = os.WriteFile(filepath.Join(d, "comm"), []byte(comm+"\n"), 0o644)
+		_ = os.WriteFile(filepath.Join(d, "stat"), []byte(fmt.Sprintf("%d (%s) %s 1 1 1 0", pid, comm, state)), 0o644)
+	}
+	ctx := ctxT(t, time.Second)
+	p := &Process{Proc: root, Comm: "charon-systemd"}
+	write(100, "charon-systemd", "S")
+	if err := p.Run(ctx); err != nil || p.seen.Load() != 100 {
+		t.Fatalf("first scan: %v, remembered %d", err, p.seen.Load())
+	}
+	// PID 100 is reused by another program; charon now runs as 200.
+	write(100, "bash", "S")
+	write(200, "charon-systemd", "S")
+	if err := p.Run(ctx); err != nil || p.seen.Load() != 200 {
+		t.Fatalf("scan after PID reuse: %v, remembered %d, want 200", err, p.seen.Load())
+	}
+	write(200, "charon-systemd", "Z")
+	if err := p.Run(ctx); !errors.Is(err, ErrNotRunning) {
+		t.Fatalf("remembered PID now a zombie: %v, want ErrNotRunning", err)
 	}
 }
 

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 )
 
 // Process errors.
@@ -35,6 +36,11 @@ type Process struct {
 	Comm string
 	// Proc is the proc filesystem's root, "/proc" if empty.
 	Proc string
+
+	// seen is the PID the last scan found (0: none). A scan checks it
+	// first: a full /proc walk every interval is hundreds of file reads,
+	// which cost a fifth of an idle agent's CPU in the UML lab.
+	seen atomic.Int64
 }
 
 // Name is "process".
@@ -90,6 +96,12 @@ func (p *Process) findPID() (int, error) {
 // scan passes when any process named Comm is alive and running; zombies
 // and stopped ones with that name do not count.
 func (p *Process) scan() error {
+	if pid := int(p.seen.Load()); pid > 0 {
+		if comm, err := p.comm(pid); err == nil && comm == p.Comm && p.checkPID(pid) == nil {
+			return nil
+		}
+		p.seen.Store(0)
+	}
 	ents, err := os.ReadDir(p.proc())
 	if err != nil {
 		return fmt.Errorf("scanning %s for %s: %w", p.proc(), p.Comm, err)
@@ -105,6 +117,7 @@ func (p *Process) scan() error {
 		}
 		err = p.checkPID(pid)
 		if err == nil {
+			p.seen.Store(int64(pid))
 			return nil
 		}
 		if first == nil {

@@ -61,10 +61,11 @@ type config struct {
 	reestablish bool
 	// provider: linux (the agents move the VIP with ARP) or aws (through
 	// the emulated EC2 account, the fabric steering the lab's packets).
-	provider string
-	flaps    int
-	nice     int
-	timing   agentTiming
+	provider   string
+	cpuProfile bool
+	flaps      int
+	nice       int
+	timing     agentTiming
 }
 
 // Term is one takeover an agent committed (its "active" log line).
@@ -141,6 +142,7 @@ func main() {
 	fs.DurationVar(&c.after, "after", 3*time.Second, "probe time after the fault")
 	fs.DurationVar(&c.dpd, "dpd", time.Second, "client DPD delay")
 	fs.BoolVar(&c.reestablish, "reestablish", true, "give the agents a connection template to re-establish IKE SAs from after a takeover")
+	fs.BoolVar(&c.cpuProfile, "cpuprofile", false, "agents write CPU profiles (gw*/cpu.prof, of the agents that stop on SIGTERM)")
 	fs.StringVar(&c.provider, "provider", "linux", "linux, or aws (the built-in emulator, its fabric moving the VIP in the lab)")
 	fs.BoolVar(&c.second, "second", true, "run the second phase (client DPD and rekey after the failover)")
 	fs.IntVar(&c.flaps, "flaps", 3, "link flaps (fault flap)")
@@ -251,7 +253,7 @@ func run(ctx context.Context, env *guest.Env, c config) (res Result, err error) 
 			Join: fmt.Sprintf("%s:%d", topo.GatewayOuter(1), raftPort), Vici: s.Gateways[i].Socket(),
 			Dir: env.Path(gw.Name), DataDir: filepath.Join(env.RunDir, gw.Name, "raft"),
 			StateDir: filepath.Join(env.RunDir, gw.Name, "vips"), PKI: pkiDir, Timing: c.timing, Nice: c.nice, APIToken: token, Reestablish: tmplPath,
-			AWS: c.provider == "aws", AWSCAFile: awsCAFile(env.Dir),
+			AWS: c.provider == "aws", AWSCAFile: awsCAFile(env.Dir), CPUProfile: c.cpuProfile,
 		}
 	}
 	// gw1 bootstraps the cluster and becomes active before the others join.
