@@ -312,9 +312,10 @@ func (d *Dataplane) Replay(ctx context.Context) ([]sa.Replay, error) {
 // continues its sequence), and forgets them. It is for a node that lost
 // the active role and won it back with no other node claiming in between:
 // nobody else can have sent on those SAs, and charon still holds their IKE
-// SAs, so restoring them is all a takeover has to do. It returns how many
-// it restored; a state it could not restore is an error, the others are
-// still restored.
+// SAs, so restoring them is all a takeover has to do. A state that is back
+// in the kernel by then is left alone (it may have sent since). It returns
+// how many are in place; a state it could not restore is an error, the
+// others are still restored.
 func (d *Dataplane) Unfence(ctx context.Context) (int, error) {
 	d.mu.Lock()
 	saved := d.fenced
@@ -323,16 +324,33 @@ func (d *Dataplane) Unfence(ctx context.Context) (int, error) {
 	if len(saved) == 0 {
 		return 0, nil
 	}
+	defer clear(saved)
+	// A state back under a saved key meanwhile (charon re-added or
+	// updated it) is live and may have sent: restoring the saved copy over
+	// it would move its sequence number back. It stays as it is.
+	cur, err := d.x.States(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("unfencing: reading the kernel's states: %w", err)
+	}
+	present := make(map[xfrm.Key]bool, len(cur))
+	for _, st := range cur {
+		present[st.Key()] = true
+	}
+	restore := make([]*xfrm.State, 0, len(saved))
+	for _, st := range saved {
+		if !present[st.Key()] {
+			restore = append(restore, st)
+		}
+	}
 	var errs []error
-	n := 0
-	for i, err := range d.x.InstallStates(ctx, saved) {
+	n := len(saved) - len(restore) // there already
+	for i, err := range d.x.InstallStates(ctx, restore) {
 		if err != nil {
-			errs = append(errs, fmt.Errorf("restoring outbound state %s: %w", saved[i].Key(), err))
+			errs = append(errs, fmt.Errorf("restoring outbound state %s: %w", restore[i].Key(), err))
 			continue
 		}
 		n++
 	}
-	clear(saved)
 	d.log.Info("ipsec: unfenced: outbound states restored", "count", n, "errors", len(errs))
 	return n, errors.Join(errs...)
 }
