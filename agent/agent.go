@@ -389,23 +389,20 @@ func (a *Agent) lead(ctx context.Context) {
 	t.Move = time.Since(moveStart)
 
 	installStart := time.Now()
-	var (
-		installed []*sa.ChildSA
-		hashes    map[string][32]byte
-		carried   int
-	)
-	if restored, ok := a.unfence(ctx, cur.Node == a.cfg.NodeID && cur.Phase == raftstore.PhaseActive); ok {
-		carried = restored
-	} else {
-		if installed, hashes, err = a.installReplicated(ctx); err != nil {
-			a.failed(ctx, term, "install", err)
-			return
-		}
-		carried = len(installed)
+	installed, hashes, err := a.installReplicated(ctx)
+	if err != nil {
+		a.failed(ctx, term, "install", err)
+		return
 	}
 	t.Install = time.Since(installStart)
 	a.setActive()
-	if re, ok := a.dp.(Reestablisher); ok && len(installed) > 0 {
+	// Re-elected with no other claim since its own completed one: charon
+	// here still holds the IKE SAs of what it carried, and initiating
+	// them again would only make the peers replace live IKE SAs and
+	// CHILD_SAs (in the lab's flap runs that failed, and the client's
+	// tunnel went dead).
+	reelected := cur.Node == a.cfg.NodeID && cur.Phase == raftstore.PhaseActive
+	if re, ok := a.dp.(Reestablisher); ok && len(installed) > 0 && !reelected {
 		go func() {
 			if err := re.Reestablish(ctx, installed); err != nil && ctx.Err() == nil {
 				a.log.Warn("re-establishing IKE SAs after takeover", "err", err)
@@ -413,13 +410,13 @@ func (a *Agent) lead(ctx context.Context) {
 		}()
 	}
 	t.Total = t.Detect + t.Elect + time.Since(gained)
-	if _, err := a.store.Apply(ctx, &raftstore.ActiveCmd{Node: a.cfg.NodeID, At: time.Now(), Timings: t, SAs: carried}); err != nil {
+	if _, err := a.store.Apply(ctx, &raftstore.ActiveCmd{Node: a.cfg.NodeID, At: time.Now(), Timings: t, SAs: len(installed)}); err != nil {
 		a.log.Error("committing active", "term", term, "err", err)
 		return
 	}
-	a.log.Info("active", "term", term, "sas", carried, "detect", t.Detect, "elect", t.Elect,
+	a.log.Info("active", "term", term, "sas", len(installed), "detect", t.Detect, "elect", t.Elect,
 		"claim", t.Claim, "move", t.Move, "install", t.Install, "total", t.Total)
-	a.emit(Event{Kind: "failover.completed", Term: term, Timings: t, SAs: carried})
+	a.emit(Event{Kind: "failover.completed", Term: term, Timings: t, SAs: len(installed)})
 	a.runActive(ctx, hashes)
 }
 
@@ -633,29 +630,6 @@ func SeqStart(lastOSeq uint64, appliedAt, now time.Time, interval time.Duration,
 		jump = minJump
 	}
 	return lastOSeq + jump
-}
-
-// unfence restores, on a node re-elected with no other claim since its
-// own, which completed (reelected), the outbound states its fence removed. ok is false when
-// the normal install must run instead: another node claimed in between,
-// the dataplane cannot unfence, or it restored nothing (the fence saved
-// nothing, or the restore failed: the replicated copies then go in, over
-// whatever was restored, with their counters jumped).
-func (a *Agent) unfence(ctx context.Context, reelected bool) (restored int, ok bool) {
-	u, can := a.dp.(Unfencer)
-	if !reelected || !can {
-		return 0, false
-	}
-	n, err := u.Unfence(ctx)
-	if err != nil {
-		a.log.Warn("restoring the fenced outbound states; installing the replicated copies", "restored", n, "err", err)
-		return n, false
-	}
-	if n == 0 {
-		return 0, false
-	}
-	a.log.Info("re-elected with no claim in between: outbound states restored", "count", n)
-	return n, true
 }
 
 // installReplicated installs every replicated SA with its outbound sequence

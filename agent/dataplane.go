@@ -36,13 +36,3 @@ type Install = sa.Install
 type Reestablisher interface {
 	Reestablish(ctx context.Context, sas []*sa.ChildSA) error
 }
-
-// Unfencer is optionally implemented by dataplanes that can put back what
-// their last Fence removed, counters continuing. A node that lost the
-// active role and won it back before any other node claimed uses it
-// instead of installing the replicated copies: its own SAs (and charon's
-// IKE SAs behind them) never stopped being right, and re-establishing IKE
-// SAs charon still has would only disturb the peers.
-type Unfencer interface {
-	Unfence(ctx context.Context) (int, error)
-}

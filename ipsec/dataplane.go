@@ -113,10 +113,6 @@ type Dataplane struct {
 	installed map[string]*installedSA
 	// staged holds the inbound states pre-installed on a standby.
 	staged map[string]xfrm.Key
-	// fenced holds the outbound states the last Fence deleted, as the
-	// kernel had them (keys, counters), for Unfence; Install drops them. In
-	// memory only.
-	fenced []*xfrm.State
 	synced bool
 }
 
@@ -307,54 +303,6 @@ func (d *Dataplane) Replay(ctx context.Context) ([]sa.Replay, error) {
 	return out, nil
 }
 
-// Unfence puts back the outbound states the last Fence deleted, with
-// their keys and counters as the kernel had them (the next packet of each
-// continues its sequence), and forgets them. It is for a node that lost
-// the active role and won it back with no other node claiming in between:
-// nobody else can have sent on those SAs, and charon still holds their IKE
-// SAs, so restoring them is all a takeover has to do. A state that is back
-// in the kernel by then is left alone (it may have sent since). It returns
-// how many are in place; a state it could not restore is an error, the
-// others are still restored.
-func (d *Dataplane) Unfence(ctx context.Context) (int, error) {
-	d.mu.Lock()
-	saved := d.fenced
-	d.fenced = nil
-	d.mu.Unlock()
-	if len(saved) == 0 {
-		return 0, nil
-	}
-	defer clear(saved)
-	// A state back under a saved key meanwhile (charon re-added or
-	// updated it) is live and may have sent: restoring the saved copy over
-	// it would move its sequence number back. It stays as it is.
-	cur, err := d.x.States(ctx)
-	if err != nil {
-		return 0, fmt.Errorf("unfencing: reading the kernel's states: %w", err)
-	}
-	present := make(map[xfrm.Key]bool, len(cur))
-	for _, st := range cur {
-		present[st.Key()] = true
-	}
-	restore := make([]*xfrm.State, 0, len(saved))
-	for _, st := range saved {
-		if !present[st.Key()] {
-			restore = append(restore, st)
-		}
-	}
-	var errs []error
-	n := len(saved) - len(restore) // there already
-	for i, err := range d.x.InstallStates(ctx, restore) {
-		if err != nil {
-			errs = append(errs, fmt.Errorf("restoring outbound state %s: %w", restore[i].Key(), err))
-			continue
-		}
-		n++
-	}
-	d.log.Info("ipsec: unfenced: outbound states restored", "count", n, "errors", len(errs))
-	return n, errors.Join(errs...)
-}
-
 // ErrSeqExhausted: the outbound sequence number to start from does not fit
 // the SA's sequence number space (32 bits without ESN). Installing it would
 // wrap and reuse numbers; the SA must be rekeyed instead.
@@ -423,9 +371,6 @@ func (d *Dataplane) Install(ctx context.Context, sas []sa.Install) error {
 		}
 	}
 	d.mu.Lock()
-	// The replicated copies are authoritative now: what a fence saved
-	// must never come back over them.
-	d.fenced = nil
 	for i := range sas {
 		if failed[i] == nil {
 			c := sas[i].SA
@@ -502,10 +447,6 @@ func (d *Dataplane) Fence(ctx context.Context) error {
 	var errs []error
 	pols, perr := d.x.Policies(ctx)
 	states, serr := d.x.States(ctx)
-	byKey := make(map[xfrm.Key]*xfrm.State, len(states))
-	for _, s := range states {
-		byKey[s.Key()] = s
-	}
 	if perr != nil || serr != nil {
 		// Without a fresh view, still delete what is known.
 		errs = append(errs, perr, serr)
@@ -531,22 +472,13 @@ func (d *Dataplane) Fence(ctx context.Context) error {
 		}
 	}
 	n := 0
-	var saved []*xfrm.State
 	for k := range targets {
 		if err := d.x.Delete(ctx, k); err != nil {
 			errs = append(errs, err)
 			continue
 		}
 		n++
-		if st := byKey[k]; st != nil && len(st.Unsupported) == 0 {
-			saved = append(saved, st)
-		}
 	}
-	d.mu.Lock()
-	// Added to what an earlier fence saved: a second fence finds those
-	// already gone, and they are still what Unfence must bring back.
-	d.fenced = append(d.fenced, saved...)
-	d.mu.Unlock()
 	d.log.Info("ipsec: fenced: outbound states deleted", "count", n, "errors", len(errs))
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("fencing: %w", err)

@@ -83,13 +83,13 @@ type Dataplane struct {
 	node string
 	wire *Wire
 
-	mu     sync.Mutex // guards the following fields
-	sas    map[string]*entry
-	subs   map[chan<- sa.Change]struct{}
-	fenced time.Time
-	// unsent: the SAs the last Fence stopped sending on (for Unfence).
-	unsent  []*entry
+	mu      sync.Mutex // guards the following fields
+	sas     map[string]*entry
+	subs    map[chan<- sa.Change]struct{}
+	fenced  time.Time
 	stopped bool
+	// reestablished counts Reestablish calls (tests).
+	reestablished int
 }
 
 // New returns an empty dataplane for node, sending on wire.
@@ -247,7 +247,6 @@ func (d *Dataplane) Install(ctx context.Context, sas []sa.Install) error {
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	d.unsent = d.unsent[:0] // the replicated copies are authoritative now
 	for _, in := range sas {
 		if err := in.SA.Validate(); err != nil {
 			return fmt.Errorf("installing SA: %w", err)
@@ -258,39 +257,32 @@ func (d *Dataplane) Install(ctx context.Context, sas []sa.Install) error {
 	return nil
 }
 
+// Reestablish stands in for re-initiating the peers' IKE SAs after a
+// takeover (there are no IKE SAs in memory): it counts the calls, so tests
+// can tell when a node did it.
+func (d *Dataplane) Reestablish(ctx context.Context, sas []*sa.ChildSA) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.reestablished++
+	return nil
+}
+
+// Reestablished returns how many times Reestablish ran.
+func (d *Dataplane) Reestablished() int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.reestablished
+}
+
 // Fence removes every outbound SA.
 func (d *Dataplane) Fence(ctx context.Context) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	d.unsent = d.unsent[:0]
 	for _, e := range d.sas {
-		if e.outbound {
-			d.unsent = append(d.unsent, e)
-		}
 		e.outbound = false
 	}
 	d.fenced = time.Now()
 	return nil
-}
-
-// Unfence puts back the outbound SAs the last Fence removed, their
-// sequence numbers continuing, and returns how many (as the XFRM
-// dataplane's Unfence).
-func (d *Dataplane) Unfence(ctx context.Context) (int, error) {
-	if err := ctx.Err(); err != nil {
-		return 0, fmt.Errorf("unfencing: %w", err)
-	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	n := 0
-	for _, e := range d.unsent {
-		if d.sas[e.sa.ID] == e && !d.stopped {
-			e.outbound = true
-			n++
-		}
-	}
-	d.unsent = d.unsent[:0]
-	return n, nil
 }
 
 // Synthetic returns n CHILD_SAs of road-warrior clients terminating on vip,
