@@ -41,12 +41,18 @@ time goes to Raft on a starved CPU:
 
 What would remove it, in order of gain:
 
-1. **Agent CPU.** Profile an idle agent in the guest: Raft heartbeats every
-   heartbeat/10 over TLS, the replay-counter commits (every 250 ms here),
-   the health checks (a /proc scan per interval) and the API monitor all
-   cost system calls, which UML makes ~150× dearer. With the agents at a
-   few percent of a CPU, 100/100/30 becomes stable and detect drops to
-   100–200 ms.
+1. **Agent CPU.** Profiled in the guest (` + "`handoff agent -cpuprofile`" + `,
+   the scenario's ` + "`-cpuprofile`" + `), an idle leader used 21 % of the CPU,
+   57 % of that reading the clock (a system call in UML) for Raft's empty
+   AppendEntries every ` + "`commit_timeout`" + ` (2 ms in the lab then) and its
+   timers, and a fifth of the rest walking /proc for the process check. With
+   ` + "`commit_timeout`" + ` at Raft's default 50 ms and the process check
+   remembering charon's PID, the leader is at 16 % and a follower at 10 %,
+   and the leader changes after a takeover that used to cost second outages
+   became rare. What remains is Raft's heartbeat every heartbeat/10 per
+   follower over TLS, and the Go runtime's own clock reads: with the agents
+   at a few percent of a CPU, 100/100/30 would become stable and detect
+   drop to 100–200 ms.
 2. **A faster detector than Raft's heartbeat timeout.** The old active's
    death is visible sooner on the data plane (its links, its BFD/IKE probes)
    than through a missed heartbeat; a follower that sees the active's uplink
@@ -65,8 +71,11 @@ Outside UML (real hardware, or a host kernel with ESP) system calls are
 ### Second outage at the client's next DPD / rekey
 
 The *second-phase gap* column (client idle for 1.5 × DPD, then probes and a
-client CHILD_SA rekey) has a median of 131 ms in the December runs (114–1,064 ms
-in November, before ` + "`dataplane.reestablish_template`" + `): the new active
+client CHILD_SA rekey) is the switch to the re-established IKE SA, no
+outage (` + "`make lab-e2e`" + ` fails a run whose second-phase gap reaches a
+second). Until 2026-12-02 the lab's agents had no connection template (the
+scenario never wrote one), so the figures of earlier runs measured the
+client's own restart after its DPD went unanswered; now the new active
 initiates a fresh IKE SA to each peer it knows right after the takeover
 (` + "`ipsec.Dataplane.Reestablish`" + `, INITIAL_CONTACT), so the client's
 next DPD and rekey are answered; what remains is the switch to the new IKE
