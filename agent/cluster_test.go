@@ -121,11 +121,25 @@ func (e *env) waitActive(after uint64, exclude ...string) (*cluster.Node, raftst
 	e.t.Helper()
 	ctx, cancel := context.WithTimeout(e.ctx, 20*time.Second)
 	defer cancel()
-	n, act, err := e.c.WaitActive(ctx, after, exclude...)
-	if err != nil {
-		e.t.Fatalf("%v", err)
+	for {
+		n, act, err := e.c.WaitActive(ctx, after, exclude...)
+		if err != nil {
+			e.t.Fatalf("%v", err)
+		}
+		if after > 0 {
+			return n, act
+		}
+		// A fresh cluster can change leaders once more (a witness that
+		// won the first election before any gateway was a member hands
+		// over): the tests load SAs into the active's dataplane, so it
+		// must be the one that stays.
+		time.Sleep(500 * time.Millisecond)
+		var cur raftstore.Active
+		n.Store.FSM().View(func(st *raftstore.State) { cur = st.Active })
+		if cur.Term == act.Term && n.Agent.IsActive() {
+			return n, act
+		}
 	}
-	return n, act
 }
 
 // loadSAs brings n tunnels up on the active node, starts traffic and waits
