@@ -142,6 +142,25 @@ func (e *env) waitActive(after uint64, exclude ...string) (*cluster.Node, raftst
 	}
 }
 
+// activeOn waits for the first active and moves the role to node id if
+// another node won the first election.
+func (e *env) activeOn(id string) (*cluster.Node, raftstore.Active) {
+	e.t.Helper()
+	first, act := e.waitActive(0)
+	if first.Spec.ID == id {
+		return first, act
+	}
+	target := e.c.Node(id)
+	if err := first.Store.TransferLeadership(id, target.Store.Addr()); err != nil {
+		e.t.Fatalf("moving the active role to %s: %v", id, err)
+	}
+	next, act2 := e.waitActive(act.Term)
+	if next.Spec.ID != id {
+		e.t.Fatalf("%s is active, want %s", next.Spec.ID, id)
+	}
+	return next, act2
+}
+
 // loadSAs brings n tunnels up on the active node, starts traffic and waits
 // until every running node holds them and their replay state.
 func (e *env) loadSAs(active *cluster.Node, n int) []string {
@@ -421,17 +440,8 @@ func TestClusterWitnessWinningHandsOver(t *testing.T) {
 // the highest priority and its last health reports were good).
 func TestClusterWitnessPassesOverADeadGateway(t *testing.T) {
 	e := start(t, cluster.Options{Nodes: specs("gw1", "gw2", "gw3", "w1")})
-	first, act := e.waitActive(0)
-	if first.Spec.ID != "gw1" {
-		// The dead node must be the one the witness ranks first.
-		gw1 := e.c.Node("gw1")
-		if err := first.Store.TransferLeadership("gw1", gw1.Store.Addr()); err != nil {
-			t.Fatalf("moving the active role to gw1: %v", err)
-		}
-		if first, act = e.waitActive(act.Term); first.Spec.ID != "gw1" {
-			t.Fatalf("%s is active, want gw1", first.Spec.ID)
-		}
-	}
+	// The dead node must be the one the witness ranks first.
+	first, act := e.activeOn("gw1")
 	ids := e.loadSAs(first, 50)
 	time.Sleep(250 * time.Millisecond)
 	if err := e.c.Kill("gw1"); err != nil {
@@ -455,16 +465,7 @@ func TestClusterWitnessPassesOverADeadGateway(t *testing.T) {
 // there still holds them. A takeover by another node does.
 func TestClusterReelectedActiveKeepsItsIKESAs(t *testing.T) {
 	e := start(t, cluster.Options{Nodes: specs("gw1", "gw2", "w1")})
-	first, act := e.waitActive(0)
-	if first.Spec.ID != "gw1" {
-		gw1 := e.c.Node("gw1")
-		if err := first.Store.TransferLeadership("gw1", gw1.Store.Addr()); err != nil {
-			t.Fatalf("moving the active role to gw1: %v", err)
-		}
-		if first, act = e.waitActive(act.Term); first.Spec.ID != "gw1" {
-			t.Fatalf("%s is active, want gw1", first.Spec.ID)
-		}
-	}
+	first, act := e.activeOn("gw1")
 	ids := e.loadSAs(first, 20)
 	before := first.DP.Reestablished()
 	w := e.c.Node("w1")

@@ -152,14 +152,7 @@ func TestProcessPIDFile(t *testing.T) {
 // (zombie) and for names with spaces and parentheses.
 func TestProcessStatParsing(t *testing.T) {
 	root := t.TempDir()
-	write := func(pid int, comm, stat string) {
-		d := filepath.Join(root, strconv.Itoa(pid))
-		if err := os.MkdirAll(d, 0o755); err != nil {
-			t.Fatal(err)
-		}
-		_ = os.WriteFile(filepath.Join(d, "comm"), []byte(comm+"\n"), 0o644)
-		_ = os.WriteFile(filepath.Join(d, "stat"), []byte(stat), 0o644)
-	}
+	write := fakeProc(t, root)
 	write(10, "char) on", "10 (char) on) S 1 10 10 0")
 	write(11, "charon", "11 (charon) Z 1 11 11 0")
 	write(12, "charon", "12 (charon) t 1 12 12 0")
@@ -183,13 +176,9 @@ func TestProcessStatParsing(t *testing.T) {
 // PID that is now another program, or a zombie, must not pass.
 func TestProcessScanRemembersAndRechecks(t *testing.T) {
 	root := t.TempDir()
+	proc := fakeProc(t, root)
 	write := func(pid int, comm, state string) {
-		d := filepath.Join(root, strconv.Itoa(pid))
-		if err := os.MkdirAll(d, 0o755); err != nil {
-			t.Fatal(err)
-		}
-		_ = os.WriteFile(filepath.Join(d, "comm"), []byte(comm+"\n"), 0o644)
-		_ = os.WriteFile(filepath.Join(d, "stat"), []byte(fmt.Sprintf("%d (%s) %s 1 1 1 0", pid, comm, state)), 0o644)
+		proc(pid, comm, fmt.Sprintf("%d (%s) %s 1 1 1 0", pid, comm, state))
 	}
 	ctx := ctxT(t, time.Second)
 	p := &Process{Proc: root, Comm: "charon-systemd"}
@@ -206,6 +195,19 @@ func TestProcessScanRemembersAndRechecks(t *testing.T) {
 	write(200, "charon-systemd", "Z")
 	if err := p.Run(ctx); !errors.Is(err, ErrNotRunning) {
 		t.Fatalf("remembered PID now a zombie: %v, want ErrNotRunning", err)
+	}
+}
+
+// fakeProc returns a function that writes a process's comm and stat
+// files under root, a stand-in for /proc.
+func fakeProc(t *testing.T, root string) func(pid int, comm, stat string) {
+	return func(pid int, comm, stat string) {
+		d := filepath.Join(root, strconv.Itoa(pid))
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		_ = os.WriteFile(filepath.Join(d, "comm"), []byte(comm+"\n"), 0o644)
+		_ = os.WriteFile(filepath.Join(d, "stat"), []byte(stat), 0o644)
 	}
 }
 
