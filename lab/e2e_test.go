@@ -84,7 +84,8 @@ func TestPrivilegedE2EFailover(t *testing.T) {
 	}
 }
 
-// e2eCases are the faults that pass reliably; E2E_FAULTS (comma-separated)
+// e2eCases are the fault scenarios, all of them run by default (CI);
+// E2E_FAULTS (comma-separated names)
 // picks some of them.
 func e2eCases() []e2eCase {
 	all := []e2eCase{
