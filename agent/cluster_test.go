@@ -3,6 +3,7 @@ package agent_test
 import (
 	"context"
 	"crypto/sha256"
+	"errors"
 	"fmt"
 	"log/slog"
 	"sort"
@@ -562,3 +563,38 @@ func TestClusterRestartReplaysLog(t *testing.T) {
 }
 
 func sasOf(s string) string { return s[strings.Index(s, "sas="):] }
+
+// An operator request that reaches a node while no leader is known (an
+// election in progress) waits for one instead of failing at once.
+func TestOperatorRequestWaitsOutAnElection(t *testing.T) {
+	e := start(t, cluster.Options{Nodes: specs("gw1", "gw2", "gw3")})
+	leader, _ := e.waitActive(0)
+	var follower *cluster.Node
+	for _, n := range e.c.Nodes() {
+		if n != leader {
+			follower = n
+			break
+		}
+	}
+	e.c.Net.Isolate(follower.Spec.ID)
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if _, addr := follower.Store.Leader(); addr == "" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the cut-off follower still knows a leader after 5 s")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	time.AfterFunc(300*time.Millisecond, e.c.Net.Heal)
+	// Asking the leader to become leader: the answer, once it arrives, is
+	// "already", which proves the request reached it.
+	_, err := follower.Agent.TransferLeadership(e.ctx, leader.Spec.ID)
+	if errors.Is(err, agent.ErrNoLeader) {
+		t.Fatalf("the request failed instead of waiting out the election: %v", err)
+	}
+	if !errors.Is(err, agent.ErrIsLeader) {
+		t.Fatalf("transferring leadership to the leader: %v, want ErrIsLeader from the leader", err)
+	}
+}

@@ -697,6 +697,22 @@ func (e *forwardedError) Unwrap() error { return e.err }
 // and decodes the answer into out.
 func (a *Agent) onLeader(ctx context.Context, req *raftstore.RPCRequest, out any) error {
 	what := strings.TrimPrefix(req.Op, "operator.")
+	// A request that arrives mid-election waits for its end (at most
+	// leaderWait) rather than fail: the lab's drain once met one.
+	deadline := time.Now().Add(leaderWait)
+	for !a.store.IsLeader() {
+		if _, addr := a.store.Leader(); addr != "" {
+			break
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s: %w (none elected within %v)", what, ErrNoLeader, leaderWait)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%s: %w (%w)", what, ErrNoLeader, ctx.Err())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
 	if a.store.IsLeader() {
 		res, err := a.local(ctx, req)
 		if err == nil && out != nil && res != nil {
@@ -737,6 +753,10 @@ func (a *Agent) onLeader(ctx context.Context, req *raftstore.RPCRequest, out any
 	}
 	return fmt.Errorf("%s: %w", what, ErrNoLeader)
 }
+
+// leaderWait bounds how long an operator request waits for an election in
+// progress to produce a leader.
+const leaderWait = 5 * time.Second
 
 // handleOperatorRPC serves an operator request another node forwarded. It
 // never forwards again: a node that is not the leader says so.
