@@ -1,6 +1,8 @@
 package lab
 
 import (
+	"context"
+	"fmt"
 	"os"
 	"slices"
 	"strings"
@@ -61,6 +63,14 @@ type e2eCase struct {
 // is active per term, the new active carries every SA, no ESP sequence
 // number is sent twice, and exactly one gateway holds the VIP afterwards.
 // How long the outage lasts is for `make bench-failover`.
+//
+// The guest has one slow CPU shared by three agents and four charons, so a
+// run can miss a timing bound for the guest's sake (a leader that misses
+// its 140 ms lease steps down; a drain can land mid-election). A case whose
+// only problems are such timing ones runs once more, and fails if the
+// second run does too; both runs' problems are logged. A broken safety
+// invariant (two actives in a term, a reused ESP sequence number, an SA not
+// carried, a wrong VIP holder) fails at once, never retried.
 func TestPrivilegedE2EFailover(t *testing.T) {
 	requireRoot(t)
 	bins := buildScenarios(t, e2ePackage, handoffPackage)
@@ -71,17 +81,53 @@ func TestPrivilegedE2EFailover(t *testing.T) {
 			// "-cpuprofile" or "-heartbeat 200ms -lease 90ms".
 			args = append(args, strings.Fields(os.Getenv("E2E_ARGS"))...)
 			sc := e2eScenario(bins[e2ePackage], bins[handoffPackage], args...)
-			res := runScenario(t, sc)
-			var r e2eResult
-			if err := res.Decode(&r); err != nil {
-				t.Fatal(err)
-			}
-			checkE2E(t, tc, r)
-			if t.Failed() {
-				t.Logf("logs: %s (agent logs in gw*/agent.log)", res.Dir)
+			for attempt := 1; ; attempt++ {
+				safety, timing, dir := runE2E(t, sc, tc)
+				for _, p := range safety {
+					t.Error(p)
+				}
+				if len(safety) == 0 && len(timing) == 0 {
+					return
+				}
+				if len(safety) > 0 || attempt == 2 {
+					for _, p := range timing {
+						t.Error(p)
+					}
+					t.Logf("logs: %s (agent logs in gw*/agent.log)", dir)
+					return
+				}
+				t.Logf("attempt 1 missed a timing bound, running the fault once more (logs: %s):\n  %s", dir, strings.Join(timing, "\n  "))
 			}
 		})
 	}
+}
+
+// runE2E runs one guest of the scenario and sorts what went wrong into
+// broken safety invariants and missed timing bounds (a scenario that did
+// not complete counts as the latter: its reason is in the log).
+func runE2E(t *testing.T, sc Scenario, tc e2eCase) (safety, timing []string, dir string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), sc.Timeout+time.Minute)
+	defer cancel()
+	res, err := testRunner(t).Run(ctx, sc)
+	if err != nil {
+		return nil, []string{fmt.Sprintf("running %s: %v", sc.Name, err)}, ""
+	}
+	t.Logf("%s: %s", sc.Name, res.Output)
+	if err := CheckHostClean(res); err != nil {
+		safety = append(safety, fmt.Sprintf("after %s: %v", sc.Name, err))
+	}
+	if ns, err := res.GuestNamespaces(); err != nil || len(ns) < 4 {
+		safety = append(safety, fmt.Sprintf("scenario noted namespaces %v (%v), want net, client, gateways and inside", ns, err))
+	}
+	var r e2eResult
+	if err := res.Decode(&r); err != nil {
+		return append(safety, err.Error()), timing, res.Dir
+	}
+	s, tm := checkE2E(tc, r)
+	t.Logf("%s: gap %.1f ms, %d lost, %s → %s, second phase gap %.1f ms (%d of %d lost)",
+		tc.label(), r.GapMS, r.ProbesLost, r.OldActive, r.NewActive, r.SecondGapMS, r.SecondLost, r.SecondSent)
+	return append(safety, s...), tm, res.Dir
 }
 
 // e2eCases are the fault scenarios, all of them run by default (CI);
@@ -140,49 +186,53 @@ func (c e2eCase) label() string {
 	return c.fault
 }
 
-func checkE2E(t *testing.T, tc e2eCase, r e2eResult) {
-	t.Helper()
+// checkE2E says what of the result breaks a safety invariant and what
+// misses a timing bound.
+func checkE2E(tc e2eCase, r e2eResult) (safety, timing []string) {
+	bad := func(list *[]string, format string, args ...any) { *list = append(*list, fmt.Sprintf(format, args...)) }
 	if !r.Resumed {
-		t.Errorf("traffic did not resume: %d of %d probes lost, largest gap %.1f ms", r.ProbesLost, r.ProbesSent, r.GapMS)
+		bad(&timing, "traffic did not resume: %d of %d probes lost, largest gap %.1f ms", r.ProbesLost, r.ProbesSent, r.GapMS)
 	}
 	if len(r.TermsWithTwoActives) > 0 {
-		t.Errorf("two nodes committed active in terms %v: %+v", r.TermsWithTwoActives, r.Terms)
+		bad(&safety, "two nodes committed active in terms %v: %+v", r.TermsWithTwoActives, r.Terms)
 	}
 	if r.ESPSeqReused != 0 {
-		t.Errorf("%d ESP sequence numbers reused on the wire", r.ESPSeqReused)
+		bad(&safety, "%d ESP sequence numbers reused on the wire", r.ESPSeqReused)
 	}
 	if len(r.VIPHolders) != 1 || r.VIPHolders[0] != r.NewActive {
-		t.Errorf("VIP held by %v, want exactly the active %s", r.VIPHolders, r.NewActive)
+		bad(&safety, "VIP held by %v, want exactly the active %s", r.VIPHolders, r.NewActive)
 	}
 	// The client's next DPD and a CHILD_SA rekey after the failover must
 	// not cost a second outage: a client that had to rebuild its IKE SA
 	// would lose at least its DPD timeout (1.4 s in the lab).
 	if r.SecondSent == 0 && !slices.Contains(tc.args, "-second=false") {
-		t.Error("the second phase (client DPD and rekey) sent no probes")
+		bad(&timing, "the second phase (client DPD and rekey) sent no probes")
 	}
 	if r.SecondSent > 0 && r.SecondGapMS >= secondOutage {
-		t.Errorf("second outage at the client's DPD/rekey: gap %.1f ms, %d of %d probes lost", r.SecondGapMS, r.SecondLost, r.SecondSent)
+		bad(&timing, "second outage at the client's DPD/rekey: gap %.1f ms, %d of %d probes lost", r.SecondGapMS, r.SecondLost, r.SecondSent)
 	}
 	if tc.moves {
 		if !tc.mayStay && (r.NewActive == r.OldActive || len(r.Terms) == 0) {
-			t.Fatalf("the active stayed on %s (terms after the fault: %+v)", r.OldActive, r.Terms)
+			bad(&timing, "the active stayed on %s (terms after the fault: %+v)", r.OldActive, r.Terms)
+			return safety, timing
 		}
 		if len(r.Terms) > 0 && (r.ClientChildSAs < 1 || r.SAsCarried < r.ClientChildSAs) {
-			t.Errorf("the new active installed %d SAs, the client had %d CHILD_SAs", r.SAsCarried, r.ClientChildSAs)
+			bad(&safety, "the new active installed %d SAs, the client had %d CHILD_SAs", r.SAsCarried, r.ClientChildSAs)
 		}
 		if r.SPIs < 2 {
-			t.Errorf("%d SPIs on the wire, want the tunnel's two", r.SPIs)
+			bad(&safety, "%d SPIs on the wire, want the tunnel's two", r.SPIs)
 		}
 	} else {
+		// A leader that misses its lease in the starved guest can lose
+		// the role (and win it back, or not): timing, not a broken promise.
 		if r.NewActive != r.OldActive || len(r.Terms) != 0 {
-			t.Errorf("the active moved from %s to %s after a standby died (terms %+v)", r.OldActive, r.NewActive, r.Terms)
+			bad(&timing, "the active changed (%s → %s) after a standby died (terms %+v)", r.OldActive, r.NewActive, r.Terms)
 		}
 		if r.ProbesLost > 2 {
-			t.Errorf("%d probes lost when a standby died", r.ProbesLost)
+			bad(&timing, "%d probes lost when a standby died", r.ProbesLost)
 		}
 	}
-	t.Logf("%s: gap %.1f ms, %d lost, %s → %s, second phase gap %.1f ms (%d of %d lost)",
-		tc.fault, r.GapMS, r.ProbesLost, r.OldActive, r.NewActive, r.SecondGapMS, r.SecondLost, r.SecondSent)
+	return safety, timing
 }
 
 // e2eScenario is the end-to-end failover scenario for the executable built
