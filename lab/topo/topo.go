@@ -320,14 +320,34 @@ func setupGateway(gw *Node) error {
 // network configuration does (systemd-networkd on carrier), in the lab
 // whoever brings a link back up calls this.
 func (n *Node) GatewayRoutes() error {
-	if err := n.nl.RouteReplace(&netlink.Route{
-		Dst:       ipNet(netip.MustParsePrefix(ClientNet)),
-		Gw:        net.ParseIP(ClientOuter),
-		LinkIndex: n.index(OuterIf),
-	}); err != nil {
-		return fmt.Errorf("adding client route on %s: %w", n.Name, err)
+	return n.RouteVia(netip.MustParsePrefix(ClientNet), netip.MustParseAddr(ClientOuter), OuterIf)
+}
+
+// RouteVia adds or replaces the route to dst via gw on dev.
+func (n *Node) RouteVia(dst netip.Prefix, gw netip.Addr, dev string) error {
+	if err := n.nl.RouteReplace(&netlink.Route{Dst: ipNet(dst), Gw: gw.AsSlice(), LinkIndex: n.index(dev)}); err != nil {
+		return fmt.Errorf("routing %s via %s on %s in %s: %w", dst, gw, dev, n.Name, err)
 	}
 	return nil
+}
+
+// PinNeighbor makes ip resolve to mac on dev for good (a permanent
+// neighbour entry): how the lab's cloud fabric delivers a VIP to the
+// interface the cloud assigned it to, with no ARP involved.
+func (n *Node) PinNeighbor(dev string, ip netip.Addr, mac net.HardwareAddr) error {
+	err := n.nl.NeighSet(&netlink.Neigh{LinkIndex: n.index(dev), Family: family(ip), State: netlink.NUD_PERMANENT,
+		IP: ip.AsSlice(), HardwareAddr: mac})
+	if err != nil {
+		return fmt.Errorf("pinning %s to %s on %s in %s: %w", ip, mac, dev, n.Name, err)
+	}
+	return nil
+}
+
+func family(a netip.Addr) int {
+	if a.Is4() {
+		return netlink.FAMILY_V4
+	}
+	return netlink.FAMILY_V6
 }
 
 // Nodes returns every node in creation order (net, client, gw1…, inside).

@@ -11,8 +11,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/vishvananda/netlink"
-
 	"github.com/handoffvpn/handoff/lab/topo"
 	"github.com/handoffvpn/handoff/providers/emulator"
 )
@@ -136,16 +134,14 @@ func startFabric(s *topo.Topology, caFile string, log *slog.Logger) (_ *fabric, 
 		}
 		f.imds = append(f.imds, m)
 	}
-	for _, step := range []error{
+	if err := errors.Join(
 		em.AWS.AddAddress(awsAllocation, awsPublicIP),
 		em.AWS.AssignPrivateIP(awsENI(0), topo.VIPOuter),
 		em.AWS.Associate(awsAllocation, awsENI(0), topo.VIPOuter),
 		em.AWS.AddRouteTable(awsRouteTbl, awsVPC, topo.OuterNet),
 		em.AWS.AddRoute(awsRouteTbl, topo.ClientNet, awsENI(0)),
-	} {
-		if step != nil {
-			return nil, fmt.Errorf("seeding the emulated account: %w", step)
-		}
+	); err != nil {
+		return nil, fmt.Errorf("seeding the emulated account: %w", err)
 	}
 	em.AWS.OnChange(f.steer)
 	f.steer()
@@ -164,60 +160,33 @@ func eniIndex(eni string) int {
 	return i - 1
 }
 
-// steer makes the lab's packets follow the model.
+// steer makes the lab's packets follow the model. The Elastic IP follows
+// its private IP from interface to interface (the emulator models that), so
+// its association says where the VIP is delivered.
 func (f *fabric) steer() {
 	st, _ := f.em.AWS.Address(awsAllocation)
-	vipAt := -1
-	for i := range f.gws {
-		for _, ip := range f.em.AWS.PrivateIPs(awsENI(i)) {
-			if ip == topo.VIPOuter {
-				vipAt = i
-			}
-		}
-	}
+	vipAt := eniIndex(st.NetworkInterfaceID)
 	rt, _ := f.em.AWS.RouteTarget(awsRouteTbl, topo.ClientNet)
 	rtAt := eniIndex(rt)
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	now := time.Now()
 	if vipAt != f.vipAt && vipAt >= 0 {
-		err := f.client.Netlink().NeighSet(&netlink.Neigh{
-			LinkIndex: linkIndex(f.client, topo.OuterIf), Family: netlink.FAMILY_V4, State: netlink.NUD_PERMANENT,
-			IP: net.ParseIP(topo.VIPOuter), HardwareAddr: f.macs[vipAt],
-		})
-		if err != nil {
+		if err := f.client.PinNeighbor(topo.OuterIf, netip.MustParseAddr(topo.VIPOuter), f.macs[vipAt]); err != nil {
 			f.errs = append(f.errs, fmt.Errorf("delivering the VIP to %s: %w", f.gws[vipAt].Name, err))
 		} else {
 			f.vipAt = vipAt
-			f.add(f.gws[vipAt].Name, now)
-			f.log.Info("fabric: VIP delivered", "to", f.gws[vipAt].Name, "eip", st.PublicIP, "eni", awsENI(vipAt))
+			f.add(f.gws[vipAt].Name, time.Now())
+			f.log.Info("fabric: VIP delivered", "to", f.gws[vipAt].Name, "eip", st.PublicIP, "eni", st.NetworkInterfaceID)
 		}
 	}
 	if rtAt != f.rtAt && rtAt >= 0 {
-		err := f.inside.Netlink().RouteReplace(&netlink.Route{
-			Dst:       prefixNet(netip.MustParsePrefix(topo.ClientNet)),
-			Gw:        topo.GatewayInner(rtAt + 1).AsSlice(),
-			LinkIndex: linkIndex(f.inside, topo.InnerIf),
-		})
-		if err != nil {
+		if err := f.inside.RouteVia(netip.MustParsePrefix(topo.ClientNet), topo.GatewayInner(rtAt+1), topo.InnerIf); err != nil {
 			f.errs = append(f.errs, fmt.Errorf("routing the client's net via %s: %w", f.gws[rtAt].Name, err))
 		} else {
 			f.rtAt = rtAt
 			f.log.Info("fabric: route to the client's net", "via", f.gws[rtAt].Name)
 		}
 	}
-}
-
-func prefixNet(p netip.Prefix) *net.IPNet {
-	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
-}
-
-func linkIndex(n *topo.Node, dev string) int {
-	link, err := n.Netlink().LinkByName(dev)
-	if err != nil {
-		return 0
-	}
-	return link.Attrs().Index
 }
 
 // holds reports whether the fabric delivers both the VIP and the client's
