@@ -11,6 +11,7 @@
 #   BENCH_RUNS=5          runs of each side
 #   E2E_FLAGS=            extra e2e scenario flags, e.g. -heartbeat 200ms -lease 90ms
 #   E2E_FAULTS=           lab-e2e: only these faults (comma-separated), e.g. kill
+#   E2E_ARGS=             lab-e2e: more scenario flags for every fault, e.g. -cpuprofile
 
 E2E_GO ?= go
 BENCH_RUNS ?= 5

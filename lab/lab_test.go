@@ -60,21 +60,36 @@ func (w testWriter) Write(p []byte) (int, error) {
 // runScenario runs sc and checks that it left nothing on the host.
 func runScenario(t *testing.T, sc Scenario) *Result {
 	t.Helper()
+	res, problems, err := runGuest(t, sc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range problems {
+		t.Error(p)
+	}
+	return res
+}
+
+// runGuest runs sc and says what it left wrong on the host, or what the
+// guest failed to note (its namespaces); err is a run that did not
+// complete.
+func runGuest(t *testing.T, sc Scenario) (*Result, []string, error) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), sc.Timeout+time.Minute)
 	defer cancel()
 	res, err := testRunner(t).Run(ctx, sc)
 	if err != nil {
-		t.Fatal(err)
+		return nil, nil, err
 	}
 	t.Logf("%s: %s", sc.Name, res.Output)
+	var problems []string
 	if err := CheckHostClean(res); err != nil {
-		t.Errorf("after %s: %v", sc.Name, err)
+		problems = append(problems, fmt.Sprintf("after %s: %v", sc.Name, err))
 	}
-	ns, err := res.GuestNamespaces()
-	if err != nil || len(ns) < 4 {
-		t.Errorf("scenario noted namespaces %v (%v), want net, client, gateways and inside", ns, err)
+	if ns, err := res.GuestNamespaces(); err != nil || len(ns) < 4 {
+		problems = append(problems, fmt.Sprintf("scenario noted namespaces %v (%v), want net, client, gateways and inside", ns, err))
 	}
-	return res
+	return res, problems, nil
 }
 
 type smokeResult struct {
