@@ -1,6 +1,6 @@
 // Package agent is Handoff's orchestration on one node: it watches Raft
-// leadership, and as leader takes the active role (claim in the log, move
-// the floating resources, install the replicated SAs, commit active); as
+// leadership, and as leader takes the active role (claim in the log,
+// install the replicated SAs, move the floating resources, commit active); as
 // active it feeds the SA set and the replay counters into the log; and when
 // it loses leadership it fences itself before anyone else can claim.
 package agent
@@ -381,13 +381,14 @@ func (a *Agent) lead(ctx context.Context) {
 	}
 	t.Claim = time.Since(gained)
 
-	moveStart := time.Now()
-	if err := a.claimResources(ctx, term); err != nil {
-		a.failed(ctx, term, "move", err)
-		return
-	}
-	t.Move = time.Since(moveStart)
-
+	// Install before move: from the moment a resource points here (the
+	// first one can carry traffic while the next is still moving), this
+	// node can decrypt what arrives and encrypt what it must send back.
+	// Installed SAs on a node that does not hold the resources are inert:
+	// no ESP reaches it and no inside traffic is routed through it, and if
+	// the move fails the node hands over and fences them. Installing after
+	// the move lost probes in every planned drain in the lab: the inside
+	// VIP followed the outside one to the successor before its SAs were in.
 	installStart := time.Now()
 	installed, hashes, err := a.installReplicated(ctx)
 	if err != nil {
@@ -395,6 +396,13 @@ func (a *Agent) lead(ctx context.Context) {
 		return
 	}
 	t.Install = time.Since(installStart)
+
+	moveStart := time.Now()
+	if err := a.claimResources(ctx, term); err != nil {
+		a.failed(ctx, term, "move", err)
+		return
+	}
+	t.Move = time.Since(moveStart)
 	a.setActive()
 	// Re-elected with no other claim since its own completed one: charon
 	// here still holds the IKE SAs of what it carried, and initiating

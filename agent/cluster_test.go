@@ -9,6 +9,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -301,6 +302,55 @@ func TestClusterLeaderCrash(t *testing.T) {
 	e.carries(next, ids, act2.Term)
 	if act2.Timings.Total <= 0 || act2.Timings.Install <= 0 {
 		t.Errorf("takeover timings not recorded: %+v", act2.Timings)
+	}
+}
+
+// claimWatch is a provider decorator that records how many SAs the
+// claiming node could already send on when its Claim began.
+type claimWatch struct {
+	providers.Provider
+	node    string
+	cluster *atomic.Pointer[cluster.Cluster]
+	mu      *sync.Mutex
+	seen    map[string]int // node → outbound SAs at its last Claim
+}
+
+func (w claimWatch) Claim(ctx context.Context, term uint64, rs []providers.Resource) error {
+	if c := w.cluster.Load(); c != nil {
+		if n := c.Node(w.node); n != nil {
+			w.mu.Lock()
+			w.seen[w.node] = len(n.DP.Outbound())
+			w.mu.Unlock()
+		}
+	}
+	return w.Provider.Claim(ctx, term, rs)
+}
+
+// A new active installs the replicated SAs before it moves anything: the
+// first resource that points at it can carry traffic at once.
+func TestClusterTakeoverInstallsBeforeItMoves(t *testing.T) {
+	var (
+		cl   atomic.Pointer[cluster.Cluster]
+		mu   sync.Mutex
+		seen = map[string]int{}
+	)
+	e := start(t, cluster.Options{Nodes: specs("gw1", "gw2", "gw3"),
+		WrapProvider: func(node string, p providers.Provider) providers.Provider {
+			return claimWatch{Provider: p, node: node, cluster: &cl, mu: &mu, seen: seen}
+		}})
+	cl.Store(e.c)
+	first, act := e.waitActive(0)
+	ids := e.loadSAs(first, 50)
+	if err := e.c.Kill(first.Spec.ID); err != nil {
+		t.Fatal(err)
+	}
+	next, act2 := e.waitActive(act.Term, first.Spec.ID)
+	e.carries(next, ids, act2.Term)
+	mu.Lock()
+	got, claimed := seen[next.Spec.ID]
+	mu.Unlock()
+	if !claimed || got != len(ids) {
+		t.Errorf("%s could send on %d SAs when it began moving the resources, want all %d installed first", next.Spec.ID, got, len(ids))
 	}
 }
 

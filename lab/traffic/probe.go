@@ -120,7 +120,20 @@ type ProbeReport struct {
 	RTTMax  time.Duration `json:"rtt_max_ns"`
 	// Elapsed is from the first probe to the last.
 	Elapsed time.Duration `json:"elapsed_ns"`
+	// LostRuns are the runs of consecutive lost probes, by send time (the
+	// first maxLostRuns): a loss the largest gap does not explain shows
+	// here.
+	LostRuns []LostRun `json:"lost_runs,omitempty"`
 }
+
+// LostRun is a run of consecutive probes that got no echo.
+type LostRun struct {
+	// From is when the first of them was sent.
+	From time.Time `json:"from"`
+	N    int       `json:"n"`
+}
+
+const maxLostRuns = 16
 
 // GapMS is LargestGap in milliseconds, for result JSON.
 func (r ProbeReport) GapMS() float64 { return float64(r.LargestGap.Microseconds()) / 1000 }
@@ -336,6 +349,17 @@ func analyze(sentAt []time.Time, arrivals []arrival, sendErrs int) ProbeReport {
 		prev = a
 	}
 	r.Lost = r.Sent - r.Received
+	for seq := 0; seq < len(sentAt) && len(r.LostRuns) <= maxLostRuns; seq++ {
+		if seen[uint64(seq)] {
+			continue
+		}
+		if n := len(r.LostRuns); n > 0 && !seen[uint64(seq-1)] && seq > 0 {
+			r.LostRuns[n-1].N++
+			continue
+		}
+		r.LostRuns = append(r.LostRuns, LostRun{From: sentAt[seq], N: 1})
+	}
+	r.LostRuns = r.LostRuns[:min(len(r.LostRuns), maxLostRuns)]
 	if r.LargestGap > 0 {
 		r.GapLost = lostBetween(seen, gapFrom, gapTo)
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"net"
+	"reflect"
 	"testing"
 	"time"
 )
@@ -30,8 +31,9 @@ func TestAnalyze(t *testing.T) {
 	r := analyze(sent, arr, 1)
 	want := ProbeReport{Sent: 10, Received: 7, Lost: 3, Reordered: 1, Duplicates: 1, SendErrors: 1,
 		LargestGap: 40 * time.Millisecond, GapStart: ms(21), GapLost: 3,
-		RTTAvg: 18 * time.Millisecond / 7, RTTMax: 12 * time.Millisecond, Elapsed: 90 * time.Millisecond}
-	if r != want {
+		RTTAvg: 18 * time.Millisecond / 7, RTTMax: 12 * time.Millisecond, Elapsed: 90 * time.Millisecond,
+		LostRuns: []LostRun{{From: ms(30), N: 3}}}
+	if !reflect.DeepEqual(r, want) {
 		t.Errorf("analyze:\n got %+v\nwant %+v", r, want)
 	}
 }
@@ -42,7 +44,8 @@ func TestAnalyzeTrailingSilence(t *testing.T) {
 	arr := []arrival{{seq: 0, at: t0.Add(time.Millisecond), rtt: time.Millisecond}}
 	r := analyze(sent, arr, 0)
 	// From the last echo to the last lost probe's send time plus the RTT.
-	if r.Lost != 3 || r.LargestGap != 300*time.Millisecond || r.GapLost != 3 {
+	if r.Lost != 3 || r.LargestGap != 300*time.Millisecond || r.GapLost != 3 ||
+		!reflect.DeepEqual(r.LostRuns, []LostRun{{From: sent[1], N: 3}}) {
 		t.Errorf("trailing silence: %+v", r)
 	}
 	r = analyze(sent, nil, 0)

@@ -125,6 +125,8 @@ func TestLinuxSettingsValidate(t *testing.T) {
 		{Settings{Interface: "eth0", OwnerPort: 70000}, "owner_port"},
 		{Settings{Interface: "eth0", Peers: map[string]string{"a": "zz"}}, "peers"},
 		{Settings{Interface: "eth0", Peers: map[string]string{"a": "02:00:00:00:00:01", "b": "02:00:00:00:00:01"}}, "peers"},
+		{Settings{Interface: "eth0", Interfaces: []string{"eth1", "eth0"}}, "interfaces"},
+		{Settings{Interface: "eth0", Interfaces: []string{"bad/name"}}, "interfaces"},
 	}
 	for _, c := range cases {
 		if err := c.s.Validate(); err == nil || !strings.Contains(err.Error(), c.key) {

@@ -13,6 +13,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/vishvananda/netlink"
@@ -61,6 +62,9 @@ func Factory(ctx context.Context, node string, settings any) (providers.Provider
 	if err != nil {
 		return nil, err
 	}
+	if len(s.Interfaces) > 0 {
+		return NewSet(ctx, node, s)
+	}
 	return New(ctx, node, s)
 }
 
@@ -73,6 +77,9 @@ func New(ctx context.Context, node string, s Settings) (*Provider, error) {
 	cfg, err := s.resolve()
 	if err != nil {
 		return nil, err
+	}
+	if len(s.Interfaces) > 0 {
+		return nil, fmt.Errorf("linux provider: VIPs on %d more interfaces: open them with NewSet (Factory does)", len(s.Interfaces))
 	}
 	log := s.Logger
 	if log == nil {
@@ -132,7 +139,22 @@ func (p *Provider) open() error {
 		if err := unix.Bind(fd, &unix.SockaddrLinklayer{Ifindex: p.ifindex}); err != nil {
 			return fmt.Errorf("binding the AF_PACKET socket to %s: %w", p.cfg.Interface, err)
 		}
-		p.conn, err = net.ListenUDP("udp", &net.UDPAddr{Port: p.cfg.OwnerPort})
+		// Bound to the interface: the owner query for a VIP arrives on the
+		// VIP's segment, and one responder per interface (see Set) can
+		// then share the port.
+		lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
+			var serr error
+			if err := c.Control(func(fd uintptr) {
+				serr = unix.SetsockoptString(int(fd), unix.SOL_SOCKET, unix.SO_BINDTODEVICE, p.cfg.Interface)
+			}); err != nil {
+				return err
+			}
+			return serr
+		}}
+		pc, err := lc.ListenPacket(context.Background(), "udp", fmt.Sprintf(":%d", p.cfg.OwnerPort))
+		if err == nil {
+			p.conn = pc.(*net.UDPConn)
+		}
 		if err != nil {
 			return fmt.Errorf("listening on UDP %d for the owner protocol: %w", p.cfg.OwnerPort, err)
 		}
@@ -192,6 +214,33 @@ func (p *Provider) Close() error {
 		p.closeErr = errors.Join(errs...)
 	})
 	return p.closeErr
+}
+
+// parseVIP reads a VIP resource ID of this provider's interface: the
+// address with its prefix length, optionally followed by " dev IFACE" (the
+// iproute2 and keepalived form), where IFACE must be this interface.
+func (p *Provider) parseVIP(id string) (netip.Prefix, error) {
+	vip, dev, err := splitDev(id)
+	if err != nil {
+		return netip.Prefix{}, err
+	}
+	if dev != "" && dev != p.cfg.Interface {
+		return netip.Prefix{}, fmt.Errorf("VIP %q is on interface %s; this provider holds VIPs on %s (list %s under linux interfaces)", id, dev, p.cfg.Interface, dev)
+	}
+	return parseVIP(vip)
+}
+
+// splitDev splits "198.18.0.100/24 dev eth1" into the address part and the
+// interface; an ID without " dev " names no interface.
+func splitDev(id string) (vip, dev string, err error) {
+	f := strings.Fields(id)
+	switch {
+	case len(f) == 1:
+		return f[0], "", nil
+	case len(f) == 3 && f[1] == "dev" && ifaceRE.MatchString(f[2]):
+		return f[0], f[2], nil
+	}
+	return "", "", fmt.Errorf("VIP %q: want an address with its prefix length, optionally followed by \"dev\" and an interface name, e.g. \"198.18.0.100/24 dev eth1\"", id)
 }
 
 func parseVIP(id string) (netip.Prefix, error) {
@@ -322,7 +371,7 @@ func (p *Provider) claim(ctx context.Context, term uint64, r providers.Resource)
 	if r.Kind != KindVIP {
 		return fmt.Errorf("unknown kind %q (linux moves %s)", r.Kind, KindVIP)
 	}
-	pfx, err := parseVIP(r.ID)
+	pfx, err := p.parseVIP(r.ID)
 	if err != nil {
 		return err
 	}
@@ -390,7 +439,7 @@ func (p *Provider) release(r providers.Resource) error {
 	if r.Kind != KindVIP {
 		return fmt.Errorf("unknown kind %q (linux moves %s)", r.Kind, KindVIP)
 	}
-	pfx, err := parseVIP(r.ID)
+	pfx, err := p.parseVIP(r.ID)
 	if err != nil {
 		return err
 	}
@@ -424,7 +473,7 @@ func (p *Provider) Owner(ctx context.Context, r providers.Resource) (providers.H
 	if r.Kind != KindVIP {
 		return providers.Holder{}, fmt.Errorf("owner of %s: unknown kind %q (linux moves %s)", r, r.Kind, KindVIP)
 	}
-	pfx, err := parseVIP(r.ID)
+	pfx, err := p.parseVIP(r.ID)
 	if err != nil {
 		return providers.Holder{}, fmt.Errorf("owner of %s: %w", r, err)
 	}

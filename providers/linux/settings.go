@@ -30,8 +30,14 @@ const KindVIP = "vip"
 
 // Settings configure the Linux provider of one node.
 type Settings struct {
-	// Interface the VIPs are added to (required).
+	// Interface the VIPs are added to (required), unless a VIP names
+	// another with " dev IFACE".
 	Interface string `hcl:"interface" yaml:"interface"`
+	// Interfaces are further interfaces VIPs may name, for a gateway that
+	// moves an outside and an inside VIP together (what a keepalived
+	// sync group does): "198.18.1.1/24 dev eth1". Each gets its own
+	// announcer, owner protocol responder and state file.
+	Interfaces []string `hcl:"interfaces,optional" yaml:"interfaces"`
 	// Netns is the network namespace the interface lives in: a name under
 	// /var/run/netns or a path; default: the agent's own.
 	Netns string `hcl:"netns,optional" yaml:"netns"`
@@ -85,6 +91,16 @@ func (s Settings) resolve() (resolved, error) {
 	}
 	if !ifaceRE.MatchString(s.Interface) {
 		return r, fmt.Errorf("linux setting interface: %q is not an interface name (required)", s.Interface)
+	}
+	seen := map[string]bool{s.Interface: true}
+	for _, name := range s.Interfaces {
+		if !ifaceRE.MatchString(name) {
+			return r, fmt.Errorf("linux setting interfaces: %q is not an interface name", name)
+		}
+		if seen[name] {
+			return r, fmt.Errorf("linux setting interfaces: %s is listed twice (interface counts too)", name)
+		}
+		seen[name] = true
 	}
 	if r.AnnounceCount < 1 || r.AnnounceCount > 100 {
 		return r, fmt.Errorf("linux setting announce_count: %d is outside 1-100", s.AnnounceCount)

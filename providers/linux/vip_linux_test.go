@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"os"
 	"runtime"
+	"strings"
 	"testing"
 	"time"
 
@@ -352,5 +353,127 @@ func TestLinuxVIPHolderAgentDown(t *testing.T) {
 	}
 	if err := b.Claim(ctxT(t), 6, []providers.Resource{r}); err == nil {
 		t.Fatal("claim on a closed provider succeeded")
+	}
+}
+
+// addSegment gives a and b a second interface (eth1) on a second bridge
+// (br1 in the observer's namespace), 198.18.1.0/24.
+func (l *lab) addSegment(t *testing.T) {
+	t.Helper()
+	obs := l.nl["obs"]
+	must(t, obs.LinkAdd(&netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "br1"}}))
+	br, err := obs.LinkByName("br1")
+	must(t, err)
+	obsNS, err := netns.GetFromName(l.name["obs"])
+	must(t, err)
+	defer obsNS.Close()
+	for i, role := range []string{"a", "b"} {
+		n := l.nl[role]
+		must(t, n.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "eth1"}, PeerName: "q-" + role, PeerNamespace: netlink.NsFd(obsNS)}))
+		peer, err := obs.LinkByName("q-" + role)
+		must(t, err)
+		must(t, obs.LinkSetMaster(peer, br))
+		must(t, obs.LinkSetUp(peer))
+		eth, err := n.LinkByName("eth1")
+		must(t, err)
+		addAddr(t, n, eth, fmt.Sprintf("198.18.1.%d/24", 11+i))
+		must(t, n.LinkSetUp(eth))
+	}
+	addAddr(t, obs, br, "198.18.1.3/24")
+	must(t, obs.LinkSetUp(br))
+}
+
+func (l *lab) hasOn(t *testing.T, role, iface string, vip netip.Addr) bool {
+	t.Helper()
+	link, err := l.nl[role].LinkByName(iface)
+	must(t, err)
+	addrs, err := l.nl[role].AddrList(link, family(vip))
+	must(t, err)
+	for _, a := range addrs {
+		if ip, _ := netip.AddrFromSlice(a.IP); ip.Unmap() == vip {
+			return true
+		}
+	}
+	return false
+}
+
+// TestLinuxVIPSetMovesBothSegments: an outside and an inside VIP on two
+// interfaces move together, each segment's responder (they share the owner
+// port) answers for its own VIP, and a VIP on an interface that is not
+// configured is refused by name.
+func TestLinuxVIPSetMovesBothSegments(t *testing.T) {
+	l := newLab(t)
+	l.addSegment(t)
+	set := func(role string) *Set {
+		t.Helper()
+		p, err := Factory(context.Background(), role, Settings{
+			Interface: "eth0", Interfaces: []string{"eth1"}, Netns: l.name[role],
+			AnnounceCount: 2, AnnounceInterval: "50ms", ProbeTimeout: "150ms", StateDir: t.TempDir(),
+		})
+		if err != nil {
+			t.Fatalf("linux provider set for %s: %v", role, err)
+		}
+		t.Cleanup(func() { _ = p.(*Set).Close() })
+		return p.(*Set)
+	}
+	a, b := set("a"), set("b")
+	outside := providers.Resource{Kind: KindVIP, ID: "198.18.0.100/24"}
+	inside := providers.Resource{Kind: KindVIP, ID: "198.18.1.1/24 dev eth1"}
+	rs := []providers.Resource{outside, inside}
+	out, in := netip.MustParseAddr("198.18.0.100"), netip.MustParseAddr("198.18.1.1")
+
+	must(t, a.Claim(ctxT(t), 1, rs))
+	if !l.hasOn(t, "a", "eth0", out) || !l.hasOn(t, "a", "eth1", in) {
+		t.Fatal("after a's claim the VIPs are not on a's eth0 and eth1")
+	}
+	must(t, b.Claim(ctxT(t), 2, rs))
+	for _, c := range []struct {
+		role, iface string
+		vip         netip.Addr
+		want        bool
+	}{{"a", "eth0", out, false}, {"a", "eth1", in, false}, {"b", "eth0", out, true}, {"b", "eth1", in, true}, {"b", "eth0", in, false}} {
+		if got := l.hasOn(t, c.role, c.iface, c.vip); got != c.want {
+			t.Errorf("after b's claim: %s on %s's %s = %v, want %v", c.vip, c.role, c.iface, got, c.want)
+		}
+	}
+	for _, r := range rs {
+		h, err := a.Owner(ctxT(t), r)
+		if err != nil || h.Node != "b" || h.Term != 2 {
+			t.Errorf("owner of %s seen from a = %+v, %v; want b at term 2 (answered on its own segment)", r, h, err)
+		}
+	}
+
+	stray := providers.Resource{Kind: KindVIP, ID: "198.18.2.1/24 dev eth2"}
+	err := b.Claim(ctxT(t), 3, append([]providers.Resource{stray}, rs...))
+	var ce *providers.ClaimError
+	if !errors.As(err, &ce) || len(ce.Failed) != 1 || ce.Failed[0].Resource != stray || len(ce.Moved) != 2 ||
+		!strings.Contains(err.Error(), "eth2") {
+		t.Fatalf("claim with a VIP on an unconfigured interface: err = %v, want it alone refused, naming eth2", err)
+	}
+	if _, err := b.byIf["eth0"].Owner(ctxT(t), inside); err == nil || !strings.Contains(err.Error(), "eth1") {
+		t.Errorf("eth0's provider asked about eth1's VIP: err = %v, want a refusal naming eth1", err)
+	}
+
+	must(t, b.Release(ctxT(t), rs))
+	if l.hasOn(t, "b", "eth0", out) || l.hasOn(t, "b", "eth1", in) {
+		t.Error("VIPs still on b after Release")
+	}
+}
+
+func TestSplitDev(t *testing.T) {
+	for _, c := range []struct{ id, vip, dev string }{
+		{"198.18.0.1/24", "198.18.0.1/24", ""},
+		{"198.18.0.1/24 dev eth1", "198.18.0.1/24", "eth1"},
+		{" 2001:db8::1/64  dev  in0 ", "2001:db8::1/64", "in0"},
+	} {
+		vip, dev, err := splitDev(c.id)
+		if err != nil || vip != c.vip || dev != c.dev {
+			t.Errorf("splitDev(%q) = %q, %q, %v; want %q, %q", c.id, vip, dev, err, c.vip, c.dev)
+		}
+	}
+	for _, bad := range []string{"", "198.18.0.1/24 eth1", "198.18.0.1/24 dev", "198.18.0.1/24 dev a/b", "198.18.0.1/24 dev eth1 x"} {
+		if _, _, err := splitDev(bad); err == nil {
+			t.Errorf("splitDev(%q) accepted", bad)
+		}
 	}
 }

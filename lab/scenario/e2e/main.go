@@ -69,6 +69,12 @@ type config struct {
 }
 
 // Term is one takeover an agent committed (its "active" log line).
+// LostRun is a run of consecutive lost probes.
+type LostRun struct {
+	AtMS float64 `json:"at_ms"`
+	N    int     `json:"n"`
+}
+
 type Term struct {
 	Term      uint64  `json:"term"`
 	Node      string  `json:"node"`
@@ -92,6 +98,9 @@ type Result struct {
 	GapLost    int     `json:"gap_lost"`
 	// GapStartMS is when the largest gap began, relative to the fault.
 	GapStartMS float64 `json:"gap_start_ms"`
+	// LostRuns are the runs of lost probes: when the first was sent,
+	// relative to the fault, and how many.
+	LostRuns []LostRun `json:"lost_runs,omitempty"`
 	// Resumed: echoes arrived in the last 500 ms of the stream.
 	Resumed bool `json:"resumed"`
 	// Who was active before and after, from the agents' logs.
@@ -348,6 +357,9 @@ func run(ctx context.Context, env *guest.Env, c config) (res Result, err error) 
 	res.GapMS, res.ProbesSent, res.ProbesLost, res.GapLost = rep.GapMS(), rep.Sent, rep.Lost, rep.GapLost
 	if !rep.GapStart.IsZero() {
 		res.GapStartMS = ms(rep.GapStart.Sub(faultAt))
+	}
+	for _, r := range rep.LostRuns {
+		res.LostRuns = append(res.LostRuns, LostRun{AtMS: ms(r.From.Sub(faultAt)), N: r.N})
 	}
 
 	// What the agents committed after the fault.
