@@ -126,7 +126,7 @@ func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	defer store.Close()
-	prov, err := buildProvider(ctx, cfg)
+	prov, err := buildProvider(ctx, cfg, log)
 	if err != nil {
 		return err
 	}

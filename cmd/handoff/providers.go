@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"strings"
 	"time"
 
@@ -40,8 +41,34 @@ func registry() *providers.Registry {
 	return r
 }
 
-func buildProvider(ctx context.Context, cfg *config.Config) (providers.Provider, error) {
-	return registry().New(ctx, cfg.ProviderType, cfg.NodeID, cfg.ProviderSettings)
+// buildProvider opens the configured provider, its logs going to log
+// (without it every provider's own lines, such as a VIP yielded or a claim
+// retried, were lost).
+func buildProvider(ctx context.Context, cfg *config.Config, log *slog.Logger) (providers.Provider, error) {
+	settings := cfg.ProviderSettings
+	if settings == nil && cfg.ProviderType == "aws" {
+		settings = &aws.Settings{} // everything from IMDSv2
+	}
+	plog := log.With("component", "provider")
+	switch s := settings.(type) {
+	case *aws.Settings:
+		c := *s
+		c.Logger = plog
+		settings = &c
+	case *gcp.Settings:
+		c := *s
+		c.Logger = plog
+		settings = &c
+	case *azure.Settings:
+		c := *s
+		c.Logger = plog
+		settings = &c
+	case *linux.Settings:
+		c := *s
+		c.Logger = plog
+		settings = &c
+	}
+	return registry().New(ctx, cfg.ProviderType, cfg.NodeID, settings)
 }
 
 // fixture is what every cloud's emulated fleet offers.

@@ -339,85 +339,120 @@ func staleTerm(node string, term uint64) error {
 // Claim adds every VIP to the interface (in parallel), announces it, and
 // then tells the previous holder to drop it.
 func (p *Provider) Claim(ctx context.Context, term uint64, rs []providers.Resource) error {
+	yields, err := p.claimAll(ctx, term, rs)
+	p.yieldAll(ctx, term, yields)
+	return err
+}
+
+// pendingYield is a previous holder still to be told to drop a VIP that
+// this node now holds and has announced.
+type pendingYield struct {
+	vip    netip.Addr
+	holder string
+	at     netip.AddrPort
+}
+
+// claimAll adds and announces every VIP (in parallel) and returns the
+// previous holders to tell; a failure is a *providers.ClaimError.
+func (p *Provider) claimAll(ctx context.Context, term uint64, rs []providers.Resource) ([]pendingYield, error) {
 	errs := make([]error, len(rs))
+	ys := make([]*pendingYield, len(rs))
 	var wg sync.WaitGroup
 	for i, r := range rs {
 		wg.Go(func() {
 			start := time.Now()
-			if err := p.claim(ctx, term, r); err != nil {
+			y, err := p.claim(ctx, term, r)
+			if err != nil {
 				errs[i] = fmt.Errorf("claiming %s for %s at term %d: %w", r, p.node, term, err)
 				p.log.Warn("vip not claimed", "resource", r.String(), "term", term, "err", err)
 				return
 			}
+			ys[i] = y
 			p.log.Info("vip claimed", "resource", r.String(), "term", term, "took", time.Since(start))
 		})
 	}
 	wg.Wait()
-	var ce providers.ClaimError
+	var (
+		ce     providers.ClaimError
+		yields []pendingYield
+	)
 	for i, r := range rs {
 		if errs[i] != nil {
 			ce.Failed = append(ce.Failed, providers.ResourceError{Resource: r, Err: errs[i]})
-		} else {
-			ce.Moved = append(ce.Moved, r)
+			continue
+		}
+		ce.Moved = append(ce.Moved, r)
+		if ys[i] != nil {
+			yields = append(yields, *ys[i])
 		}
 	}
 	if len(ce.Failed) > 0 {
-		return &ce
+		return yields, &ce
 	}
-	return nil
+	return yields, nil
 }
 
-func (p *Provider) claim(ctx context.Context, term uint64, r providers.Resource) error {
+// yieldAll tells the previous holders, in parallel, to drop the VIPs. One
+// that does not answer keeps its VIP until it fences itself.
+func (p *Provider) yieldAll(ctx context.Context, term uint64, ys []pendingYield) {
+	var wg sync.WaitGroup
+	for _, y := range ys {
+		wg.Go(func() {
+			if err := p.yield(ctx, y.at, y.vip, term); err != nil {
+				p.log.Warn("previous holder did not yield; it keeps the VIP until it fences itself",
+					"vip", y.vip.String(), "holder", y.holder, "at", y.at.String(), "err", err)
+			}
+		})
+	}
+	wg.Wait()
+}
+
+// claim adds and announces one VIP; the previous holder, if one answered,
+// is returned to be told to yield.
+func (p *Provider) claim(ctx context.Context, term uint64, r providers.Resource) (*pendingYield, error) {
 	if r.Kind != KindVIP {
-		return fmt.Errorf("unknown kind %q (linux moves %s)", r.Kind, KindVIP)
+		return nil, fmt.Errorf("unknown kind %q (linux moves %s)", r.Kind, KindVIP)
 	}
 	pfx, err := p.parseVIP(r.ID)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if p.ctx.Err() != nil {
-		return errors.New("the linux provider is closed")
+		return nil, errors.New("the linux provider is closed")
 	}
 	vip := pfx.Addr()
 	rec := p.record(vip)
 	if rec.Term > term || (rec.Term == term && rec.Node != p.node) {
-		return staleTerm(rec.Node, rec.Term)
+		return nil, staleTerm(rec.Node, rec.Term)
 	}
 	held, err := p.present(vip)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	// Ask the segment unless this node already holds the VIP at this term.
-	var prev message
-	var prevFrom netip.AddrPort
+	var prev *pendingYield
 	if !held || !rec.Held || rec.Node != p.node || rec.Term != term {
 		m, from, ok := p.query(ctx, vip)
 		if ok && m.kind == msgHolder && m.node != p.node {
 			if m.term >= term {
 				_ = p.setRecord(vip, record{Node: m.node, Term: m.term})
-				return staleTerm(m.node, m.term)
+				return nil, staleTerm(m.node, m.term)
 			}
-			prev, prevFrom = m, from
+			prev = &pendingYield{vip: vip, holder: m.node, at: from}
 		}
 	}
 	if err := p.addAddr(pfx); err != nil {
-		return err
+		return nil, err
 	}
 	if err := p.setRecord(vip, record{Node: p.node, Term: term, Held: true}); err != nil {
-		return err
+		return nil, err
 	}
 	p.announce(vip)
-	// Only now, with the VIP here and announced, may the old holder drop it.
-	if prev.kind != "" {
-		if err := p.yield(ctx, prevFrom, vip, term); err != nil {
-			p.log.Warn("previous holder did not yield; it keeps the VIP until it fences itself",
-				"vip", vip.String(), "holder", prev.node, "at", prevFrom.String(), "err", err)
-		}
-	}
 	if ok, err := p.present(vip); err != nil || !ok {
-		return errors.Join(fmt.Errorf("%s missing from %s after adding it", pfx, p.cfg.Interface), err)
+		return nil, errors.Join(fmt.Errorf("%s missing from %s after adding it", pfx, p.cfg.Interface), err)
 	}
-	return nil
+	// Only now, with the VIP here and announced, may the old holder drop it.
+	return prev, nil
 }
 
 // Release removes the VIPs from the interface (fencing); a VIP that is not

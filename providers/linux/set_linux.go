@@ -6,7 +6,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync"
 
 	"github.com/handoffvpn/handoff/providers"
 )
@@ -18,7 +17,7 @@ import (
 // until something else moves the inside one. A VIP resource names its
 // interface with " dev IFACE"; one without names the first interface.
 type Set struct {
-	first string
+	order []string // interface, then interfaces: the claim order
 	byIf  map[string]*Provider
 }
 
@@ -32,8 +31,8 @@ func NewSet(ctx context.Context, node string, s Settings) (*Set, error) {
 	if _, err := s.resolve(); err != nil {
 		return nil, err
 	}
-	set := &Set{first: s.Interface, byIf: map[string]*Provider{}}
-	for _, name := range append([]string{s.Interface}, s.Interfaces...) {
+	set := &Set{order: append([]string{s.Interface}, s.Interfaces...), byIf: map[string]*Provider{}}
+	for _, name := range set.order {
 		one := s
 		one.Interface, one.Interfaces = name, nil
 		p, err := New(ctx, node, one)
@@ -45,61 +44,89 @@ func NewSet(ctx context.Context, node string, s Settings) (*Set, error) {
 	return set, nil
 }
 
+// devOf returns the interface r names (the first one when it names none),
+// if it is configured.
+func (s *Set) devOf(r providers.Resource) (string, error) {
+	_, dev, err := splitDev(r.ID)
+	if err != nil {
+		return "", err
+	}
+	if dev == "" {
+		dev = s.order[0]
+	}
+	if _, ok := s.byIf[dev]; !ok {
+		return "", fmt.Errorf("VIP %q is on interface %s, which is not configured (add it to linux interfaces)", r.ID, dev)
+	}
+	return dev, nil
+}
+
 // of returns the provider of r's interface.
 func (s *Set) of(r providers.Resource) (*Provider, error) {
-	_, dev, err := splitDev(r.ID)
+	dev, err := s.devOf(r)
 	if err != nil {
 		return nil, err
 	}
-	if dev == "" {
-		dev = s.first
-	}
-	p, ok := s.byIf[dev]
-	if !ok {
-		return nil, fmt.Errorf("VIP %q is on interface %s, which is not configured (add it to linux interfaces)", r.ID, dev)
-	}
-	return p, nil
+	return s.byIf[dev], nil
 }
 
-// Claim claims each interface's VIPs through its provider, all in
-// parallel, and reports every failure in one ClaimError.
+// Claim adds and announces the VIPs interface by interface, in
+// configuration order (interface, then interfaces; each interface's VIPs
+// in parallel), and only then tells the previous holders to drop them, in
+// the reverse order. Both orders matter. The outside VIP is the SAs' local
+// address, and a node that draws the protected hosts' replies (holds the
+// inside VIP) without holding the outside one cannot encrypt them: the
+// kernel's XFRM output does not route from a non-local source. In the
+// lab's drains, with both VIPs claimed and yielded in parallel, first the
+// new and then the old active spent up to 200 ms in that state, and lost
+// 10-20 probes each time. When an interface's VIPs do not all move, the
+// later interfaces' are not tried. Every failure is in one ClaimError.
 func (s *Set) Claim(ctx context.Context, term uint64, rs []providers.Resource) error {
 	var (
 		ce     providers.ClaimError
-		groups = map[*Provider][]providers.Resource{}
+		groups = map[string][]providers.Resource{}
+		yields = make([][]pendingYield, len(s.order))
 	)
 	for _, r := range rs {
-		p, err := s.of(r)
+		dev, err := s.devOf(r)
 		if err != nil {
 			ce.Failed = append(ce.Failed, providers.ResourceError{Resource: r, Err: fmt.Errorf("claiming %s: %w", r, err)})
 			continue
 		}
-		groups[p] = append(groups[p], r)
+		groups[dev] = append(groups[dev], r)
 	}
-	var (
-		mu sync.Mutex
-		wg sync.WaitGroup
-	)
-	for p, group := range groups {
-		wg.Go(func() {
-			err := p.Claim(ctx, term, group)
-			mu.Lock()
-			defer mu.Unlock()
-			var sub *providers.ClaimError
-			switch {
-			case err == nil:
-				ce.Moved = append(ce.Moved, group...)
-			case errors.As(err, &sub):
-				ce.Failed = append(ce.Failed, sub.Failed...)
-				ce.Moved = append(ce.Moved, sub.Moved...)
-			default:
-				for _, r := range group {
-					ce.Failed = append(ce.Failed, providers.ResourceError{Resource: r, Err: err})
-				}
+	var blocked string
+	for i, dev := range s.order {
+		group := groups[dev]
+		if len(group) == 0 {
+			continue
+		}
+		if blocked != "" {
+			for _, r := range group {
+				ce.Failed = append(ce.Failed, providers.ResourceError{Resource: r,
+					Err: fmt.Errorf("claiming %s: not tried: the VIPs on %s did not all move, and they go first", r, blocked)})
 			}
-		})
+			continue
+		}
+		ys, err := s.byIf[dev].claimAll(ctx, term, group)
+		yields[i] = ys
+		var sub *providers.ClaimError
+		switch {
+		case err == nil:
+			ce.Moved = append(ce.Moved, group...)
+			continue
+		case errors.As(err, &sub):
+			ce.Failed = append(ce.Failed, sub.Failed...)
+			ce.Moved = append(ce.Moved, sub.Moved...)
+		default:
+			for _, r := range group {
+				ce.Failed = append(ce.Failed, providers.ResourceError{Resource: r, Err: err})
+			}
+		}
+		blocked = dev
 	}
-	wg.Wait()
+	for i := len(s.order) - 1; i >= 0; i-- {
+		s.byIf[s.order[i]].yieldAll(ctx, term, yields[i])
+	}
 	if len(ce.Failed) > 0 {
 		return &ce
 	}

@@ -454,6 +454,18 @@ func TestLinuxVIPSetMovesBothSegments(t *testing.T) {
 		t.Errorf("eth0's provider asked about eth1's VIP: err = %v, want a refusal naming eth1", err)
 	}
 
+	// The outside interface goes first: when its VIP cannot move, the
+	// inside one is not touched (it would draw replies a does not have
+	// the outside address to encrypt from).
+	badOut := providers.Resource{Kind: KindVIP, ID: "198.18.0.300/24"}
+	err = a.Claim(ctxT(t), 4, []providers.Resource{badOut, inside})
+	if !errors.As(err, &ce) || len(ce.Failed) != 2 || len(ce.Moved) != 0 || !strings.Contains(err.Error(), "not tried") {
+		t.Fatalf("claim with a bad outside VIP: err = %v, want both failed, the inside one not tried", err)
+	}
+	if l.hasOn(t, "a", "eth1", in) || !l.hasOn(t, "b", "eth1", in) {
+		t.Fatal("the inside VIP moved although the outside one could not")
+	}
+
 	must(t, b.Release(ctxT(t), rs))
 	if l.hasOn(t, "b", "eth0", out) || l.hasOn(t, "b", "eth1", in) {
 		t.Error("VIPs still on b after Release")

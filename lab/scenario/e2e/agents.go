@@ -154,8 +154,13 @@ provider {
     kind = "vip"
     id   = "{{.VIP}}/24"
   }
+  resource {
+    kind = "vip"
+    id   = "{{.VIPInner}}/24 dev {{.InnerIf}}"
+  }
   linux {
     interface         = "{{.OuterIf}}"
+    interfaces        = ["{{.InnerIf}}"]
     announce_count    = 5
     announce_interval = "100ms"
     probe_timeout     = "{{.Timing.ProbeTimeout}}"
@@ -200,9 +205,10 @@ func (s agentSpec) writeConfig() (string, error) {
 		agentSpec
 		Port                    int
 		VIP, OuterIf            string
+		VIPInner, InnerIf       string
 		AWSAllocation, AWSRoute string
 		AWSPort                 int
-	}{s, raftPort, topo.VIPOuter, topo.OuterIf, awsAllocation, awsRouteTbl + "|" + topo.ClientNet, awsAPIPort}
+	}{s, raftPort, topo.VIPOuter, topo.OuterIf, topo.VIPInner, topo.InnerIf, awsAllocation, awsRouteTbl + "|" + topo.ClientNet, awsAPIPort}
 	if err := agentConf.Execute(&b, data); err != nil {
 		return "", fmt.Errorf("rendering agent config of %s: %w", s.ID, err)
 	}

@@ -220,7 +220,7 @@ func run(ctx context.Context, env *guest.Env, c config) (res Result, err error) 
 		defer f.Close()
 		steer = f
 	} else {
-		m, err := startMirror(s.Topo.Gateways, log)
+		m, err := startWatch(s.Topo.Gateways, log)
 		if err != nil {
 			return res, err
 		}
