@@ -209,8 +209,8 @@ func run(ctx context.Context, env *guest.Env, c config) (res Result, err error) 
 		return res, err
 	}
 	// What steers the client's and the protected host's packets to the
-	// active: the linux provider's VIP (ARP) with the inside VIP mirrored,
-	// or the emulated cloud's fabric.
+	// active: the linux provider's two VIPs (ARP; outside on out0, inside
+	// on in0), or the emulated cloud's fabric.
 	var steer steering
 	if c.provider == "aws" {
 		f, err := startFabric(s.Topo, awsCAFile(env.Dir), log)

@@ -42,6 +42,11 @@ type e2eResult struct {
 	NewActive    string  `json:"new_active"`
 	VIPMovedMS   float64 `json:"vip_moved_ms"`
 	GapStartMS   float64 `json:"gap_start_ms"`
+	FencedMS     float64 `json:"fenced_ms"`
+	LostRuns     []struct {
+		AtMS float64 `json:"at_ms"`
+		N    int     `json:"n"`
+	} `json:"lost_runs"`
 	ESPSeqReused int     `json:"esp_seq_reused"`
 	SecondGapMS  float64 `json:"second_gap_ms"`
 	SecondLost   int     `json:"second_lost"`
@@ -139,7 +144,7 @@ func bench(ctx context.Context, log *slog.Logger, n int, doc string, keep, skipB
 	var (
 		ho    []e2eResult
 		base  []baselineResult
-		drain []float64
+		drain []e2eResult
 		sum   = Summary{Runs: n}
 	)
 	runOne := func(sc lab.Scenario, v any) error {
@@ -169,7 +174,7 @@ func bench(ctx context.Context, log *slog.Logger, n int, doc string, keep, skipB
 		if err := runOne(Scenario(bins[E2EPackage], bins[HandoffPackage], append([]string{"-fault", "drain", "-second=false"}, extra...)...), &d); err != nil {
 			sum.Failed = append(sum.Failed, fmt.Sprintf("drain run %d: %v", i+1, firstLine(err)))
 		} else {
-			drain = append(drain, float64(d.ProbesLost))
+			drain = append(drain, d)
 			sum.SeqReuse = sum.SeqReuse || d.ESPSeqReused > 0
 			fmt.Fprintf(os.Stderr, "e2ebench: drain run %d: gap %.1f ms, %d lost\n", i+1, d.GapMS, d.ProbesLost)
 		}
@@ -204,7 +209,7 @@ func bench(ctx context.Context, log *slog.Logger, n int, doc string, keep, skipB
 		sum.SeqReuse = sum.SeqReuse || h.ESPSeqReused > 0
 	}
 	if len(drain) > 0 {
-		dl := int(median(drain))
+		dl := int(median(collect(drain, func(d e2eResult) float64 { return float64(d.ProbesLost) })))
 		sum.DrainLost = &dl
 	}
 	for _, b := range base {
@@ -256,7 +261,7 @@ func median(xs []float64) float64 {
 func round1(v float64) float64 { return float64(int64(v*10+0.5)) / 10 }
 
 // render writes the Markdown breakdown.
-func render(sum Summary, ho []e2eResult, drainLost []float64, base []baselineResult, extra []string) string {
+func render(sum Summary, ho []e2eResult, drain []e2eResult, base []baselineResult, extra []string) string {
 	var b strings.Builder
 	p := func(format string, a ...any) { fmt.Fprintf(&b, format, a...) }
 	p("# Failover timings (kernel lab)\n\n")
@@ -297,7 +302,21 @@ func render(sum Summary, ho []e2eResult, drainLost []float64, base []baselineRes
 	p("| **median** | **%.1f** | %.0f | %.1f | %.1f | %.1f | %.1f | %.1f | %.1f | %.1f | %.1f | %.1f | %.1f |\n\n",
 		sum.HandoffGapMSMedian, sum.HandoffLostMedian, median(pre), median(det), median(el), median(cl), median(mv), median(in), median(tot), median(vip), median(at), sum.HandoffSecondGapMS)
 	if sum.DrainLost != nil {
-		p("Planned handover (`handoff drain` on the active), median probes lost: **%d** (runs: %v; see *Planned hand-over* below).\n\n", *sum.DrainLost, drainLost)
+		p("Planned handover (`handoff drain` on the active), median probes lost: **%d** (see *Planned hand-over* below). ", *sum.DrainLost)
+		p("Times are from the drain request; *lost runs* are the runs of consecutive lost probes, at the first one's send time.\n\n")
+		p("| run | lost | lost runs (ms: count) | VIP on successor ms | old active fenced ms | successor active ms |\n|---|---|---|---|---|---|\n")
+		for i, d := range drain {
+			var runs []string
+			for _, r := range d.LostRuns {
+				runs = append(runs, fmt.Sprintf("%.0f: %d", r.AtMS, r.N))
+			}
+			at := 0.0
+			if d.Takeover != nil {
+				at = d.Takeover.AtMS
+			}
+			p("| %d | %d | %s | %.1f | %.1f | %.1f |\n", i+1, d.ProbesLost, strings.Join(runs, ", "), d.VIPMovedMS, d.FencedMS, at)
+		}
+		p("\n")
 	}
 	p("## Baseline (keepalived + DPD): per run\n\n| run | client gap ms | lost | VIP moved ms |\n|---|---|---|---|\n")
 	for i, bl := range base {
