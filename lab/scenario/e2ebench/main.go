@@ -36,14 +36,14 @@ const (
 
 // e2eResult is the part of the e2e scenario's result the benchmark reads.
 type e2eResult struct {
-	GapMS        float64 `json:"gap_ms"`
-	ProbesLost   int     `json:"probes_lost"`
-	Resumed      bool    `json:"resumed"`
-	NewActive    string  `json:"new_active"`
-	VIPMovedMS   float64 `json:"vip_moved_ms"`
-	GapStartMS   float64 `json:"gap_start_ms"`
-	FencedMS     float64 `json:"fenced_ms"`
-	LostRuns     []struct {
+	GapMS      float64 `json:"gap_ms"`
+	ProbesLost int     `json:"probes_lost"`
+	Resumed    bool    `json:"resumed"`
+	NewActive  string  `json:"new_active"`
+	VIPMovedMS float64 `json:"vip_moved_ms"`
+	GapStartMS float64 `json:"gap_start_ms"`
+	FencedMS   float64 `json:"fenced_ms"`
+	LostRuns   []struct {
 		AtMS float64 `json:"at_ms"`
 		N    int     `json:"n"`
 	} `json:"lost_runs"`
