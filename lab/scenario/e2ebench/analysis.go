@@ -22,8 +22,8 @@ time goes to Raft on a starved CPU:
   CPU each (4–5 s of CPU in ~20 s), so a heartbeat waits for the scheduler.
   Even at 300/140 some runs see one extra leader change after the takeover.
 - **detect** (last contact → candidacy) is the follower's randomised
-  heartbeat timeout, 1–2 × 300 ms, plus scheduling delay: 440–625 ms
-  in the benchmark (up to 690 ms in trial runs).
+  heartbeat timeout, 1–2 × 300 ms, plus scheduling delay: 394–701 ms
+  in the benchmarks of 2026-12-02.
   This is most of every gap. The *last contact* column (active logged − agent total) is the part
   the agent's timings cannot see; it also carries the commit of the
   ` + "`active`" + ` entry, hence the small negative values.
@@ -32,10 +32,14 @@ time goes to Raft on a starved CPU:
   holds the candidate up, and a second round is needed.
 - **claim** 12–75 ms (up to 420 ms in trial runs): Barrier plus two log entries (membership, claim);
   each commit waits for a follower that is itself starved.
-- **move** 34–134 ms: the linux provider's owner query to the VIP goes
-  unanswered (the old holder is dead) until ` + "`probe_timeout`" + ` (30 ms), then the
-  address add, the first gratuitous ARP and the yield attempt.
-- **install** 1.5–61 ms for one CHILD_SA (both states and their policies).
+- **install** 1.5–61 ms for one CHILD_SA (both states and their policies),
+  now *before* the move (see *Planned hand-over*).
+- **move** 34–134 ms with one VIP, 97–244 ms since the agents move both
+  (outside, then inside): for each, the linux provider's owner query to the
+  VIP goes unanswered (the old holder is dead) until ` + "`probe_timeout`" + `
+  (30 ms), then the address add and the first gratuitous ARP; the yields
+  come last. The two owner queries could run in parallel (only the adds
+  and announcements need the order); not done yet.
 - After the agent's *active*, the client needs the announcement to reach
   it and one probe interval (10 ms) to see the first echo.
 
@@ -83,31 +87,54 @@ SA and a UML stall or two.
 
 ### Planned hand-over (drain)
 
-The old active keeps its VIP and outbound SAs until the successor's
+The old active keeps its VIPs and outbound SAs until the successor's
 ` + "`active`" + ` entry reaches its log (at most ` + "`takeover.handover_grace`" + `,
-3 s in the lab), so a drain that goes as planned loses nothing: ` + "`make lab-e2e`" + `
-saw 0 of 450 probes lost in several runs. It is not 0 in every run: in
-most of the lossy runs the guest's Raft did not settle after the
-transfer. A leadership transfer in hashicorp/raft must finish within one
-election timeout (300 ms here) and often does not in the one-CPU guest
-(the agent asks again), and the new leader, busy with its takeover at
-nice -5 next to four charons, then misses heartbeats: a follower starts
-an election (` + "`detect`" + ` ≈ 470–490 ms in the successor's timings), the
-new active loses leadership, fences, and takes over again in the next
-term. That second takeover is the outage (45–125 probes at 100/s). It is
-the same starvation as above; off UML the transfer and the new leader's
-heartbeats are not competing for one slow CPU.
+3 s in the lab). The successor installs the SAs **before** it moves
+anything, then adds and announces the outside VIP, then the inside one,
+and only then asks the old active to yield them, inside first. In that
+order the move loses nothing: in the benchmark of 2026-12-02 every drain
+lost exactly 2 probes, all after the successor was active (the *lost
+runs* column). Three things lost probes before, each found with the
+per-run lost runs (added to the probe report for this):
+
+- the successor installed the SAs after the move, so the first VIP
+  pointed at it before it could decrypt or encrypt;
+- the lab moved the inside VIP itself, after the outside one, with up to
+  200 ms of lag during which neither gateway held it;
+- with the agent moving both VIPs in parallel, a node that held the
+  inside VIP but not the outside one drew the protected host's replies and
+  could not encrypt them: the kernel's XFRM output does not route from a
+  non-local source address (10–20 probes per drain, at the new active when
+  its inside VIP came first, at the old one when it yielded the outside VIP
+  first).
+
+What remains is the **IKE re-establishment** (2 probes at 100/s here): the
+successor initiates a fresh IKE SA with INITIAL_CONTACT, so that the
+client's next DPD and rekey are answered. On INITIAL_CONTACT the client
+installs the new CHILD_SA, deletes the old one and answers; until the
+successor has that answer and has installed its half, the client sends on
+an SPI the successor does not know yet and drops what the successor still
+sends on the old one. That is one IKE round trip: 20–30 ms in the starved
+guest, about a millisecond on real hardware. Removing it needs a
+make-before-break re-establishment: a childless IKE SA without
+INITIAL_CONTACT (a client's default ` + "`unique = no`" + ` keeps its old IKE SA
+then), a CREATE_CHILD_SA on it for the same selectors installed on both
+sides before anyone deletes the old CHILD_SA, and an answer to the old IKE
+SA's DPD, which charon on the successor cannot give (strongSwan cannot
+import an IKE SA). Not built.
+
+Earlier runs also lost 45–125 probes now and then when the guest's Raft
+did not settle after the transfer (the new leader, starved, missed
+heartbeats; a follower started an election; the new active fenced and took
+over again): the same starvation as above.
 
 ### Lab stand-ins
 
-- The linux provider holds VIPs on one interface per node; a gateway's two
-  VIPs live on two segments (outside 203.0.113.100 on out0, inside
-  198.18.1.1 on in0). The agents move the outside VIP; the scenario mirrors
-  the inside VIP onto whichever gateway holds the outside one, from
-  netlink address events (sub-millisecond, with gratuitous ARP).
-- The linux provider opens netlink for every family the library knows
-  (` + "`netlink.NewHandle()`" + `), netfilter included; the guest loads ` + "`nfnetlink`" + ` so
-  that it starts.
+- Each gateway has an outside VIP (203.0.113.100 on out0, the IKE/ESP
+  endpoint) and an inside VIP (198.18.1.1 on in0, the protected host's
+  next hop); the agents' linux provider moves both
+  (` + "`interfaces = [\"in0\"]`" + `, ` + "`\"198.18.1.1/24 dev in0\"`" + `). The scenario only
+  watches the outside one (netlink address events) to time the move.
 - Agents run at nice -5 and GOGC=400; probes at 100/s (the baseline's
   figures above use 200/s, which does not change a seconds-long gap).
 `
