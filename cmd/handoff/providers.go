@@ -52,23 +52,23 @@ func buildProvider(ctx context.Context, cfg *config.Config, log *slog.Logger) (p
 	plog := log.With("component", "provider")
 	switch s := settings.(type) {
 	case *aws.Settings:
-		c := *s
-		c.Logger = plog
-		settings = &c
+		settings = withLogger(s, func(c *aws.Settings) **slog.Logger { return &c.Logger }, plog)
 	case *gcp.Settings:
-		c := *s
-		c.Logger = plog
-		settings = &c
+		settings = withLogger(s, func(c *gcp.Settings) **slog.Logger { return &c.Logger }, plog)
 	case *azure.Settings:
-		c := *s
-		c.Logger = plog
-		settings = &c
+		settings = withLogger(s, func(c *azure.Settings) **slog.Logger { return &c.Logger }, plog)
 	case *linux.Settings:
-		c := *s
-		c.Logger = plog
-		settings = &c
+		settings = withLogger(s, func(c *linux.Settings) **slog.Logger { return &c.Logger }, plog)
 	}
 	return registry().New(ctx, cfg.ProviderType, cfg.NodeID, settings)
+}
+
+// withLogger returns a copy of settings whose logger field is log (the
+// configuration's own value stays as loaded).
+func withLogger[T any](settings *T, field func(*T) **slog.Logger, log *slog.Logger) *T {
+	c := *settings
+	*field(&c) = log
+	return &c
 }
 
 // fixture is what every cloud's emulated fleet offers.

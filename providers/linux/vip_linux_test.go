@@ -97,18 +97,8 @@ func newLab(t *testing.T) *lab {
 	must(t, err)
 	defer obsNS.Close()
 	for _, role := range []string{"a", "b"} {
-		n := l.nl[role]
-		must(t, n.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "eth0"}, PeerName: "p-" + role, PeerNamespace: netlink.NsFd(obsNS)}))
-		peer, err := obs.LinkByName("p-" + role)
-		must(t, err)
-		must(t, obs.LinkSetMaster(peer, br))
-		must(t, obs.LinkSetUp(peer))
-		eth, err := n.LinkByName("eth0")
-		must(t, err)
+		eth := l.plug(t, role, "eth0", "p-"+role, br, obsNS, l.ip4[role]+"/24", l.ip6[role]+"/64")
 		l.mac[role] = eth.Attrs().HardwareAddr
-		addAddr(t, n, eth, l.ip4[role]+"/24")
-		addAddr(t, n, eth, l.ip6[role]+"/64")
-		must(t, n.LinkSetUp(eth))
 	}
 	addAddr(t, obs, br, l.ip4["obs"]+"/24")
 	addAddr(t, obs, br, l.ip6["obs"]+"/64")
@@ -117,6 +107,26 @@ func newLab(t *testing.T) *lab {
 	must(t, err)
 	l.mac["obs"] = br.Attrs().HardwareAddr
 	return l
+}
+
+// plug connects role to the observer's bridge br with a veth pair (name in
+// role's namespace, peer in the observer's), adds the addresses and brings
+// it up.
+func (l *lab) plug(t *testing.T, role, name, peer string, br netlink.Link, obsNS netns.NsHandle, cidrs ...string) netlink.Link {
+	t.Helper()
+	n, obs := l.nl[role], l.nl["obs"]
+	must(t, n.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: name}, PeerName: peer, PeerNamespace: netlink.NsFd(obsNS)}))
+	p, err := obs.LinkByName(peer)
+	must(t, err)
+	must(t, obs.LinkSetMaster(p, br))
+	must(t, obs.LinkSetUp(p))
+	link, err := n.LinkByName(name)
+	must(t, err)
+	for _, c := range cidrs {
+		addAddr(t, n, link, c)
+	}
+	must(t, n.LinkSetUp(link))
+	return link
 }
 
 func must(t *testing.T, err error) {
@@ -159,7 +169,12 @@ func (l *lab) provider(t *testing.T, role string) *Provider {
 
 func (l *lab) has(t *testing.T, role string, vip netip.Addr) bool {
 	t.Helper()
-	link, err := l.nl[role].LinkByName(l.iface(role))
+	return l.hasOn(t, role, l.iface(role), vip)
+}
+
+func (l *lab) hasOn(t *testing.T, role, iface string, vip netip.Addr) bool {
+	t.Helper()
+	link, err := l.nl[role].LinkByName(iface)
 	must(t, err)
 	addrs, err := l.nl[role].AddrList(link, family(vip))
 	must(t, err)
@@ -368,33 +383,10 @@ func (l *lab) addSegment(t *testing.T) {
 	must(t, err)
 	defer obsNS.Close()
 	for i, role := range []string{"a", "b"} {
-		n := l.nl[role]
-		must(t, n.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "eth1"}, PeerName: "q-" + role, PeerNamespace: netlink.NsFd(obsNS)}))
-		peer, err := obs.LinkByName("q-" + role)
-		must(t, err)
-		must(t, obs.LinkSetMaster(peer, br))
-		must(t, obs.LinkSetUp(peer))
-		eth, err := n.LinkByName("eth1")
-		must(t, err)
-		addAddr(t, n, eth, fmt.Sprintf("198.18.1.%d/24", 11+i))
-		must(t, n.LinkSetUp(eth))
+		l.plug(t, role, "eth1", "q-"+role, br, obsNS, fmt.Sprintf("198.18.1.%d/24", 11+i))
 	}
 	addAddr(t, obs, br, "198.18.1.3/24")
 	must(t, obs.LinkSetUp(br))
-}
-
-func (l *lab) hasOn(t *testing.T, role, iface string, vip netip.Addr) bool {
-	t.Helper()
-	link, err := l.nl[role].LinkByName(iface)
-	must(t, err)
-	addrs, err := l.nl[role].AddrList(link, family(vip))
-	must(t, err)
-	for _, a := range addrs {
-		if ip, _ := netip.AddrFromSlice(a.IP); ip.Unmap() == vip {
-			return true
-		}
-	}
-	return false
 }
 
 // TestLinuxVIPSetMovesBothSegments: an outside and an inside VIP on two
