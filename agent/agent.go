@@ -53,6 +53,14 @@ type Config struct {
 	ClaimTimeout   time.Duration
 	InstallTimeout time.Duration
 	FenceTimeout   time.Duration
+	// SuspectAfter, if positive, is how long a follower waits after its
+	// last contact with the leader before it starts an election, instead
+	// of Raft's randomised 1–2 × heartbeat timeout (see detectLeaderLoss).
+	// It must be at least twice the leader lease.
+	SuspectAfter time.Duration
+	// SuspectStagger orders the followers' elections: the best-ranked
+	// gateway starts last, so that it wins (default SuspectAfter/8).
+	SuspectStagger time.Duration
 	// HandoverGrace bounds how long an active node that hands the role
 	// over on purpose (promote, drain) keeps carrying the tunnels while
 	// its successor takes over. The sequence number jump covers it, so it
@@ -74,6 +82,9 @@ func (c *Config) Defaults() {
 	def(&c.InstallTimeout, 30*time.Second)
 	def(&c.FenceTimeout, 2*time.Second)
 	def(&c.HandoverGrace, time.Second)
+	if c.SuspectAfter > 0 {
+		def(&c.SuspectStagger, c.SuspectAfter/8)
+	}
 	if c.MaxBatch <= 0 {
 		c.MaxBatch = DefaultMaxBatch
 	}
@@ -227,6 +238,12 @@ func (a *Agent) Run(ctx context.Context) error {
 		a.reportHealth(ctx)
 	}()
 	defer func() { <-reportDone }()
+	detectDone := make(chan struct{})
+	go func() {
+		defer close(detectDone)
+		a.detectLeaderLoss(ctx)
+	}()
+	defer func() { <-detectDone }()
 	var (
 		cancelLead context.CancelFunc
 		leadDone   chan struct{}

@@ -305,6 +305,51 @@ func TestClusterLeaderCrash(t *testing.T) {
 	}
 }
 
+// A follower starts its election once the leader has been silent for
+// SuspectAfter (twice the lease), not at Raft's randomised timeout of 1–2 ×
+// the heartbeat timeout, and the best-ranked surviving gateway wins.
+func TestClusterFollowersDetectAfterTwiceTheLease(t *testing.T) {
+	const hb = time.Second // lease hb/3, so SuspectAfter ≈ 667 ms
+	e := start(t, cluster.Options{Nodes: specs("gw1", "gw2", "gw3"), HeartbeatTimeout: hb})
+	first, act := e.waitActive(0)
+	if err := e.c.Kill(first.Spec.ID); err != nil {
+		t.Fatal(err)
+	}
+	next, act2 := e.waitActive(act.Term, first.Spec.ID)
+	if d := act2.Timings.Detect; d >= hb || d < 2*(hb/3) {
+		t.Errorf("detect took %v: want between twice the lease (%v) and the heartbeat timeout (%v)", d, 2*(hb/3), hb)
+	}
+	best := "gw1"
+	if first.Spec.ID == "gw1" {
+		best = "gw2"
+	}
+	if next.Spec.ID != best {
+		t.Errorf("%s took over; the best-ranked survivor %s fires last and should have won", next.Spec.ID, best)
+	}
+}
+
+// A follower that alone stops hearing the leader starts an election that
+// the others, who still hear it, refuse (pre-vote): the active stays and
+// the term does not move.
+func TestClusterOneDeafFollowerDeposesNobody(t *testing.T) {
+	e := start(t, cluster.Options{Nodes: specs("gw1", "gw2", "gw3")})
+	first, act := e.waitActive(0)
+	var deaf string
+	for _, n := range e.c.Nodes() {
+		if n.Spec.ID != first.Spec.ID {
+			deaf = n.Spec.ID
+			break
+		}
+	}
+	e.c.Net.Cut(first.Spec.ID, deaf)
+	time.Sleep(2 * time.Second) // eight heartbeat timeouts of 250 ms
+	e.c.Net.Heal()
+	if term := first.Store.Term(); term != act.Term || !first.Agent.IsActive() {
+		t.Errorf("after cutting %s off the leader %s: term %d (was %d), %s active %v; want the active and the term kept",
+			deaf, first.Spec.ID, term, act.Term, first.Spec.ID, first.Agent.IsActive())
+	}
+}
+
 // claimWatch is a provider decorator that records how many SAs the
 // claiming node could already send on when its Claim began.
 type claimWatch struct {

@@ -90,6 +90,13 @@ type RaftBlock struct {
 	SnapshotInterval   string `hcl:"snapshot_interval,optional" yaml:"snapshot_interval" json:"snapshot_interval"`
 	SnapshotThreshold  *int   `hcl:"snapshot_threshold,optional" yaml:"snapshot_threshold" json:"snapshot_threshold"`
 	TrailingLogs       *int   `hcl:"trailing_logs,optional" yaml:"trailing_logs" json:"trailing_logs"`
+	// SuspectAfter: a follower whose leader is silent this long starts an
+	// election (default twice the lease; "0s" leaves it to Raft's
+	// randomised heartbeat timeout).
+	SuspectAfter string `hcl:"suspect_after,optional" yaml:"suspect_after" json:"suspect_after"`
+	// SuspectStagger: the pause between the followers' elections, best
+	// gateway last (default suspect_after / 8).
+	SuspectStagger string `hcl:"suspect_stagger,optional" yaml:"suspect_stagger" json:"suspect_stagger"`
 }
 
 // ReplicationBlock tunes the SA feed.
@@ -266,6 +273,8 @@ type Config struct {
 	Heartbeat      time.Duration
 	Election       time.Duration
 	LeaderLease    time.Duration
+	SuspectAfter   time.Duration
+	SuspectStagger time.Duration
 	Commit         time.Duration
 	SnapInterval   time.Duration
 	SnapThreshold  uint64
@@ -388,6 +397,24 @@ func Resolve(f File) (*Config, error) {
 	c.SnapInterval = dur("raft.snapshot_interval", r.SnapshotInterval, time.Second)
 	if c.LeaderLease > 0 && c.Heartbeat > 0 && 2*c.LeaderLease >= c.Heartbeat {
 		bad("raft.leader_lease_timeout", "%s must be under half of raft.heartbeat_timeout (%s), so a cut-off leader steps down and fences itself before a follower can be elected", c.LeaderLease, c.Heartbeat)
+	}
+	switch {
+	case r.SuspectAfter == "":
+		c.SuspectAfter = 2 * c.LeaderLease
+	default:
+		c.SuspectAfter = dur("raft.suspect_after", r.SuspectAfter, 0)
+		if c.SuspectAfter > 0 && c.SuspectAfter < 2*c.LeaderLease {
+			bad("raft.suspect_after", "%s must be at least twice raft.leader_lease_timeout (%s), so a cut-off leader has stepped down before a follower votes for another", c.SuspectAfter, c.LeaderLease)
+		}
+	}
+	if c.SuspectAfter > 0 && c.Heartbeat > 0 && c.SuspectAfter >= c.Heartbeat {
+		if r.SuspectAfter != "" {
+			bad("raft.suspect_after", "%s must be under raft.heartbeat_timeout (%s), or Raft's own timeout always comes first", c.SuspectAfter, c.Heartbeat)
+		}
+		c.SuspectAfter = 0
+	}
+	if r.SuspectStagger != "" {
+		c.SuspectStagger = dur("raft.suspect_stagger", r.SuspectStagger, time.Millisecond)
 	}
 	if *r.SnapshotThreshold < 1 {
 		bad("raft.snapshot_threshold", "%d must be positive", *r.SnapshotThreshold)

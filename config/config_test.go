@@ -81,6 +81,34 @@ func TestLeaseMustBeUnderHalfTheHeartbeat(t *testing.T) {
 	}
 }
 
+func TestSuspectAfterBounds(t *testing.T) {
+	for _, c := range []struct {
+		suspect, stagger string
+		want             time.Duration
+		bad              string
+	}{
+		{"", "", 100 * time.Millisecond, ""}, // twice the 50ms lease
+		{"0s", "", 0, ""},                    // off: Raft's own timeout
+		{"120ms", "10ms", 120 * time.Millisecond, ""},
+		{"80ms", "", 0, "raft.suspect_after"},  // under twice the lease
+		{"150ms", "", 0, "raft.suspect_after"}, // not under the heartbeat
+		{"", "0s", 0, "raft.suspect_stagger"},
+	} {
+		f := validFile()
+		f.Raft = &RaftBlock{HeartbeatTimeout: "150ms", LeaderLeaseTimeout: "50ms", SuspectAfter: c.suspect, SuspectStagger: c.stagger}
+		got, err := Resolve(f)
+		if c.bad != "" {
+			if err == nil || !strings.Contains(err.Error(), c.bad+":") {
+				t.Errorf("suspect_after %q, stagger %q: err = %v, want one naming %s", c.suspect, c.stagger, err, c.bad)
+			}
+			continue
+		}
+		if err != nil || got.SuspectAfter != c.want {
+			t.Errorf("suspect_after %q: got %v, %v; want %v", c.suspect, got, err, c.want)
+		}
+	}
+}
+
 func TestFlagsOverrideFile(t *testing.T) {
 	f, err := Load("testdata/gw1.hcl")
 	if err != nil {

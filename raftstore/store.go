@@ -73,6 +73,9 @@ type Store struct {
 	applyObs  atomic.Pointer[func(time.Duration, error)]
 	obsDone   chan struct{}
 	closed    chan struct{}
+	// heartbeat is the configured heartbeat timeout (ExpediteElection
+	// lowers Raft's for a moment).
+	heartbeat time.Duration
 }
 
 // Open starts a node. It does not bootstrap or join: see Bootstrap and
@@ -170,6 +173,7 @@ func Open(cfg Config) (*Store, error) {
 		s.transport.Close()
 		return nil, fmt.Errorf("creating the raft log cache: %w", err)
 	}
+	s.heartbeat = rc.HeartbeatTimeout
 	s.raft, err = raft.NewRaft(rc, s.fsm, cached, s.logs, snaps, s.transport)
 	if err != nil {
 		s.logs.Close()
@@ -259,6 +263,44 @@ func (s *Store) Term() uint64 { return s.raft.CurrentTerm() }
 
 // LastContact is when this node last heard from a leader.
 func (s *Store) LastContact() time.Time { return s.raft.LastContact() }
+
+// State is this node's Raft state (follower, candidate, leader, shutdown).
+func (s *Store) State() raft.RaftState { return s.raft.State() }
+
+// ExpediteElection lowers this node's heartbeat timeout to after, so that
+// a follower that has not heard from its leader for that long starts an
+// election now instead of at its randomised timeout (1–2 × the configured
+// one). Raft re-checks the last contact itself: a follower that did hear
+// from the leader within after stays a follower. RestoreHeartbeat puts the
+// configured timeout back. after must not be below the leader lease
+// (Raft refuses it) and must not be below twice the lease, or a cut-off
+// leader may not have stepped down yet (the agent's detector guarantees
+// this).
+func (s *Store) ExpediteElection(after time.Duration) error {
+	rc := s.raft.ReloadableConfig()
+	if after >= rc.HeartbeatTimeout {
+		return nil
+	}
+	rc.HeartbeatTimeout = after
+	if err := s.raft.ReloadConfig(rc); err != nil {
+		return fmt.Errorf("lowering the heartbeat timeout to %s: %w", after, err)
+	}
+	return nil
+}
+
+// RestoreHeartbeat puts the configured heartbeat timeout back after
+// ExpediteElection.
+func (s *Store) RestoreHeartbeat() error {
+	rc := s.raft.ReloadableConfig()
+	if rc.HeartbeatTimeout == s.heartbeat {
+		return nil
+	}
+	rc.HeartbeatTimeout = s.heartbeat
+	if err := s.raft.ReloadConfig(rc); err != nil {
+		return fmt.Errorf("restoring the heartbeat timeout %s: %w", s.heartbeat, err)
+	}
+	return nil
+}
 
 // Leader returns the current leader's ID and address, if known.
 func (s *Store) Leader() (id, addr string) {

@@ -162,7 +162,7 @@ func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
 		BatchWindow: cfg.BatchWindow, MaxBatch: cfg.MaxBatch, ReplayInterval: cfg.ReplayInterval,
 		MinSeqJump: cfg.MinSeqJump, MaxPacketRate: cfg.MaxPacketRate, BarrierTimeout: cfg.BarrierTimeout,
 		ClaimTimeout: cfg.ClaimTimeout, InstallTimeout: cfg.InstallTimeout, FenceTimeout: cfg.FenceTimeout,
-		HandoverGrace:  cfg.HandoverGrace,
+		HandoverGrace: cfg.HandoverGrace, SuspectAfter: cfg.SuspectAfter, SuspectStagger: cfg.SuspectStagger,
 		ReportInterval: cfg.Health.ReportInterval,
 	}, store, dp, prov, sealer, opts...)
 	if err != nil {

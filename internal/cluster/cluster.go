@@ -213,6 +213,9 @@ func (c *Cluster) open(spec NodeSpec) (*Node, error) {
 	}
 	dp := memdp.New(spec.ID, c.Wire)
 	acfg := c.opts.Agent
+	if acfg.SuspectAfter == 0 {
+		acfg.SuspectAfter = 2 * (hb / 3) // twice the lease, as the agent's configuration defaults to
+	}
 	acfg.NodeID, acfg.Role, acfg.Priority, acfg.Resources = spec.ID, spec.Role, spec.Priority, c.opts.Resources
 	opts := []agent.Option{agent.WithLogger(c.log)}
 	if c.opts.Events != nil {

@@ -34,6 +34,9 @@ const raftPort = 7946
 // agentTiming is Raft's timing for the lab's agents.
 type agentTiming struct {
 	Heartbeat, Election, Lease time.Duration
+	// SuspectAfter is raft.suspect_after, as written ("" for the default,
+	// twice the lease; "0s" for Raft's own timeout alone).
+	SuspectAfter string
 	// ProbeTimeout bounds the linux provider's owner query and yield.
 	ProbeTimeout time.Duration
 	// HealthInterval is the period of the agent's own charon checks,
@@ -100,6 +103,9 @@ raft {
   heartbeat_timeout    = "{{.Timing.Heartbeat}}"
   election_timeout     = "{{.Timing.Election}}"
   leader_lease_timeout = "{{.Timing.Lease}}"
+{{- if .Timing.SuspectAfter}}
+  suspect_after        = "{{.Timing.SuspectAfter}}"
+{{- end}}
   # Raft's leader sends an (empty) AppendEntries to every follower each
   # commit_timeout: at 2 ms that was most of the agents' CPU in the guest,
   # whose clock reads are system calls (the profile: time.Now and the

@@ -159,6 +159,7 @@ func main() {
 	fs.DurationVar(&c.timing.Heartbeat, "heartbeat", 300*time.Millisecond, "raft.heartbeat_timeout")
 	fs.DurationVar(&c.timing.Election, "election", 300*time.Millisecond, "raft.election_timeout")
 	fs.DurationVar(&c.timing.Lease, "lease", 140*time.Millisecond, "raft.leader_lease_timeout")
+	fs.StringVar(&c.timing.SuspectAfter, "suspect-after", "", "raft.suspect_after (default twice the lease; 0s: Raft's heartbeat timeout alone)")
 	fs.DurationVar(&c.timing.ProbeTimeout, "probe-timeout", 30*time.Millisecond, "linux provider probe_timeout")
 	fs.DurationVar(&c.timing.HealthInterval, "health-interval", time.Second, "agent health check interval")
 	fs.DurationVar(&c.timing.ReplayInterval, "replay-interval", 250*time.Millisecond, "replication.replay_interval")
