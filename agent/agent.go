@@ -271,6 +271,12 @@ func (a *Agent) Run(ctx context.Context) error {
 				}
 				a.fence("lost leadership")
 				<-leadDone
+				// The takeover may have been inside a provider call or an
+				// install when its context ended, and added a VIP or SAs
+				// after the fence (seen in the lab: a node that lost
+				// leadership mid-move kept the VIP, since nobody asked it
+				// to yield again). Now that it has stopped, fence again.
+				a.fence("lost leadership, takeover stopped")
 				cancelLead = nil
 			}
 			if leader {

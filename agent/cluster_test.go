@@ -350,6 +350,118 @@ func TestClusterOneDeafFollowerDeposesNobody(t *testing.T) {
 	}
 }
 
+// heldVIPs is a provider decorator that stands in for a node-local
+// resource (a Linux VIP): Claim marks it held on the node, Release drops
+// it. A claim can be made to hang (gate) and then finish regardless of its
+// context, as an address add already under way does.
+type heldVIPs struct {
+	providers.Provider
+	node string
+	mu   *sync.Mutex
+	held map[string]bool
+	gate map[string]chan struct{} // node → closed to let its claim finish
+	done map[string]chan struct{} // node → closed when its gated claim has
+}
+
+func (h heldVIPs) Claim(ctx context.Context, term uint64, rs []providers.Resource) error {
+	h.mu.Lock()
+	g, d := h.gate[h.node], h.done[h.node]
+	h.mu.Unlock()
+	if g != nil {
+		<-g
+	}
+	h.mu.Lock()
+	h.held[h.node] = true
+	h.mu.Unlock()
+	if d != nil {
+		close(d)
+	}
+	return h.Provider.Claim(context.WithoutCancel(ctx), term, rs)
+}
+
+func (h heldVIPs) Release(ctx context.Context, rs []providers.Resource) error {
+	h.mu.Lock()
+	h.held[h.node] = false
+	h.mu.Unlock()
+	return nil
+}
+
+// A node that loses leadership while its takeover is inside the provider
+// fences, and fences again once the takeover has stopped: a VIP the claim
+// added after the first fence does not stay behind.
+func TestClusterLostLeadershipMidMoveLeavesNoVIP(t *testing.T) {
+	var (
+		mu   sync.Mutex
+		held = map[string]bool{}
+		gate = map[string]chan struct{}{}
+		done = map[string]chan struct{}{}
+	)
+	e := start(t, cluster.Options{Nodes: specs("gw1", "gw2", "gw3"),
+		WrapProvider: func(node string, p providers.Provider) providers.Provider {
+			return heldVIPs{Provider: p, node: node, mu: &mu, held: held, gate: gate, done: done}
+		}})
+	first, act := e.waitActive(0)
+	mu.Lock()
+	for _, n := range e.c.Nodes() {
+		if n.Spec.ID != first.Spec.ID {
+			gate[n.Spec.ID], done[n.Spec.ID] = make(chan struct{}), make(chan struct{})
+		}
+	}
+	mu.Unlock()
+	if err := e.c.Kill(first.Spec.ID); err != nil {
+		t.Fatal(err)
+	}
+	// Wait for a survivor to hang in its claim, then cut it off.
+	var stuck *cluster.Node
+	for deadline := time.Now().Add(10 * time.Second); stuck == nil; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("no survivor started a takeover")
+		}
+		for _, n := range e.c.Nodes() {
+			if n.Spec.ID != first.Spec.ID && n.Store.IsLeader() {
+				var cur raftstore.Active
+				n.Store.FSM().View(func(st *raftstore.State) { cur = st.Active })
+				if cur.Node == n.Spec.ID && cur.Term > act.Term {
+					stuck = n
+				}
+			}
+		}
+	}
+	e.c.Net.Isolate(stuck.Spec.ID)
+	for deadline := time.Now().Add(10 * time.Second); stuck.Store.IsLeader(); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s still leads while cut off", stuck.Spec.ID)
+		}
+	}
+	time.Sleep(100 * time.Millisecond) // the first fence
+	mu.Lock()
+	close(gate[stuck.Spec.ID]) // the claim finishes: the VIP is added
+	finished := done[stuck.Spec.ID]
+	mu.Unlock()
+	<-finished
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		mu.Lock()
+		h := held[stuck.Spec.ID]
+		mu.Unlock()
+		if !h {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s lost leadership mid-move and still holds the VIP its claim added after the fence", stuck.Spec.ID)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	e.c.Net.Heal()
+	mu.Lock()
+	for id, g := range gate {
+		if id != stuck.Spec.ID {
+			close(g)
+		}
+	}
+	mu.Unlock()
+}
+
 // claimWatch is a provider decorator that records how many SAs the
 // claiming node could already send on when its Claim began.
 type claimWatch struct {

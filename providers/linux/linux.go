@@ -441,6 +441,11 @@ func (p *Provider) claim(ctx context.Context, term uint64, r providers.Resource)
 			prev = &pendingYield{vip: vip, holder: m.node, at: from}
 		}
 	}
+	// A claim whose takeover was called off must not add the VIP: the
+	// node may already have fenced itself.
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
 	if err := p.addAddr(pfx); err != nil {
 		return nil, err
 	}
