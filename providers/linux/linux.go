@@ -355,41 +355,78 @@ type pendingYield struct {
 // claimAll adds and announces every VIP (in parallel) and returns the
 // previous holders to tell; a failure is a *providers.ClaimError.
 func (p *Provider) claimAll(ctx context.Context, term uint64, rs []providers.Resource) ([]pendingYield, error) {
+	checked, ce := p.checkAll(ctx, term, rs)
+	yields, taken := p.takeAll(ctx, term, checked)
+	ce.Failed = append(ce.Failed, taken.Failed...)
+	ce.Moved = taken.Moved
+	if len(ce.Failed) > 0 {
+		return yields, &ce
+	}
+	return yields, nil
+}
+
+// vipClaim is a VIP whose claim passed its checks.
+type vipClaim struct {
+	r     providers.Resource
+	pfx   netip.Prefix
+	prev  *pendingYield // the holder that answered, to be told to yield
+	start time.Time
+}
+
+// checkAll runs every VIP's checks in parallel (the term records and the
+// owner query: the part that waits on the segment) and returns the ones
+// that passed; the others are in the ClaimError's Failed.
+func (p *Provider) checkAll(ctx context.Context, term uint64, rs []providers.Resource) ([]vipClaim, providers.ClaimError) {
+	cs := make([]vipClaim, len(rs))
 	errs := make([]error, len(rs))
-	ys := make([]*pendingYield, len(rs))
 	var wg sync.WaitGroup
 	for i, r := range rs {
-		wg.Go(func() {
-			start := time.Now()
-			y, err := p.claim(ctx, term, r)
-			if err != nil {
-				errs[i] = fmt.Errorf("claiming %s for %s at term %d: %w", r, p.node, term, err)
-				p.log.Warn("vip not claimed", "resource", r.String(), "term", term, "err", err)
-				return
-			}
-			ys[i] = y
-			p.log.Info("vip claimed", "resource", r.String(), "term", term, "took", time.Since(start))
-		})
+		wg.Go(func() { cs[i], errs[i] = p.check(ctx, term, r) })
+	}
+	wg.Wait()
+	var (
+		ce providers.ClaimError
+		ok []vipClaim
+	)
+	for i, r := range rs {
+		if errs[i] != nil {
+			ce.Failed = append(ce.Failed, p.claimFailed(r, term, errs[i]))
+			continue
+		}
+		ok = append(ok, cs[i])
+	}
+	return ok, ce
+}
+
+// takeAll adds and announces every checked VIP in parallel.
+func (p *Provider) takeAll(ctx context.Context, term uint64, cs []vipClaim) ([]pendingYield, providers.ClaimError) {
+	errs := make([]error, len(cs))
+	var wg sync.WaitGroup
+	for i, c := range cs {
+		wg.Go(func() { errs[i] = p.take(ctx, term, c) })
 	}
 	wg.Wait()
 	var (
 		ce     providers.ClaimError
 		yields []pendingYield
 	)
-	for i, r := range rs {
+	for i, c := range cs {
 		if errs[i] != nil {
-			ce.Failed = append(ce.Failed, providers.ResourceError{Resource: r, Err: errs[i]})
+			ce.Failed = append(ce.Failed, p.claimFailed(c.r, term, errs[i]))
 			continue
 		}
-		ce.Moved = append(ce.Moved, r)
-		if ys[i] != nil {
-			yields = append(yields, *ys[i])
+		ce.Moved = append(ce.Moved, c.r)
+		if c.prev != nil {
+			yields = append(yields, *c.prev)
 		}
+		p.log.Info("vip claimed", "resource", c.r.String(), "term", term, "took", time.Since(c.start))
 	}
-	if len(ce.Failed) > 0 {
-		return yields, &ce
-	}
-	return yields, nil
+	return yields, ce
+}
+
+func (p *Provider) claimFailed(r providers.Resource, term uint64, err error) providers.ResourceError {
+	p.log.Warn("vip not claimed", "resource", r.String(), "term", term, "err", err)
+	return providers.ResourceError{Resource: r, Err: fmt.Errorf("claiming %s for %s at term %d: %w", r, p.node, term, err)}
 }
 
 // yieldAll tells the previous holders, in parallel, to drop the VIPs. One
@@ -407,57 +444,65 @@ func (p *Provider) yieldAll(ctx context.Context, term uint64, ys []pendingYield)
 	wg.Wait()
 }
 
-// claim adds and announces one VIP; the previous holder, if one answered,
-// is returned to be told to yield.
-func (p *Provider) claim(ctx context.Context, term uint64, r providers.Resource) (*pendingYield, error) {
+// check runs one VIP's claim checks: refused for a higher (or another
+// node's equal) term on record here or answered by the holder; the holder
+// that answered is kept to be told to yield.
+func (p *Provider) check(ctx context.Context, term uint64, r providers.Resource) (vipClaim, error) {
+	c := vipClaim{r: r, start: time.Now()}
 	if r.Kind != KindVIP {
-		return nil, fmt.Errorf("unknown kind %q (linux moves %s)", r.Kind, KindVIP)
+		return c, fmt.Errorf("unknown kind %q (linux moves %s)", r.Kind, KindVIP)
 	}
 	pfx, err := p.parseVIP(r.ID)
 	if err != nil {
-		return nil, err
+		return c, err
 	}
+	c.pfx = pfx
 	if p.ctx.Err() != nil {
-		return nil, errors.New("the linux provider is closed")
+		return c, errors.New("the linux provider is closed")
 	}
 	vip := pfx.Addr()
 	rec := p.record(vip)
 	if rec.Term > term || (rec.Term == term && rec.Node != p.node) {
-		return nil, staleTerm(rec.Node, rec.Term)
+		return c, staleTerm(rec.Node, rec.Term)
 	}
 	held, err := p.present(vip)
 	if err != nil {
-		return nil, err
+		return c, err
 	}
 	// Ask the segment unless this node already holds the VIP at this term.
-	var prev *pendingYield
 	if !held || !rec.Held || rec.Node != p.node || rec.Term != term {
 		m, from, ok := p.query(ctx, vip)
 		if ok && m.kind == msgHolder && m.node != p.node {
 			if m.term >= term {
 				_ = p.setRecord(vip, record{Node: m.node, Term: m.term})
-				return nil, staleTerm(m.node, m.term)
+				return c, staleTerm(m.node, m.term)
 			}
-			prev = &pendingYield{vip: vip, holder: m.node, at: from}
+			c.prev = &pendingYield{vip: vip, holder: m.node, at: from}
 		}
 	}
+	return c, nil
+}
+
+// take adds and announces a checked VIP. Only after it may the previous
+// holder be told to drop it.
+func (p *Provider) take(ctx context.Context, term uint64, c vipClaim) error {
 	// A claim whose takeover was called off must not add the VIP: the
 	// node may already have fenced itself.
 	if err := ctx.Err(); err != nil {
-		return nil, err
+		return err
 	}
-	if err := p.addAddr(pfx); err != nil {
-		return nil, err
+	if err := p.addAddr(c.pfx); err != nil {
+		return err
 	}
+	vip := c.pfx.Addr()
 	if err := p.setRecord(vip, record{Node: p.node, Term: term, Held: true}); err != nil {
-		return nil, err
+		return err
 	}
 	p.announce(vip)
 	if ok, err := p.present(vip); err != nil || !ok {
-		return nil, errors.Join(fmt.Errorf("%s missing from %s after adding it", pfx, p.cfg.Interface), err)
+		return errors.Join(fmt.Errorf("%s missing from %s after adding it", c.pfx, p.cfg.Interface), err)
 	}
-	// Only now, with the VIP here and announced, may the old holder drop it.
-	return prev, nil
+	return nil
 }
 
 // Release removes the VIPs from the interface (fencing); a VIP that is not

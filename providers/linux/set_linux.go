@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 
 	"github.com/handoffvpn/handoff/providers"
 )
@@ -69,60 +70,63 @@ func (s *Set) of(r providers.Resource) (*Provider, error) {
 	return s.byIf[dev], nil
 }
 
-// Claim adds and announces the VIPs interface by interface, in
-// configuration order (interface, then interfaces; each interface's VIPs
-// in parallel), and only then tells the previous holders to drop them, in
-// the reverse order. Both orders matter. The outside VIP is the SAs' local
-// address, and a node that draws the protected hosts' replies (holds the
-// inside VIP) without holding the outside one cannot encrypt them: the
-// kernel's XFRM output does not route from a non-local source. In the
-// lab's drains, with both VIPs claimed and yielded in parallel, first the
-// new and then the old active spent up to 200 ms in that state, and lost
-// 10-20 probes each time. When an interface's VIPs do not all move, the
-// later interfaces' are not tried. Every failure is in one ClaimError.
+// Claim checks every VIP at once (the owner queries, which wait on the
+// segment, in parallel), then adds and announces them interface by
+// interface, in configuration order (interface, then interfaces; each
+// interface's VIPs in parallel), and only then tells the previous holders
+// to drop them, in the reverse order. Both orders matter. The outside VIP
+// is the SAs' local address, and a node that draws the protected hosts'
+// replies (holds the inside VIP) without holding the outside one cannot
+// encrypt them: the kernel's XFRM output does not route from a non-local
+// source. In the lab's drains, with both VIPs claimed and yielded in
+// parallel, first the new and then the old active spent up to 200 ms in
+// that state, and lost 10-20 probes each time. When an interface's VIPs do
+// not all move, the later interfaces' are not added. Every failure is in
+// one ClaimError.
 func (s *Set) Claim(ctx context.Context, term uint64, rs []providers.Resource) error {
 	var (
-		ce     providers.ClaimError
-		groups = map[string][]providers.Resource{}
-		yields = make([][]pendingYield, len(s.order))
+		ce      providers.ClaimError
+		groups  = make([][]providers.Resource, len(s.order))
+		checked = make([][]vipClaim, len(s.order))
+		refused = make([]providers.ClaimError, len(s.order))
+		yields  = make([][]pendingYield, len(s.order))
 	)
+	index := make(map[string]int, len(s.order))
+	for i, dev := range s.order {
+		index[dev] = i
+	}
 	for _, r := range rs {
 		dev, err := s.devOf(r)
 		if err != nil {
 			ce.Failed = append(ce.Failed, providers.ResourceError{Resource: r, Err: fmt.Errorf("claiming %s: %w", r, err)})
 			continue
 		}
-		groups[dev] = append(groups[dev], r)
+		groups[index[dev]] = append(groups[index[dev]], r)
 	}
+	var wg sync.WaitGroup
+	for i, dev := range s.order {
+		if len(groups[i]) > 0 {
+			wg.Go(func() { checked[i], refused[i] = s.byIf[dev].checkAll(ctx, term, groups[i]) })
+		}
+	}
+	wg.Wait()
 	var blocked string
 	for i, dev := range s.order {
-		group := groups[dev]
-		if len(group) == 0 {
-			continue
-		}
+		ce.Failed = append(ce.Failed, refused[i].Failed...)
 		if blocked != "" {
-			for _, r := range group {
-				ce.Failed = append(ce.Failed, providers.ResourceError{Resource: r,
-					Err: fmt.Errorf("claiming %s: not tried: the VIPs on %s did not all move, and they go first", r, blocked)})
+			for _, c := range checked[i] {
+				ce.Failed = append(ce.Failed, providers.ResourceError{Resource: c.r,
+					Err: fmt.Errorf("claiming %s: not added: the VIPs on %s did not all move, and they go first", c.r, blocked)})
 			}
 			continue
 		}
-		ys, err := s.byIf[dev].claimAll(ctx, term, group)
+		ys, taken := s.byIf[dev].takeAll(ctx, term, checked[i])
 		yields[i] = ys
-		var sub *providers.ClaimError
-		switch {
-		case err == nil:
-			ce.Moved = append(ce.Moved, group...)
-			continue
-		case errors.As(err, &sub):
-			ce.Failed = append(ce.Failed, sub.Failed...)
-			ce.Moved = append(ce.Moved, sub.Moved...)
-		default:
-			for _, r := range group {
-				ce.Failed = append(ce.Failed, providers.ResourceError{Resource: r, Err: err})
-			}
+		ce.Failed = append(ce.Failed, taken.Failed...)
+		ce.Moved = append(ce.Moved, taken.Moved...)
+		if len(refused[i].Failed)+len(taken.Failed) > 0 {
+			blocked = dev
 		}
-		blocked = dev
 	}
 	for i := len(s.order) - 1; i >= 0; i-- {
 		s.byIf[s.order[i]].yieldAll(ctx, term, yields[i])

@@ -451,8 +451,8 @@ func TestLinuxVIPSetMovesBothSegments(t *testing.T) {
 	// the outside address to encrypt from).
 	badOut := providers.Resource{Kind: KindVIP, ID: "198.18.0.300/24"}
 	err = a.Claim(ctxT(t), 4, []providers.Resource{badOut, inside})
-	if !errors.As(err, &ce) || len(ce.Failed) != 2 || len(ce.Moved) != 0 || !strings.Contains(err.Error(), "not tried") {
-		t.Fatalf("claim with a bad outside VIP: err = %v, want both failed, the inside one not tried", err)
+	if !errors.As(err, &ce) || len(ce.Failed) != 2 || len(ce.Moved) != 0 || !strings.Contains(err.Error(), "not added") {
+		t.Fatalf("claim with a bad outside VIP: err = %v, want both failed, the inside one not added", err)
 	}
 	if l.hasOn(t, "a", "eth1", in) || !l.hasOn(t, "b", "eth1", in) {
 		t.Fatal("the inside VIP moved although the outside one could not")
