@@ -279,7 +279,7 @@ func (s *Store) State() raft.RaftState { return s.raft.State() }
 func (s *Store) ExpediteElection(after time.Duration) error {
 	rc := s.raft.ReloadableConfig()
 	if after >= rc.HeartbeatTimeout {
-		return nil
+		return fmt.Errorf("lowering the heartbeat timeout to %s: it is %s already", after, rc.HeartbeatTimeout)
 	}
 	rc.HeartbeatTimeout = after
 	if err := s.raft.ReloadConfig(rc); err != nil {
@@ -287,6 +287,10 @@ func (s *Store) ExpediteElection(after time.Duration) error {
 	}
 	return nil
 }
+
+// HeartbeatTimeout is the configured heartbeat timeout (Raft's own
+// failure detector, and the bound ExpediteElection must stay under).
+func (s *Store) HeartbeatTimeout() time.Duration { return s.heartbeat }
 
 // RestoreHeartbeat puts the configured heartbeat timeout back after
 // ExpediteElection.
