@@ -156,11 +156,14 @@ func main() {
 	fs.BoolVar(&c.second, "second", true, "run the second phase (client DPD and rekey after the failover)")
 	fs.IntVar(&c.flaps, "flaps", 3, "link flaps (fault flap)")
 	fs.IntVar(&c.nice, "nice", -5, "agents' nice value")
-	// Detection is raft.suspect_after (twice the lease, 280 ms) plus 35 ms
-	// per better-ranked voter; Raft's own timeout is the fallback, and
-	// must leave room above the last of those (at 300 ms it did not).
-	fs.DurationVar(&c.timing.Heartbeat, "heartbeat", 400*time.Millisecond, "raft.heartbeat_timeout")
-	fs.DurationVar(&c.timing.Election, "election", 400*time.Millisecond, "raft.election_timeout")
+	// Detection is raft.suspect_after (twice the lease, 280 ms) plus a
+	// stagger per better-ranked voter, shrunk to fit under this heartbeat
+	// timeout (Raft's own detector, the fallback). 400 ms would leave the
+	// stagger its 35 ms, but the leader's heartbeats (every tenth of it)
+	// then come too seldom for the 140 ms lease in the starved guest: two
+	// of three isolate runs lost the lease after the takeover.
+	fs.DurationVar(&c.timing.Heartbeat, "heartbeat", 300*time.Millisecond, "raft.heartbeat_timeout")
+	fs.DurationVar(&c.timing.Election, "election", 300*time.Millisecond, "raft.election_timeout")
 	fs.DurationVar(&c.timing.Lease, "lease", 140*time.Millisecond, "raft.leader_lease_timeout")
 	fs.StringVar(&c.timing.SuspectAfter, "suspect-after", "", "raft.suspect_after (default twice the lease; 0s: Raft's heartbeat timeout alone)")
 	fs.DurationVar(&c.timing.ProbeTimeout, "probe-timeout", 30*time.Millisecond, "linux provider probe_timeout")
