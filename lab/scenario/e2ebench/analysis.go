@@ -20,11 +20,21 @@ time goes to Raft on a starved CPU:
   ~60 µs per system call) running three agents, four charons, the probe
   stream and the ESP capture: the two surviving agents used 20–25 % of the
   CPU each (4–5 s of CPU in ~20 s), so a heartbeat waits for the scheduler.
-  Even at 300/140 some runs see one extra leader change after the takeover.
-- **detect** (last contact → candidacy) is the follower's randomised
-  heartbeat timeout, 1–2 × 300 ms, plus scheduling delay: 394–701 ms
-  in the benchmarks of 2026-12-02.
-  This is most of every gap. The *last contact* column (active logged − agent total) is the part
+  Even at 300/140 some runs see one extra leader change after the takeover,
+  and a 400 ms heartbeat (the leader's heartbeats come every tenth of it)
+  made it worse: two of three isolate runs lost the lease after the
+  takeover.
+- **detect** (last contact → candidacy): since 2026-12-02 a follower
+  starts its election once the leader has been silent for
+  ` + "`raft.suspect_after`" + ` (twice the lease: 280 ms here) plus its stagger
+  (35 ms per better-ranked voter), instead of at Raft's randomised
+  heartbeat timeout of 1–2 × 300 ms: 307–448 ms in the benchmark, where it
+  was 394–701 ms. (In the first runs with the detector the best gateway's
+  280 + 35 ms was above the 300 ms heartbeat timeout, so its expedite did
+  nothing and it waited for Raft's timeout; the stagger now shrinks to fit
+  under it, 19 ms here.) Still the largest phase: its floor is twice the lease,
+  because a cut-off leader must have stepped down and fenced before anyone
+  votes for another, and the lease is what the starved guest forces up. The *last contact* column (active logged − agent total) is the part
   the agent's timings cannot see; it also carries the commit of the
   ` + "`active`" + ` entry, hence the small negative values.
 - **elect** 48–762 ms: pre-vote + vote over mTLS; long (500–760 ms) when
@@ -57,11 +67,13 @@ What would remove it, in order of gain:
    follower over TLS, and the Go runtime's own clock reads: with the agents
    at a few percent of a CPU, 100/100/30 would become stable and detect
    drop to 100–200 ms.
-2. **A faster detector than Raft's heartbeat timeout.** The old active's
-   death is visible sooner on the data plane (its links, its BFD/IKE probes)
-   than through a missed heartbeat; a follower that sees the active's uplink
-   die could start the election at once (Raft's leadership transfer or a
-   lower follower timeout after a health signal).
+2. **A shorter lease.** Detection now waits exactly twice the lease
+   (` + "`raft.suspect_after`" + `), so every millisecond off the lease is two off
+   the gap; the lease itself only has to outlast the longest stall of a
+   healthy leader, which on a dedicated core is a few milliseconds, not
+   the 140 ms the guest needs. (Detecting sooner than twice the lease, from
+   the data plane, is not safe on its own: a cut-off leader that has not
+   yet fenced would still send.)
 3. **Fewer commits before the move.** The claim phase needs Barrier and the
    claim entry; the membership entry could be skipped when unchanged (it
    is), and the claim could be pipelined with the provider's owner query.
@@ -92,10 +104,11 @@ The old active keeps its VIPs and outbound SAs until the successor's
 3 s in the lab). The successor installs the SAs **before** it moves
 anything, then adds and announces the outside VIP, then the inside one,
 and only then asks the old active to yield them, inside first. In that
-order the move loses nothing: in the benchmark of 2026-12-02 every drain
-lost exactly 2 probes, all after the successor was active (the *lost
-runs* column). Three things lost probes before, each found with the
-per-run lost runs (added to the probe report for this):
+order the move loses nothing: every probe the drains of 2026-12-02 lost
+(0–37 per drain) was lost after the successor was active (the *lost
+runs* column), in the IKE re-establishment below. Three things lost
+probes in the move before, each found with the per-run lost runs (added
+to the probe report for this):
 
 - the successor installed the SAs after the move, so the first VIP
   pointed at it before it could decrypt or encrypt;
@@ -108,20 +121,23 @@ per-run lost runs (added to the probe report for this):
   its inside VIP came first, at the old one when it yielded the outside VIP
   first).
 
-What remains is the **IKE re-establishment** (2 probes at 100/s here): the
+What remains is the **IKE re-establishment**: the
 successor initiates a fresh IKE SA with INITIAL_CONTACT, so that the
 client's next DPD and rekey are answered. On INITIAL_CONTACT the client
 installs the new CHILD_SA, deletes the old one and answers; until the
 successor has that answer and has installed its half, the client sends on
 an SPI the successor does not know yet and drops what the successor still
-sends on the old one. That is one IKE round trip: 20–30 ms in the starved
-guest, about a millisecond on real hardware. Removing it needs a
-make-before-break re-establishment: a childless IKE SA without
-INITIAL_CONTACT (a client's default ` + "`unique = no`" + ` keeps its old IKE SA
-then), a CREATE_CHILD_SA on it for the same selectors installed on both
-sides before anyone deletes the old CHILD_SA, and an answer to the old IKE
-SA's DPD, which charon on the successor cannot give (strongSwan cannot
-import an IKE SA). Not built.
+sends on the old one. The client's charon (5.9.8) deletes the old
+CHILD_SA before it installs the new one, and in the guest that alone took
+90–130 ms: with the round trip, 20–200 ms, 0–37 probes at 100/s. On real
+hardware it is a millisecond or two. Waiting a second after the takeover
+before re-establishing (tried: the guest is calmer then) did not shorten
+it. Without INITIAL_CONTACT (` + "`ipsec.ReestablishConfig.MakeBeforeBreak`" + `,
+built earlier) the client keeps its old CHILD_SA next to the new one and
+nothing falls into the switch, but a client whose ` + "`dpd_action`" + ` is
+` + "`restart`" + ` later restarts the dead old IKE SA and deletes the shared
+policies, an outage as large as the one avoided (docs/ipsec.md); it stays
+off, and is not yet a configuration option.
 
 Earlier runs also lost 45–125 probes now and then when the guest's Raft
 did not settle after the transfer (the new leader, starved, missed
