@@ -548,6 +548,14 @@ func (a *Agent) transferPlanned(ctx context.Context, term uint64, node, addr str
 			a.mu.Unlock()
 		}
 		err := a.store.TransferLeadership(node, addr)
+		if errors.Is(err, raft.ErrLeadershipTransferInProgress) {
+			// The previous attempt's transfer is still running (Raft
+			// reported it timed out, but the target's election goes on):
+			// give it the grace to finish rather than fail the request
+			// (the lab saw a drain answered 500 whose transfer then
+			// completed).
+			err = a.awaitTransfer(ctx, err)
+		}
 		if err == nil || !a.store.IsLeader() {
 			return nil
 		}
@@ -559,6 +567,23 @@ func (a *Agent) transferPlanned(ctx context.Context, term uint64, node, addr str
 		}
 		a.log.Warn("leadership transfer did not complete; asking again", "to", node, "attempt", attempt, "err", err)
 	}
+}
+
+// awaitTransfer waits, at most HandoverGrace, for a leadership transfer
+// already under way to take this node's leadership; it returns nil once it
+// has, and err if it has not.
+func (a *Agent) awaitTransfer(ctx context.Context, err error) error {
+	deadline := time.Now().Add(a.cfg.HandoverGrace)
+	for a.store.IsLeader() {
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	return nil
 }
 
 // ineligible says why node may not become active, or "".

@@ -28,8 +28,8 @@ time goes to Raft on a starved CPU:
   starts its election once the leader has been silent for
   ` + "`raft.suspect_after`" + ` (twice the lease: 280 ms here) plus its stagger
   (35 ms per better-ranked voter), instead of at Raft's randomised
-  heartbeat timeout of 1–2 × 300 ms: 307–448 ms in the benchmark, where it
-  was 394–701 ms. (In the first runs with the detector the best gateway's
+  heartbeat timeout of 1–2 × 300 ms: 292–335 ms (median 308) in the
+  five-run benchmark above, where it was 394–701 ms (median 593) before. (In the first runs with the detector the best gateway's
   280 + 35 ms was above the 300 ms heartbeat timeout, so its expedite did
   nothing and it waited for Raft's timeout; the stagger now shrinks to fit
   under it, 19 ms here.) Still the largest phase: its floor is twice the lease,
