@@ -152,12 +152,10 @@ func (p *Provider) open() error {
 			return serr
 		}}
 		pc, err := lc.ListenPacket(context.Background(), "udp", fmt.Sprintf(":%d", p.cfg.OwnerPort))
-		if err == nil {
-			p.conn = pc.(*net.UDPConn)
-		}
 		if err != nil {
 			return fmt.Errorf("listening on UDP %d for the owner protocol: %w", p.cfg.OwnerPort, err)
 		}
+		p.conn = pc.(*net.UDPConn)
 		return nil
 	})
 }

@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 
 	"github.com/handoffvpn/handoff/providers"
@@ -18,8 +19,8 @@ import (
 // until something else moves the inside one. A VIP resource names its
 // interface with " dev IFACE"; one without names the first interface.
 type Set struct {
-	order []string // interface, then interfaces: the claim order
-	byIf  map[string]*Provider
+	names []string    // interface, then interfaces: the claim order
+	provs []*Provider // provs[i] holds the VIPs on names[i]
 }
 
 var (
@@ -32,42 +33,42 @@ func NewSet(ctx context.Context, node string, s Settings) (*Set, error) {
 	if _, err := s.resolve(); err != nil {
 		return nil, err
 	}
-	set := &Set{order: append([]string{s.Interface}, s.Interfaces...), byIf: map[string]*Provider{}}
-	for _, name := range set.order {
+	set := &Set{names: append([]string{s.Interface}, s.Interfaces...)}
+	for _, name := range set.names {
 		one := s
 		one.Interface, one.Interfaces = name, nil
 		p, err := New(ctx, node, one)
 		if err != nil {
 			return nil, errors.Join(fmt.Errorf("linux provider on %s: %w", name, err), set.Close())
 		}
-		set.byIf[name] = p
+		set.provs = append(set.provs, p)
 	}
 	return set, nil
 }
 
-// devOf returns the interface r names (the first one when it names none),
-// if it is configured.
-func (s *Set) devOf(r providers.Resource) (string, error) {
+// indexOf returns the position of the interface r names (the first one
+// when it names none), if it is configured.
+func (s *Set) indexOf(r providers.Resource) (int, error) {
 	_, dev, err := splitDev(r.ID)
 	if err != nil {
-		return "", err
+		return 0, err
 	}
 	if dev == "" {
-		dev = s.order[0]
+		return 0, nil
 	}
-	if _, ok := s.byIf[dev]; !ok {
-		return "", fmt.Errorf("VIP %q is on interface %s, which is not configured (add it to linux interfaces)", r.ID, dev)
+	if i := slices.Index(s.names, dev); i >= 0 {
+		return i, nil
 	}
-	return dev, nil
+	return 0, fmt.Errorf("VIP %q is on interface %s, which is not configured (add it to linux interfaces)", r.ID, dev)
 }
 
 // of returns the provider of r's interface.
 func (s *Set) of(r providers.Resource) (*Provider, error) {
-	dev, err := s.devOf(r)
+	i, err := s.indexOf(r)
 	if err != nil {
 		return nil, err
 	}
-	return s.byIf[dev], nil
+	return s.provs[i], nil
 }
 
 // Claim checks every VIP at once (the owner queries, which wait on the
@@ -86,32 +87,29 @@ func (s *Set) of(r providers.Resource) (*Provider, error) {
 func (s *Set) Claim(ctx context.Context, term uint64, rs []providers.Resource) error {
 	var (
 		ce      providers.ClaimError
-		groups  = make([][]providers.Resource, len(s.order))
-		checked = make([][]vipClaim, len(s.order))
-		refused = make([]providers.ClaimError, len(s.order))
-		yields  = make([][]pendingYield, len(s.order))
+		n       = len(s.provs)
+		groups  = make([][]providers.Resource, n)
+		checked = make([][]vipClaim, n)
+		refused = make([]providers.ClaimError, n)
+		yields  = make([][]pendingYield, n)
 	)
-	index := make(map[string]int, len(s.order))
-	for i, dev := range s.order {
-		index[dev] = i
-	}
 	for _, r := range rs {
-		dev, err := s.devOf(r)
+		i, err := s.indexOf(r)
 		if err != nil {
 			ce.Failed = append(ce.Failed, providers.ResourceError{Resource: r, Err: fmt.Errorf("claiming %s: %w", r, err)})
 			continue
 		}
-		groups[index[dev]] = append(groups[index[dev]], r)
+		groups[i] = append(groups[i], r)
 	}
 	var wg sync.WaitGroup
-	for i, dev := range s.order {
+	for i, p := range s.provs {
 		if len(groups[i]) > 0 {
-			wg.Go(func() { checked[i], refused[i] = s.byIf[dev].checkAll(ctx, term, groups[i]) })
+			wg.Go(func() { checked[i], refused[i] = p.checkAll(ctx, term, groups[i]) })
 		}
 	}
 	wg.Wait()
 	var blocked string
-	for i, dev := range s.order {
+	for i, p := range s.provs {
 		ce.Failed = append(ce.Failed, refused[i].Failed...)
 		if blocked != "" {
 			for _, c := range checked[i] {
@@ -120,16 +118,16 @@ func (s *Set) Claim(ctx context.Context, term uint64, rs []providers.Resource) e
 			}
 			continue
 		}
-		ys, taken := s.byIf[dev].takeAll(ctx, term, checked[i])
+		ys, taken := p.takeAll(ctx, term, checked[i])
 		yields[i] = ys
 		ce.Failed = append(ce.Failed, taken.Failed...)
 		ce.Moved = append(ce.Moved, taken.Moved...)
 		if len(refused[i].Failed)+len(taken.Failed) > 0 {
-			blocked = dev
+			blocked = s.names[i]
 		}
 	}
-	for i := len(s.order) - 1; i >= 0; i-- {
-		s.byIf[s.order[i]].yieldAll(ctx, term, yields[i])
+	for i := n - 1; i >= 0; i-- {
+		s.provs[i].yieldAll(ctx, term, yields[i])
 	}
 	if len(ce.Failed) > 0 {
 		return &ce
@@ -163,7 +161,7 @@ func (s *Set) Release(ctx context.Context, rs []providers.Resource) error {
 // Close closes every interface's provider; held VIPs stay.
 func (s *Set) Close() error {
 	var errs []error
-	for _, p := range s.byIf {
+	for _, p := range s.provs {
 		errs = append(errs, p.Close())
 	}
 	return errors.Join(errs...)

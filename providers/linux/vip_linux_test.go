@@ -442,7 +442,7 @@ func TestLinuxVIPSetMovesBothSegments(t *testing.T) {
 		!strings.Contains(err.Error(), "eth2") {
 		t.Fatalf("claim with a VIP on an unconfigured interface: err = %v, want it alone refused, naming eth2", err)
 	}
-	if _, err := b.byIf["eth0"].Owner(ctxT(t), inside); err == nil || !strings.Contains(err.Error(), "eth1") {
+	if _, err := b.provs[0].Owner(ctxT(t), inside); err == nil || !strings.Contains(err.Error(), "eth1") {
 		t.Errorf("eth0's provider asked about eth1's VIP: err = %v, want a refusal naming eth1", err)
 	}
 
