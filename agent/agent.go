@@ -563,6 +563,11 @@ func (a *Agent) rankGateways(exclude string) []raftstore.Member {
 	if err != nil {
 		return nil
 	}
+	return a.rankGatewaysOf(servers, exclude)
+}
+
+// rankGatewaysOf is rankGateways on a Raft configuration already read.
+func (a *Agent) rankGatewaysOf(servers []raft.Server, exclude string) []raftstore.Member {
 	voters := make(map[string]bool, len(servers))
 	for _, s := range servers {
 		if s.Suffrage == raft.Voter {

@@ -102,13 +102,13 @@ func staggerWithin(stagger, after, hb time.Duration, voters int) time.Duration {
 // n−1 for the best-ranked gateway), and n, the number of voters other
 // than leader.
 func (a *Agent) fireOrder(leader string) (order, voters int) {
-	ranked := make([]string, 0, 4)
-	for _, m := range a.rankGateways(leader) {
-		ranked = append(ranked, m.ID)
-	}
 	servers, err := a.store.Servers()
 	if err != nil {
-		return 0, len(ranked)
+		return 0, 0
+	}
+	ranked := make([]string, 0, len(servers))
+	for _, m := range a.rankGatewaysOf(servers, leader) {
+		ranked = append(ranked, m.ID)
 	}
 	var others []string
 	for _, s := range servers {

@@ -573,17 +573,27 @@ func (a *Agent) transferPlanned(ctx context.Context, term uint64, node, addr str
 // already under way to take this node's leadership; it returns nil once it
 // has, and err if it has not.
 func (a *Agent) awaitTransfer(ctx context.Context, err error) error {
-	deadline := time.Now().Add(a.cfg.HandoverGrace)
-	for a.store.IsLeader() {
-		if time.Now().After(deadline) || ctx.Err() != nil {
-			return err
+	if waitUntil(ctx, a.cfg.HandoverGrace, func() bool { return !a.store.IsLeader() }) {
+		return nil
+	}
+	return err
+}
+
+// waitUntil checks cond every 20 ms until it holds (true), or until d has
+// passed or ctx has ended (false).
+func waitUntil(ctx context.Context, d time.Duration, cond func() bool) bool {
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			return false
 		}
 		select {
 		case <-ctx.Done():
+			return false
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
-	return nil
+	return true
 }
 
 // ineligible says why node may not become active, or "".
@@ -724,19 +734,15 @@ func (a *Agent) onLeader(ctx context.Context, req *raftstore.RPCRequest, out any
 	what := strings.TrimPrefix(req.Op, "operator.")
 	// A request that arrives mid-election waits for its end (at most
 	// leaderWait) rather than fail: the lab's drain once met one.
-	deadline := time.Now().Add(leaderWait)
-	for !a.store.IsLeader() {
-		if _, addr := a.store.Leader(); addr != "" {
-			break
+	elected := waitUntil(ctx, leaderWait, func() bool {
+		_, addr := a.store.Leader()
+		return a.store.IsLeader() || addr != ""
+	})
+	if !elected {
+		if err := ctx.Err(); err != nil {
+			return fmt.Errorf("%s: %w (%w)", what, ErrNoLeader, err)
 		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("%s: %w (none elected within %v)", what, ErrNoLeader, leaderWait)
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("%s: %w (%w)", what, ErrNoLeader, ctx.Err())
-		case <-time.After(20 * time.Millisecond):
-		}
+		return fmt.Errorf("%s: %w (none elected within %v)", what, ErrNoLeader, leaderWait)
 	}
 	if a.store.IsLeader() {
 		res, err := a.local(ctx, req)

@@ -182,6 +182,7 @@ func (c *Cluster) open(spec NodeSpec) (*Node, error) {
 	}
 	dir := filepath.Join(c.opts.Dir, spec.ID)
 	hb := c.opts.HeartbeatTimeout
+	lease := hb / 3 // under half the heartbeat timeout, as configuration requires
 	c.mu.Lock()
 	bind := c.bound[spec.ID]
 	c.mu.Unlock()
@@ -190,7 +191,7 @@ func (c *Cluster) open(spec NodeSpec) (*Node, error) {
 	}
 	store, err := raftstore.Open(raftstore.Config{
 		NodeID: spec.ID, BindAddr: bind, DataDir: dir, TLS: mat, Network: c.Net,
-		HeartbeatTimeout: hb, ElectionTimeout: hb, LeaderLeaseTimeout: hb / 3, CommitTimeout: 5 * time.Millisecond,
+		HeartbeatTimeout: hb, ElectionTimeout: hb, LeaderLeaseTimeout: lease, CommitTimeout: 5 * time.Millisecond,
 		Logger: c.log, NoSync: c.opts.NoSync, SnapshotThreshold: c.opts.SnapshotThreshold, TrailingLogs: c.opts.TrailingLogs,
 	})
 	if err != nil {
@@ -214,7 +215,7 @@ func (c *Cluster) open(spec NodeSpec) (*Node, error) {
 	dp := memdp.New(spec.ID, c.Wire)
 	acfg := c.opts.Agent
 	if acfg.SuspectAfter == 0 {
-		acfg.SuspectAfter = 2 * (hb / 3) // twice the lease, as the agent's configuration defaults to
+		acfg.SuspectAfter = 2 * lease // as the agent's configuration defaults to
 	}
 	acfg.NodeID, acfg.Role, acfg.Priority, acfg.Resources = spec.ID, spec.Role, spec.Priority, c.opts.Resources
 	opts := []agent.Option{agent.WithLogger(c.log)}
