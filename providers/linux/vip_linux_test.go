@@ -7,11 +7,13 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"log/slog"
 	"net"
 	"net/netip"
 	"os"
 	"runtime"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -396,11 +398,13 @@ func (l *lab) addSegment(t *testing.T) {
 func TestLinuxVIPSetMovesBothSegments(t *testing.T) {
 	l := newLab(t)
 	l.addSegment(t)
+	yielded := &yieldLog{}
 	set := func(role string) *Set {
 		t.Helper()
 		p, err := Factory(context.Background(), role, Settings{
 			Interface: "eth0", Interfaces: []string{"eth1"}, Netns: l.name[role],
 			AnnounceCount: 2, AnnounceInterval: "50ms", ProbeTimeout: "150ms", StateDir: t.TempDir(),
+			Logger: slog.New(yielded),
 		})
 		if err != nil {
 			t.Fatalf("linux provider set for %s: %v", role, err)
@@ -419,6 +423,12 @@ func TestLinuxVIPSetMovesBothSegments(t *testing.T) {
 		t.Fatal("after a's claim the VIPs are not on a's eth0 and eth1")
 	}
 	must(t, b.Claim(ctxT(t), 2, rs))
+	// a yields the inside VIP first: holding only the outside one it can
+	// still encrypt (it keeps its SAs until it fences), holding only the
+	// inside one it could not.
+	if got := yielded.vips(); fmt.Sprint(got) != fmt.Sprint([]string{in.String(), out.String()}) {
+		t.Errorf("a yielded %v in that order, want the inside VIP first: [%s %s]", got, in, out)
+	}
 	for _, c := range []struct {
 		role, iface string
 		vip         netip.Addr
@@ -480,4 +490,35 @@ func TestSplitDev(t *testing.T) {
 			t.Errorf("splitDev(%q) accepted", bad)
 		}
 	}
+}
+
+// yieldLog is a slog handler that records, in order, the VIPs the
+// provider logged as yielded.
+type yieldLog struct {
+	mu  sync.Mutex
+	got []string
+}
+
+func (y *yieldLog) Enabled(context.Context, slog.Level) bool { return true }
+func (y *yieldLog) WithAttrs([]slog.Attr) slog.Handler       { return y }
+func (y *yieldLog) WithGroup(string) slog.Handler            { return y }
+func (y *yieldLog) Handle(_ context.Context, r slog.Record) error {
+	if r.Message != "vip yielded" {
+		return nil
+	}
+	r.Attrs(func(a slog.Attr) bool {
+		if a.Key == "vip" {
+			y.mu.Lock()
+			y.got = append(y.got, a.Value.String())
+			y.mu.Unlock()
+		}
+		return true
+	})
+	return nil
+}
+
+func (y *yieldLog) vips() []string {
+	y.mu.Lock()
+	defer y.mu.Unlock()
+	return append([]string(nil), y.got...)
 }
