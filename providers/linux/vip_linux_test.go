@@ -91,24 +91,37 @@ func newLab(t *testing.T) *lab {
 		must(t, err)
 		must(t, nl.LinkSetUp(lo))
 	}
+	links := l.segment(t, "br0", "eth0", "p-", func(role string) []string { return []string{l.ip4[role] + "/24", l.ip6[role] + "/64"} })
+	for role, link := range links {
+		l.mac[role] = link.Attrs().HardwareAddr
+	}
+	return l
+}
+
+// segment adds a bridge to the observer and plugs a and b into it (iface
+// in their namespaces, peerPrefix+role in the observer's), each with the
+// addresses addrs gives for its role ("obs" for the bridge itself). It
+// returns the links by role, the bridge as "obs".
+func (l *lab) segment(t *testing.T, bridge, iface, peerPrefix string, addrs func(role string) []string) map[string]netlink.Link {
+	t.Helper()
 	obs := l.nl["obs"]
-	must(t, obs.LinkAdd(&netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "br0"}}))
-	br, err := obs.LinkByName("br0")
+	must(t, obs.LinkAdd(&netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: bridge}}))
+	br, err := obs.LinkByName(bridge)
 	must(t, err)
 	obsNS, err := netns.GetFromName(l.name["obs"])
 	must(t, err)
 	defer obsNS.Close()
+	links := map[string]netlink.Link{}
 	for _, role := range []string{"a", "b"} {
-		eth := l.plug(t, role, "eth0", "p-"+role, br, obsNS, l.ip4[role]+"/24", l.ip6[role]+"/64")
-		l.mac[role] = eth.Attrs().HardwareAddr
+		links[role] = l.plug(t, role, iface, peerPrefix+role, br, obsNS, addrs(role)...)
 	}
-	addAddr(t, obs, br, l.ip4["obs"]+"/24")
-	addAddr(t, obs, br, l.ip6["obs"]+"/64")
+	for _, c := range addrs("obs") {
+		addAddr(t, obs, br, c)
+	}
 	must(t, obs.LinkSetUp(br))
-	br, err = obs.LinkByName("br0")
+	links["obs"], err = obs.LinkByName(bridge) // up: its MAC is settled
 	must(t, err)
-	l.mac["obs"] = br.Attrs().HardwareAddr
-	return l
+	return links
 }
 
 // plug connects role to the observer's bridge br with a veth pair (name in
@@ -377,18 +390,8 @@ func TestLinuxVIPHolderAgentDown(t *testing.T) {
 // (br1 in the observer's namespace), 198.18.1.0/24.
 func (l *lab) addSegment(t *testing.T) {
 	t.Helper()
-	obs := l.nl["obs"]
-	must(t, obs.LinkAdd(&netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "br1"}}))
-	br, err := obs.LinkByName("br1")
-	must(t, err)
-	obsNS, err := netns.GetFromName(l.name["obs"])
-	must(t, err)
-	defer obsNS.Close()
-	for i, role := range []string{"a", "b"} {
-		l.plug(t, role, "eth1", "q-"+role, br, obsNS, fmt.Sprintf("198.18.1.%d/24", 11+i))
-	}
-	addAddr(t, obs, br, "198.18.1.3/24")
-	must(t, obs.LinkSetUp(br))
+	host := map[string]int{"obs": 3, "a": 11, "b": 12}
+	l.segment(t, "br1", "eth1", "q-", func(role string) []string { return []string{fmt.Sprintf("198.18.1.%d/24", host[role])} })
 }
 
 // TestLinuxVIPSetMovesBothSegments: an outside and an inside VIP on two
