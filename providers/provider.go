@@ -65,6 +65,24 @@ type PermissionChecker interface {
 	CheckPermissions(ctx context.Context, rs []Resource) error
 }
 
+// GoneAware is implemented by providers whose claim first asks a
+// resource's current holder (the linux provider's owner query), which
+// waits out a timeout when that holder is dead. Before claiming, the caller
+// names the holders it knows to be gone, and the provider takes a resource
+// from one of them without asking. A provider without it asks every holder.
+type GoneAware interface {
+	// KnownGone applies to this node's claims at term: a later call for
+	// the same or a higher term replaces it, claims at any other term
+	// ignore it. previous is the node that held the resources before, as
+	// far as the caller knows ("" when none or unknown). gone lists the
+	// nodes known to hold none of the resources and to answer for none:
+	// they lost their lease and fenced, or left the cluster. List only
+	// nodes known gone: a listed holder that is in fact alive is not
+	// asked, so it is not told to yield either, and it keeps the
+	// resource until it fences itself.
+	KnownGone(term uint64, previous string, gone []string)
+}
+
 // Sentinel errors. Adapters translate SDK errors into these so that callers
 // decide with errors.Is, never by matching strings.
 var (

@@ -45,6 +45,7 @@ type Provider struct {
 	records    map[string]record
 	announcers map[string]*announcer
 	closed     bool
+	gone       goneDecl // the caller's last KnownGone
 
 	closeOnce sync.Once
 	closeErr  error
@@ -467,8 +468,14 @@ func (p *Provider) check(ctx context.Context, term uint64, r providers.Resource)
 	if err != nil {
 		return c, err
 	}
-	// Ask the segment unless this node already holds the VIP at this term.
+	// Ask the segment unless this node already holds the VIP at this term,
+	// or the holder is known gone: a dead holder cannot answer, and the
+	// query would wait out ProbeTimeout for nothing (gone.go).
 	if !held || !rec.Held || rec.Node != p.node || rec.Term != term {
+		if why := p.holderGone(vip, term); why != "" {
+			p.log.Info("claiming without asking the holder", "vip", vip.String(), "term", term, "why", why)
+			return c, nil
+		}
 		m, from, ok := p.query(ctx, vip)
 		if ok && m.kind == msgHolder && m.node != p.node {
 			if m.term >= term {
