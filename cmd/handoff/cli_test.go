@@ -447,7 +447,7 @@ func TestDemoServe(t *testing.T) {
 	out := &syncBuffer{}
 	done := make(chan error, 1)
 	go func() {
-		done <- run(ctx, []string{"demo", "-tunnels", "50", "-serve", "127.0.0.1:0", "-token", cliToken}, out, io.Discard)
+		done <- run(ctx, []string{"demo", "-tunnels", "50", "-serve", "127.0.0.1:0", "-token", cliToken, "-realtime-priority", "0"}, out, io.Discard)
 	}()
 	var url string
 	waitUntil(t, "the demo to serve", func() bool {

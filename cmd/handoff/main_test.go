@@ -18,7 +18,9 @@ func TestDemoJSON(t *testing.T) {
 		t.Skip("SKIP: the demo runs a cluster; not with -short")
 	}
 	var out, errOut bytes.Buffer
-	if err := run(context.Background(), []string{"demo", "--json", "-tunnels", "1000"}, &out, &errOut); err != nil {
+	// -realtime-priority 0: the demo runs in the test process, which must
+	// not be left at a realtime priority with its memory locked.
+	if err := run(context.Background(), []string{"demo", "--json", "-tunnels", "1000", "-realtime-priority", "0"}, &out, &errOut); err != nil {
 		t.Fatalf("demo: %v\n%s", err, errOut.String())
 	}
 	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
@@ -123,7 +125,9 @@ func TestAgentCommandRunsAndStops(t *testing.T) {
 	cfg := filepath.Join(dir, "gw1.yaml")
 	src := "node_id: gw1\nbind_addr: 127.0.0.1:0\nadvertise_addr: 127.0.0.1:7\nbootstrap: true\ndata_dir: " + filepath.Join(dir, "data") +
 		"\ncluster_key_file: " + filepath.Join(dir, "k") + "\nlog_level: debug\ntls:\n  ca: " + filepath.Join(dir, "ca.pem") +
-		"\n  cert: " + filepath.Join(dir, "gw1.pem") + "\n  key: " + filepath.Join(dir, "gw1-key.pem") + "\n"
+		"\n  cert: " + filepath.Join(dir, "gw1.pem") + "\n  key: " + filepath.Join(dir, "gw1-key.pem") +
+		// The agent runs in the test process: no realtime, no mlockall.
+		"\nscheduling:\n  realtime_priority: 0\n  lock_memory: false\n"
 	if err := os.WriteFile(cfg, []byte(src), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -154,7 +158,7 @@ func TestDemoThroughEmulatedClouds(t *testing.T) {
 	for _, p := range []string{"aws", "gcp", "azure"} {
 		t.Run(p, func(t *testing.T) {
 			var out, errOut bytes.Buffer
-			err := run(context.Background(), []string{"demo", "--json", "-tunnels", "200", "-provider", p, "-provider-latency", "5ms"}, &out, &errOut)
+			err := run(context.Background(), []string{"demo", "--json", "-tunnels", "200", "-provider", p, "-provider-latency", "5ms", "-realtime-priority", "0"}, &out, &errOut)
 			if err != nil {
 				t.Fatalf("demo --provider %s: %v\n%s", p, err, errOut.String())
 			}
