@@ -7,7 +7,6 @@ package agent
 
 import (
 	"context"
-	"crypto/sha256"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -18,7 +17,7 @@ import (
 
 	"github.com/hashicorp/raft"
 
-	"github.com/handoffvpn/handoff/ipsec/sa"
+	"github.com/handoffvpn/handoff/internal/bulk"
 	"github.com/handoffvpn/handoff/providers"
 	"github.com/handoffvpn/handoff/raftstore"
 )
@@ -38,6 +37,15 @@ type Config struct {
 	MaxBatch int
 	// ReplayInterval is how often replay counters are synced.
 	ReplayInterval time.Duration
+	// ReplayBudget caps the replay records one sync commits (default
+	// DefaultReplayBudget); see feeder.syncReplay.
+	ReplayBudget int
+	// StageInterval is the least time between two staging rounds on a
+	// standby (default 250ms); see stageStandby.
+	StageInterval time.Duration
+	// StageInbound pre-installs the inbound states of the replicated SAs
+	// on a standby whose dataplane can (Stager).
+	StageInbound bool
 	// MinSeqJump is the smallest outbound sequence number jump at takeover.
 	MinSeqJump uint64
 	// MaxPacketRate is the most packets per second one SA can carry; with
@@ -76,6 +84,10 @@ func (c *Config) Defaults() {
 		}
 	}
 	def(&c.ReplayInterval, 100*time.Millisecond)
+	def(&c.StageInterval, 250*time.Millisecond)
+	if c.ReplayBudget <= 0 {
+		c.ReplayBudget = DefaultReplayBudget
+	}
 	def(&c.ReportInterval, time.Second)
 	def(&c.BarrierTimeout, 5*time.Second)
 	def(&c.ClaimTimeout, 20*time.Second)
@@ -138,6 +150,10 @@ type Agent struct {
 	// resync asks the feed to reload the log's SA set and resync it from
 	// the dataplane (after an operator's snapshot restore).
 	resync chan struct{}
+	// lane paces the node's bulk work (see package bulk); staged is the
+	// standby's decoded copy of the SA set.
+	lane   *bulk.Lane
+	staged *stage
 
 	mu           sync.Mutex // guards the following fields
 	lastFollower time.Time  // when this node last saw itself as follower
@@ -181,9 +197,12 @@ func New(cfg Config, store *raftstore.Store, dp Dataplane, prov providers.Provid
 		return nil, fmt.Errorf("agent: role %q is not gateway or witness", cfg.Role)
 	}
 	a := &Agent{cfg: cfg, store: store, dp: dp, prov: prov, sealer: sealer, log: slog.New(slog.DiscardHandler),
-		resync: make(chan struct{}, 1)}
+		resync: make(chan struct{}, 1), staged: newStage()}
 	for _, o := range opts {
 		o(a)
+	}
+	if a.lane == nil {
+		a.lane = bulk.NewLane(0, 0)
 	}
 	a.log = a.log.With("node", cfg.NodeID)
 	store.OnStateChange(a.onRaftState)
@@ -244,6 +263,12 @@ func (a *Agent) Run(ctx context.Context) error {
 		a.detectLeaderLoss(ctx)
 	}()
 	defer func() { <-detectDone }()
+	stageDone := make(chan struct{})
+	go func() {
+		defer close(stageDone)
+		a.stageStandby(ctx)
+	}()
+	defer func() { <-stageDone }()
 	var (
 		cancelLead context.CancelFunc
 		leadDone   chan struct{}
@@ -421,6 +446,7 @@ func (a *Agent) lead(ctx context.Context) {
 	t.Install = time.Since(installStart)
 
 	moveStart := time.Now()
+	a.declareGone(term, cur)
 	if err := a.claimResources(ctx, term); err != nil {
 		a.failed(ctx, term, "move", err)
 		return
@@ -666,84 +692,6 @@ func SeqStart(lastOSeq uint64, appliedAt, now time.Time, interval time.Duration,
 		jump = minJump
 	}
 	return lastOSeq + jump
-}
-
-// installReplicated installs every replicated SA with its outbound sequence
-// number jumped ahead. It returns the SAs and their plaintext hashes (the
-// feed's starting point).
-func (a *Agent) installReplicated(ctx context.Context) ([]*sa.ChildSA, map[string][32]byte, error) {
-	ctx, cancel := context.WithTimeout(ctx, a.cfg.InstallTimeout)
-	defer cancel()
-	p := PrepareInstall(a.store.FSM(), a.sealer, a.cfg, time.Now())
-	if len(p.Errs) > 0 {
-		// An SA this node cannot read is lost to it; say so loudly but carry
-		// every other tunnel.
-		a.log.Error("some replicated SAs could not be opened", "count", len(p.Errs), "first", p.Errs[0])
-	}
-	if err := a.dp.Install(ctx, p.Installs); err != nil {
-		return nil, nil, fmt.Errorf("installing %d replicated SAs: %w", len(p.Installs), err)
-	}
-	sas := make([]*sa.ChildSA, len(p.Installs))
-	for i := range p.Installs {
-		sas[i] = p.Installs[i].SA
-	}
-	return sas, p.Hashes, nil
-}
-
-// PreparedInstall is the replicated SA set made ready for a takeover.
-type PreparedInstall struct {
-	// Installs holds every SA that could be opened, each with its
-	// outbound sequence number started by SeqStart.
-	Installs []sa.Install
-	// Hashes is the plaintext hash per SA: the feed's starting point.
-	Hashes map[string][32]byte
-	// Errs names the SAs that could not be unsealed or decoded.
-	Errs []error
-}
-
-// PrepareInstall copies the replicated SAs and replay states out of fsm,
-// unseals and decodes each SA and starts its outbound sequence number past
-// anything the old active can have sent (SeqStart with cfg's jump
-// settings; the staleness counted includes the hand-over grace, during
-// which an old active that handed over on purpose still sends). It is the CPU part of a takeover's install phase; the
-// performance driver measures it on its own.
-func PrepareInstall(fsm *raftstore.FSM, sealer *raftstore.Sealer, cfg Config, now time.Time) PreparedInstall {
-	cfg.Defaults()
-	var (
-		entries []*raftstore.SAEntry
-		replay  map[string]raftstore.ReplayRecord
-	)
-	fsm.View(func(st *raftstore.State) {
-		entries = make([]*raftstore.SAEntry, 0, len(st.SAs))
-		for _, e := range st.SAs {
-			entries = append(entries, e)
-		}
-		replay = make(map[string]raftstore.ReplayRecord, len(st.Replay))
-		for id, r := range st.Replay {
-			replay[id] = r
-		}
-	})
-	p := PreparedInstall{Installs: make([]sa.Install, 0, len(entries)), Hashes: make(map[string][32]byte, len(entries))}
-	for _, e := range entries {
-		pt, err := sealer.Open(e.ID, e.Sealed)
-		if err != nil {
-			p.Errs = append(p.Errs, err)
-			continue
-		}
-		c, err := sa.Unmarshal(pt)
-		if err != nil {
-			clear(pt)
-			p.Errs = append(p.Errs, fmt.Errorf("decoding SA %s: %w", e.ID, err))
-			continue
-		}
-		r := replay[e.ID]
-		start := SeqStart(r.OSeq, fsm.AppliedAt(e.ID), now, cfg.ReplayInterval+cfg.HandoverGrace, cfg.MaxPacketRate, cfg.MinSeqJump)
-		p.Installs = append(p.Installs, sa.Install{SA: c, OSeq: start,
-			Replay: sa.Replay{ID: e.ID, OSeq: r.OSeq, Seq: r.Seq, Bitmap: r.Bitmap, ReadAt: r.ReadAt}})
-		p.Hashes[e.ID] = sha256.Sum256(pt)
-		clear(pt)
-	}
-	return p
 }
 
 // ensureMember records this node's own metadata when the state lacks it or

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"maps"
 
+	"github.com/handoffvpn/handoff/internal/bulk"
 	"github.com/handoffvpn/handoff/ipsec/sa"
 	"github.com/handoffvpn/handoff/raftstore"
 )
@@ -23,9 +24,16 @@ type SACommitter struct {
 	sealer   *raftstore.Sealer
 	maxBatch int
 	log      *slog.Logger
+	// lane paces the sealing and hashing (nil: unpaced).
+	lane *bulk.Lane
 	// sent is the plaintext hash of every SA in the log.
 	sent map[string][32]byte
 }
+
+// SetLane makes the committer do its CPU work (encoding, hashing,
+// sealing) as a worker of lane, so that a resync of a large SA set does
+// not starve Raft's heartbeats.
+func (c *SACommitter) SetLane(l *bulk.Lane) { c.lane = l }
 
 // NewSACommitter returns a committer that believes the log holds the SAs
 // in known (ID to plaintext hash); with known nil it reads them from the
@@ -49,14 +57,20 @@ func NewSACommitter(store *raftstore.Store, sealer *raftstore.Sealer, maxBatch i
 // Reload makes the committer's idea of what the log holds equal to the
 // FSM (after a snapshot restore replaced it).
 func (c *SACommitter) Reload() {
-	c.sent = make(map[string][32]byte)
+	var entries []raftstore.SAEntry
 	c.store.FSM().View(func(st *raftstore.State) {
-		for id, e := range st.SAs {
-			if pt, err := c.sealer.Open(id, e.Sealed); err == nil {
-				c.sent[id] = sha256.Sum256(pt)
-				clear(pt)
-			}
+		entries = make([]raftstore.SAEntry, 0, len(st.SAs))
+		for _, e := range st.SAs {
+			entries = append(entries, *e)
 		}
+	})
+	c.sent = make(map[string][32]byte, len(entries))
+	_ = c.lane.Run(context.Background(), len(entries), func(i int) error {
+		if pt, err := c.sealer.Open(entries[i].ID, entries[i].Sealed); err == nil {
+			c.sent[entries[i].ID] = sha256.Sum256(pt)
+			clear(pt)
+		}
+		return nil
 	})
 }
 
@@ -76,7 +90,17 @@ func (c *SACommitter) IDs() iter.Seq[string] { return maps.Keys(c.sent) }
 func (c *SACommitter) Commit(ctx context.Context, changes map[string]sa.Change) (upserts, deletes int, err error) {
 	cmd := &raftstore.SABatchCmd{}
 	hashes := make(map[string][32]byte, len(changes))
+	// The CPU part runs in the lane; the commits below wait on Raft and
+	// hold no seat.
+	w, err := c.lane.Enter(ctx)
+	if err != nil {
+		return 0, 0, err
+	}
 	for id, ch := range changes {
+		if err := w.Step(ctx); err != nil {
+			w.Leave()
+			return 0, 0, err
+		}
 		switch ch.Op {
 		case sa.Upsert:
 			if ch.SA == nil || ch.SA.ID != id {
@@ -96,6 +120,7 @@ func (c *SACommitter) Commit(ctx context.Context, changes map[string]sa.Change) 
 			sealed, err := c.sealer.Seal(id, pt)
 			clear(pt)
 			if err != nil {
+				w.Leave()
 				return 0, 0, fmt.Errorf("sealing SA %s: %w", id, err)
 			}
 			cmd.Upserts = append(cmd.Upserts, raftstore.SAUpsert{ID: id, Sealed: sealed})
@@ -106,6 +131,7 @@ func (c *SACommitter) Commit(ctx context.Context, changes map[string]sa.Change) 
 			}
 		}
 	}
+	w.Leave()
 	if len(cmd.Upserts) == 0 && len(cmd.Deletes) == 0 {
 		return 0, 0, nil
 	}

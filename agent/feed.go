@@ -19,12 +19,24 @@ type feeder struct {
 	committer *SACommitter
 	// synced is the replay state last committed per SA.
 	synced map[string]sa.Replay
+	// round counts replay syncs; with more moved counters than the budget,
+	// round picks which share of them this sync commits.
+	round uint64
 }
 
 // feed runs while this node is active. known seeds the hashes of the SAs
 // the takeover just installed from the log (nil: read them from the log).
 func (a *Agent) feed(ctx context.Context, known map[string][32]byte) {
-	f := &feeder{a: a, committer: NewSACommitter(a.store, a.sealer, a.cfg.MaxBatch, a.log, known), synced: make(map[string]sa.Replay)}
+	seed := known
+	if seed == nil {
+		seed = map[string][32]byte{}
+	}
+	committer := NewSACommitter(a.store, a.sealer, a.cfg.MaxBatch, a.log, seed)
+	committer.SetLane(a.lane)
+	if known == nil {
+		committer.Reload()
+	}
+	f := &feeder{a: a, committer: committer, synced: make(map[string]sa.Replay)}
 	changes := make(chan sa.Change, 16384)
 	watchErr := make(chan error, 1)
 	go func() { watchErr <- a.dp.Watch(ctx, changes) }()
@@ -132,32 +144,61 @@ func (f *feeder) resync(ctx context.Context) error {
 	return f.commit(ctx, changes)
 }
 
-// syncReplay commits the counters of the SAs whose counters moved.
+// syncReplay commits the counters of the SAs whose counters moved, at
+// most cfg.ReplayBudget of them. With more moved than that, the SAs are
+// split into ⌈moved/budget⌉ shares by a hash of their ID and each sync
+// takes the next share in turn, so every moving SA is synced at least
+// once every that many intervals: the counters' staleness stays bounded,
+// and the takeover's jump (SeqStart) counts each SA's own staleness.
 func (f *feeder) syncReplay(ctx context.Context) error {
 	states, err := f.a.dp.Replay(ctx)
 	if err != nil {
 		return fmt.Errorf("reading replay state: %w", err)
 	}
-	cmd := &raftstore.ReplayBatchCmd{}
-	for _, r := range states {
+	moved := states[:0]
+	err = f.a.lane.Run(ctx, len(states), func(i int) error {
+		r := states[i]
 		if !f.committer.Has(r.ID) {
-			continue
+			return nil
 		}
 		if old, ok := f.synced[r.ID]; ok && old.OSeq == r.OSeq && old.Seq == r.Seq && slices.Equal(old.Bitmap, r.Bitmap) {
+			return nil
+		}
+		moved = append(moved, r)
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	f.round++
+	records := make([]raftstore.ReplayRecord, 0, min(len(moved), f.a.cfg.ReplayBudget))
+	shares := uint64((len(moved) + f.a.cfg.ReplayBudget - 1) / f.a.cfg.ReplayBudget)
+	for _, r := range moved {
+		if shares > 1 && shareOf(r.ID, shares) != f.round%shares {
 			continue
 		}
-		cmd.Records = append(cmd.Records, raftstore.ReplayRecord{ID: r.ID, OSeq: r.OSeq, Seq: r.Seq, Bitmap: r.Bitmap, ReadAt: r.ReadAt})
+		records = append(records, raftstore.ReplayRecord{ID: r.ID, OSeq: r.OSeq, Seq: r.Seq, Bitmap: r.Bitmap, ReadAt: r.ReadAt})
 	}
-	for start := 0; start < len(cmd.Records); start += f.a.cfg.MaxBatch * 4 {
-		end := min(start+f.a.cfg.MaxBatch*4, len(cmd.Records))
-		if _, err := f.a.store.Apply(ctx, &raftstore.ReplayBatchCmd{Records: cmd.Records[start:end]}); err != nil {
+	for start := 0; start < len(records); start += f.a.cfg.MaxBatch * 4 {
+		end := min(start+f.a.cfg.MaxBatch*4, len(records))
+		if _, err := f.a.store.Apply(ctx, &raftstore.ReplayBatchCmd{Records: records[start:end]}); err != nil {
 			return err
 		}
-	}
-	for _, r := range cmd.Records {
-		f.synced[r.ID] = sa.Replay{ID: r.ID, OSeq: r.OSeq, Seq: r.Seq, Bitmap: r.Bitmap, ReadAt: r.ReadAt}
+		for _, r := range records[start:end] {
+			f.synced[r.ID] = sa.Replay{ID: r.ID, OSeq: r.OSeq, Seq: r.Seq, Bitmap: r.Bitmap, ReadAt: r.ReadAt}
+		}
 	}
 	return nil
+}
+
+// shareOf puts an SA into one of shares buckets (FNV-1a of its ID).
+func shareOf(id string, shares uint64) uint64 {
+	h := uint64(14695981039346656037)
+	for i := 0; i < len(id); i++ {
+		h ^= uint64(id[i])
+		h *= 1099511628211
+	}
+	return h % shares
 }
 
 // handleRPC serves the agent's cluster RPCs: health reports from observers.

@@ -10,17 +10,20 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"reflect"
+	"strconv"
 	"strings"
 	"time"
 
 	"github.com/hashicorp/hcl/v2/hclsimple"
 	"go.yaml.in/yaml/v3"
 
+	"github.com/handoffvpn/handoff/internal/rtsched"
 	"github.com/handoffvpn/handoff/providers/aws"
 	"github.com/handoffvpn/handoff/providers/azure"
 	"github.com/handoffvpn/handoff/providers/gcp"
@@ -51,6 +54,23 @@ type File struct {
 	Provider    *ProviderBlock    `hcl:"provider,block" yaml:"provider" json:"provider"`
 	Dataplane   *DataplaneBlock   `hcl:"dataplane,block" yaml:"dataplane" json:"dataplane"`
 	Health      *HealthBlock      `hcl:"health,block" yaml:"health" json:"health"`
+	Scheduling  *SchedulingBlock  `hcl:"scheduling,block" yaml:"scheduling" json:"scheduling"`
+}
+
+// SchedulingBlock is the agent's own CPU scheduling. It asks for a realtime
+// policy and locked memory by default: under CPU load from other processes
+// a normally scheduled agent misses its leader lease and the cluster fails
+// over for nothing, and a false failover is an outage.
+type SchedulingBlock struct {
+	// RealtimePriority is the priority (1..99) of the realtime policy on
+	// every thread; 0 leaves the scheduling the agent was started with.
+	RealtimePriority *int   `hcl:"realtime_priority,optional" yaml:"realtime_priority" json:"realtime_priority"`
+	Policy           string `hcl:"policy,optional" yaml:"policy" json:"policy"`
+	LockMemory       *bool  `hcl:"lock_memory,optional" yaml:"lock_memory" json:"lock_memory"`
+	// GCPercent is the Go garbage collector's target (GOGC); MemoryLimit
+	// its soft memory limit (GOMEMLIMIT), "0" for none.
+	GCPercent   *int   `hcl:"gc_percent,optional" yaml:"gc_percent" json:"gc_percent"`
+	MemoryLimit string `hcl:"memory_limit,optional" yaml:"memory_limit" json:"memory_limit"`
 }
 
 // HealthBlock configures the health checks: the node's own (charon over
@@ -106,6 +126,13 @@ type ReplicationBlock struct {
 	ReplayInterval string   `hcl:"replay_interval,optional" yaml:"replay_interval" json:"replay_interval"`
 	MinSeqJump     *int64   `hcl:"min_seq_jump,optional" yaml:"min_seq_jump" json:"min_seq_jump"`
 	MaxPacketRate  *float64 `hcl:"max_packet_rate,optional" yaml:"max_packet_rate" json:"max_packet_rate"`
+	// ReplayBudget caps the replay records one sync commits; more moved
+	// counters are synced in turn over several intervals.
+	ReplayBudget *int `hcl:"replay_budget,optional" yaml:"replay_budget" json:"replay_budget"`
+	// StageInterval is the least time between a standby's staging rounds.
+	StageInterval string `hcl:"stage_interval,optional" yaml:"stage_interval" json:"stage_interval"`
+	// StageInbound pre-installs the inbound states on a standby.
+	StageInbound *bool `hcl:"stage_inbound,optional" yaml:"stage_inbound" json:"stage_inbound"`
 }
 
 // TakeoverBlock bounds the takeover steps.
@@ -162,12 +189,18 @@ func Defaults() File {
 		Raft: &RaftBlock{HeartbeatTimeout: "150ms", ElectionTimeout: "150ms", LeaderLeaseTimeout: "50ms",
 			CommitTimeout: "5ms", SnapshotInterval: "30s", SnapshotThreshold: ptr(8192), TrailingLogs: ptr(10240)},
 		Replication: &ReplicationBlock{BatchWindow: "0s", MaxBatch: ptr(256), ReplayInterval: "100ms",
-			MinSeqJump: ptr(int64(1 << 16)), MaxPacketRate: ptr(1e6)},
+			MinSeqJump: ptr(int64(1 << 16)), MaxPacketRate: ptr(1e6), ReplayBudget: ptr(8192), StageInterval: "250ms",
+			StageInbound: ptr(false)},
 		Takeover:  &TakeoverBlock{BarrierTimeout: "5s", ClaimTimeout: "20s", InstallTimeout: "30s", FenceTimeout: "2s", HandoverGrace: "1s"},
 		Provider:  &ProviderBlock{Type: "memory"},
 		Dataplane: &DataplaneBlock{Type: "memory", ViciSocket: "/var/run/charon.vici"},
 		Health: &HealthBlock{Interval: "1s", Timeout: "500ms", Rise: ptr(2), Fall: ptr(3), ReportInterval: "1s",
 			CharonProcess: "charon-systemd"},
+		// Below the kernel's threaded interrupt handlers (SCHED_FIFO 50),
+		// so a busy agent cannot hold off the NIC that carries its
+		// heartbeats.
+		Scheduling: &SchedulingBlock{RealtimePriority: ptr(10), Policy: "rr", LockMemory: ptr(true),
+			GCPercent: ptr(200), MemoryLimit: "0"},
 	}
 }
 
@@ -282,6 +315,9 @@ type Config struct {
 	BatchWindow    time.Duration
 	MaxBatch       int
 	ReplayInterval time.Duration
+	ReplayBudget   int
+	StageInterval  time.Duration
+	StageInbound   bool
 	MinSeqJump     uint64
 	MaxPacketRate  float64
 	BarrierTimeout time.Duration
@@ -299,6 +335,12 @@ type Config struct {
 	// Reestablish is the decoded reestablish_template (nil if unset).
 	Reestablish map[string]any
 	Health      Health
+	// Scheduling is what the agent applies to itself at start.
+	Scheduling rtsched.Request
+	// GCPercent and MemoryLimit (bytes, 0: none) tune the Go runtime's
+	// garbage collector.
+	GCPercent   int
+	MemoryLimit int64
 }
 
 // Health is the resolved health block.
@@ -434,6 +476,12 @@ func Resolve(f File) (*Config, error) {
 		bad("replication.min_seq_jump", "%d must be positive", *p.MinSeqJump)
 	}
 	c.MinSeqJump = uint64(max(*p.MinSeqJump, 0))
+	c.ReplayBudget = *p.ReplayBudget
+	if c.ReplayBudget < 1 {
+		bad("replication.replay_budget", "%d must be positive", c.ReplayBudget)
+	}
+	c.StageInterval = dur("replication.stage_interval", p.StageInterval, time.Millisecond)
+	c.StageInbound = *p.StageInbound
 	c.MaxPacketRate = *p.MaxPacketRate
 	if c.MaxPacketRate <= 0 {
 		bad("replication.max_packet_rate", "%g must be positive", c.MaxPacketRate)
@@ -488,10 +536,49 @@ func Resolve(f File) (*Config, error) {
 	if c.Health.Rise < 1 || c.Health.Fall < 1 {
 		bad("health.rise", "rise (%d) and fall (%d) must be at least 1", c.Health.Rise, c.Health.Fall)
 	}
+	s := f.Scheduling
+	c.Scheduling = rtsched.Request{Priority: *s.RealtimePriority, LockMemory: *s.LockMemory}
+	if p, err := rtsched.ParsePolicy(s.Policy); err != nil {
+		bad("scheduling.policy", "%v", err)
+	} else {
+		c.Scheduling.Policy = p
+	}
+	if c.Scheduling.Priority < 0 || c.Scheduling.Priority > rtsched.MaxPriority {
+		bad("scheduling.realtime_priority", "%d is outside 0..%d (0 leaves the agent's scheduling as it was started)", c.Scheduling.Priority, rtsched.MaxPriority)
+	}
+	c.GCPercent = *s.GCPercent
+	if c.GCPercent < 0 {
+		bad("scheduling.gc_percent", "%d must not be negative (100 is Go's default; higher collects less often)", c.GCPercent)
+	}
+	if lim, err := parseBytes(s.MemoryLimit); err != nil {
+		bad("scheduling.memory_limit", "%v", err)
+	} else {
+		c.MemoryLimit = lim
+	}
 	if len(errs) > 0 {
 		return nil, fmt.Errorf("invalid configuration:\n  %w", joinLines(errs))
 	}
 	return c, nil
+}
+
+// parseBytes reads a size such as "0", "512MiB", "2GiB" or "1073741824".
+func parseBytes(v string) (int64, error) {
+	units := []struct {
+		suffix string
+		mult   int64
+	}{{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30}, {"TiB", 1 << 40}, {"B", 1}, {"", 1}}
+	for _, u := range units {
+		num, ok := strings.CutSuffix(v, u.suffix)
+		if !ok {
+			continue
+		}
+		n, err := strconv.ParseInt(strings.TrimSpace(num), 10, 64)
+		if err != nil || n < 0 || n > math.MaxInt64/u.mult {
+			break
+		}
+		return n * u.mult, nil
+	}
+	return 0, fmt.Errorf("%q is not a size (write e.g. \"0\", \"512MiB\" or \"2GiB\")", v)
 }
 
 type lines []error

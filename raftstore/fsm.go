@@ -2,6 +2,7 @@ package raftstore
 
 import (
 	"bufio"
+	"context"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
@@ -13,12 +14,16 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
+
+	"github.com/handoffvpn/handoff/internal/bulk"
 )
 
 // FSM is the thin raft.FSM over the State. Reads go through View, which
 // holds a read lock for the duration of the callback.
 type FSM struct {
 	log *slog.Logger
+	// lane paces Apply's decoding (nil: unpaced); see SetLane.
+	lane *bulk.Lane
 
 	mu    sync.RWMutex // guards the following fields
 	st    *State
@@ -33,6 +38,11 @@ func NewFSM(log *slog.Logger) *FSM {
 	return &FSM{log: log, st: NewState(), local: make(map[string]time.Time), watch: make(chan struct{})}
 }
 
+// SetLane makes Apply decode and apply each entry as a worker of lane,
+// so that a follower applying a replication storm leaves a P free for
+// Raft's heartbeats. It must be called before the FSM is in use.
+func (f *FSM) SetLane(l *bulk.Lane) { f.lane = l }
+
 // ApplyResult is what Apply returns to the proposer through the future.
 type ApplyResult struct {
 	Index uint64
@@ -45,6 +55,9 @@ type ApplyResult struct {
 func (f *FSM) Apply(l *raft.Log) any {
 	if l.Type != raft.LogCommand {
 		return nil
+	}
+	if w, err := f.lane.Enter(context.Background()); err == nil {
+		defer w.Leave()
 	}
 	c, err := Decode(l.Data)
 	if err != nil {

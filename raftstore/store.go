@@ -10,12 +10,14 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
 
+	"github.com/handoffvpn/handoff/internal/bulk"
 	"github.com/handoffvpn/handoff/internal/pki"
 )
 
@@ -43,6 +45,8 @@ type Config struct {
 	TrailingLogs       uint64
 	// NoSync skips fsync of the log (tests and benchmarks only).
 	NoSync bool
+	// Lane paces the FSM's work (see package bulk); nil: unpaced.
+	Lane *bulk.Lane
 
 	Logger *slog.Logger
 	// RaftLogLevel is the level of hashicorp/raft's own logs ("warn").
@@ -73,9 +77,15 @@ type Store struct {
 	applyObs  atomic.Pointer[func(time.Duration, error)]
 	obsDone   chan struct{}
 	closed    chan struct{}
-	// heartbeat is the configured heartbeat timeout (ExpediteElection
-	// lowers Raft's for a moment).
-	heartbeat time.Duration
+	// heartbeat is the configured heartbeat timeout; leaderHeartbeat is
+	// the one this node runs with while it leads (see applyHeartbeat).
+	heartbeat, leaderHeartbeat time.Duration
+
+	hbMu sync.Mutex // guards the following fields, and Raft's reloadable config
+	// leading: this node is the leader; expedited: the lowered timeout
+	// ExpediteElection asked for (0: none).
+	leading   bool
+	expedited time.Duration
 }
 
 // Open starts a node. It does not bootstrap or join: see Bootstrap and
@@ -101,6 +111,7 @@ func Open(cfg Config) (*Store, error) {
 		return nil, fmt.Errorf("securing data dir %s: %w", cfg.DataDir, err)
 	}
 	s := &Store{cfg: cfg, log: log, fsm: NewFSM(log), closed: make(chan struct{})}
+	s.fsm.SetLane(cfg.Lane)
 
 	ln, err := cfg.Network.Listen(cfg.NodeID, cfg.BindAddr)
 	if err != nil {
@@ -174,6 +185,7 @@ func Open(cfg Config) (*Store, error) {
 		return nil, fmt.Errorf("creating the raft log cache: %w", err)
 	}
 	s.heartbeat = rc.HeartbeatTimeout
+	s.leaderHeartbeat = max(rc.LeaderLeaseTimeout, 5*time.Millisecond)
 	s.raft, err = raft.NewRaft(rc, s.fsm, cached, s.logs, snaps, s.transport)
 	if err != nil {
 		s.logs.Close()
@@ -216,8 +228,16 @@ func (s *Store) forwardObservations() {
 		case <-s.closed:
 			return
 		case o := <-s.obsCh:
-			if st, ok := o.Data.(raft.RaftState); ok && s.stateHook != nil {
-				s.stateHook(st, time.Now())
+			if st, ok := o.Data.(raft.RaftState); ok {
+				s.hbMu.Lock()
+				s.leading = st == raft.Leader
+				if err := s.applyHeartbeatLocked(); err != nil {
+					s.log.Error("setting the raft heartbeat for the new state", "state", st.String(), "err", err)
+				}
+				s.hbMu.Unlock()
+				if s.stateHook != nil {
+					s.stateHook(st, time.Now())
+				}
 			}
 		}
 	}
@@ -277,12 +297,14 @@ func (s *Store) State() raft.RaftState { return s.raft.State() }
 // leader may not have stepped down yet (the agent's detector guarantees
 // this).
 func (s *Store) ExpediteElection(after time.Duration) error {
-	rc := s.raft.ReloadableConfig()
-	if after >= rc.HeartbeatTimeout {
-		return fmt.Errorf("lowering the heartbeat timeout to %s: it is %s already", after, rc.HeartbeatTimeout)
+	if after >= s.heartbeat {
+		return fmt.Errorf("lowering the heartbeat timeout to %s: it is %s already", after, s.heartbeat)
 	}
-	rc.HeartbeatTimeout = after
-	if err := s.raft.ReloadConfig(rc); err != nil {
+	s.hbMu.Lock()
+	defer s.hbMu.Unlock()
+	s.expedited = after
+	if err := s.applyHeartbeatLocked(); err != nil {
+		s.expedited = 0
 		return fmt.Errorf("lowering the heartbeat timeout to %s: %w", after, err)
 	}
 	return nil
@@ -295,15 +317,43 @@ func (s *Store) HeartbeatTimeout() time.Duration { return s.heartbeat }
 // RestoreHeartbeat puts the configured heartbeat timeout back after
 // ExpediteElection.
 func (s *Store) RestoreHeartbeat() error {
-	rc := s.raft.ReloadableConfig()
-	if rc.HeartbeatTimeout == s.heartbeat {
-		return nil
-	}
-	rc.HeartbeatTimeout = s.heartbeat
-	if err := s.raft.ReloadConfig(rc); err != nil {
+	s.hbMu.Lock()
+	defer s.hbMu.Unlock()
+	s.expedited = 0
+	if err := s.applyHeartbeatLocked(); err != nil {
 		return fmt.Errorf("restoring the heartbeat timeout %s: %w", s.heartbeat, err)
 	}
 	return nil
+}
+
+// applyHeartbeatLocked sets Raft's heartbeat timeout for this node's
+// state.
+//
+// A leader sends a heartbeat every 1–2 × a tenth of the heartbeat timeout
+// and steps down when a quorum has not answered within the lease. At the
+// defaults (150 ms, lease 50 ms) heartbeats went out every 15–30 ms, which
+// left a heartbeat's round trip as little as 20 ms: a scheduling hiccup of
+// that size on a busy node cost the leader its lease. The heartbeat
+// timeout has no other use on a leader, so a leader runs with its lease as
+// the timeout (Raft's floor), sending every 5–10 ms: a round trip may take
+// 40 ms before the lease is at risk. Followers keep the configured timeout,
+// and a node that stops leading gets it back before it could matter: an
+// ex-leader's early election is refused by the followers that still have
+// a leader, and Raft itself re-checks the last contact.
+func (s *Store) applyHeartbeatLocked() error {
+	want := s.heartbeat
+	switch {
+	case s.leading:
+		want = s.leaderHeartbeat
+	case s.expedited > 0:
+		want = s.expedited
+	}
+	rc := s.raft.ReloadableConfig()
+	if rc.HeartbeatTimeout == want {
+		return nil
+	}
+	rc.HeartbeatTimeout = want
+	return s.raft.ReloadConfig(rc)
 }
 
 // Leader returns the current leader's ID and address, if known.

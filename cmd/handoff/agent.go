@@ -16,6 +16,7 @@ import (
 	"github.com/handoffvpn/handoff/agent"
 	"github.com/handoffvpn/handoff/config"
 	"github.com/handoffvpn/handoff/internal/pki"
+	"github.com/handoffvpn/handoff/internal/rtsched"
 	"github.com/handoffvpn/handoff/ipsec"
 	"github.com/handoffvpn/handoff/ipsec/memdp"
 	"github.com/handoffvpn/handoff/ipsec/vici"
@@ -89,6 +90,10 @@ func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	log := newLogger(stderr, cfg.LogLevel, cfg.LogFormat)
+	// First, before Raft opens: every thread started later (Raft's, the
+	// transport's) inherits the policy from a thread already set.
+	applyScheduling(log, cfg.Scheduling, agentHints(cfg.Scheduling), rtsched.Apply)
+	tuneRuntime(log, cfg.GCPercent, cfg.MemoryLimit)
 	if *cpuProfile != "" {
 		stop, err := startCPUProfile(*cpuProfile)
 		if err != nil {
@@ -160,6 +165,7 @@ func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
 	ag, err := agent.New(agent.Config{
 		NodeID: cfg.NodeID, Role: raftstore.Role(cfg.Role), Priority: cfg.Priority, Resources: resources,
 		BatchWindow: cfg.BatchWindow, MaxBatch: cfg.MaxBatch, ReplayInterval: cfg.ReplayInterval,
+		ReplayBudget: cfg.ReplayBudget, StageInterval: cfg.StageInterval, StageInbound: cfg.StageInbound,
 		MinSeqJump: cfg.MinSeqJump, MaxPacketRate: cfg.MaxPacketRate, BarrierTimeout: cfg.BarrierTimeout,
 		ClaimTimeout: cfg.ClaimTimeout, InstallTimeout: cfg.InstallTimeout, FenceTimeout: cfg.FenceTimeout,
 		HandoverGrace: cfg.HandoverGrace, SuspectAfter: cfg.SuspectAfter, SuspectStagger: cfg.SuspectStagger,

@@ -10,7 +10,9 @@ import (
 	"os"
 	"time"
 
+	"github.com/handoffvpn/handoff/config"
 	"github.com/handoffvpn/handoff/internal/demo"
+	"github.com/handoffvpn/handoff/internal/rtsched"
 )
 
 func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -19,10 +21,11 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	asJSON := fs.Bool("json", false, "print the report as one JSON object as the last line")
 	nodes := fs.Int("nodes", 3, "number of gateway agents")
 	tunnels := fs.Int("tunnels", 1000, "number of synthetic tunnels (CHILD_SAs)")
-	heartbeat := fs.Duration("heartbeat", 100*time.Millisecond, "Raft heartbeat timeout (the failure detector)")
+	heartbeat := fs.Duration("heartbeat", 150*time.Millisecond, "Raft heartbeat and election timeout; the leader lease is a third of it (the product defaults: 150ms, lease 50ms)")
 	provider := fs.String("provider", "memory", "where floating resources live: memory, or aws, gcp, azure through the built-in cloud emulator")
 	latency := fs.Duration("provider-latency", 0, "per-call latency of the cloud (memory or emulator)")
 	verbose := fs.Bool("v", false, "log what the agents do")
+	rtPriority := fs.Int("realtime-priority", 10, "run the demo's threads at this SCHED_RR priority, with memory locked, as the agent does (needs root or CAP_SYS_NICE; 0 disables)")
 	serve := addOperatorFlags(fs, true)
 	if err := fs.Parse(args); err != nil {
 		return usageError{err.Error()}
@@ -33,6 +36,15 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if *tunnels < 1 || *tunnels > 200000 {
 		return usageError{fmt.Sprintf("demo: -tunnels %d is outside 1..200000", *tunnels)}
 	}
+	if *rtPriority < 0 || *rtPriority > rtsched.MaxPriority {
+		return usageError{fmt.Sprintf("demo: -realtime-priority %d is outside 0..%d", *rtPriority, rtsched.MaxPriority)}
+	}
+	// The demo's agents detect failures the way the real ones do, so they
+	// get the same scheduling; without the privilege it warns and runs on.
+	slogger := slog.New(slog.NewTextHandler(stderr, nil))
+	applyScheduling(slogger, rtsched.Request{Policy: rtsched.RR, Priority: *rtPriority, LockMemory: *rtPriority > 0}, demoHints(), rtsched.Apply)
+	// The agent's runtime defaults too (scheduling.gc_percent).
+	tuneRuntime(slogger, *config.Defaults().Scheduling.GCPercent, 0)
 	opts := demo.Options{Nodes: *nodes, Tunnels: *tunnels, HeartbeatTimeout: *heartbeat, ProviderLatency: *latency, Progress: stderr}
 	if *verbose {
 		opts.Logger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))

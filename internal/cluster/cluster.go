@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/handoffvpn/handoff/agent"
+	"github.com/handoffvpn/handoff/internal/bulk"
 	"github.com/handoffvpn/handoff/internal/faultnet"
 	"github.com/handoffvpn/handoff/internal/pki"
 	"github.com/handoffvpn/handoff/ipsec/memdp"
@@ -63,6 +64,9 @@ type Options struct {
 	Logger *slog.Logger
 	// NoSync skips fsync of the Raft logs.
 	NoSync bool
+	// Lane paces the nodes' bulk work; they share one process and so one
+	// lane. Default: a lane of GOMAXPROCS−1 seats.
+	Lane *bulk.Lane
 	// SnapshotThreshold and TrailingLogs tune Raft's log compaction
 	// (tests use small values to force snapshot installs).
 	SnapshotThreshold uint64
@@ -111,6 +115,9 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.Lane == nil {
+		opts.Lane = bulk.NewLane(0, 0)
 	}
 	ca, err := pki.NewCA("handoff in-process cluster", 24*time.Hour)
 	if err != nil {
@@ -192,7 +199,7 @@ func (c *Cluster) open(spec NodeSpec) (*Node, error) {
 	store, err := raftstore.Open(raftstore.Config{
 		NodeID: spec.ID, BindAddr: bind, DataDir: dir, TLS: mat, Network: c.Net,
 		HeartbeatTimeout: hb, ElectionTimeout: hb, LeaderLeaseTimeout: lease, CommitTimeout: 5 * time.Millisecond,
-		Logger: c.log, NoSync: c.opts.NoSync, SnapshotThreshold: c.opts.SnapshotThreshold, TrailingLogs: c.opts.TrailingLogs,
+		Logger: c.log, NoSync: c.opts.NoSync, Lane: c.opts.Lane, SnapshotThreshold: c.opts.SnapshotThreshold, TrailingLogs: c.opts.TrailingLogs,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("opening node %s: %w", spec.ID, err)
@@ -218,7 +225,7 @@ func (c *Cluster) open(spec NodeSpec) (*Node, error) {
 		acfg.SuspectAfter = 2 * lease // as the agent's configuration defaults to
 	}
 	acfg.NodeID, acfg.Role, acfg.Priority, acfg.Resources = spec.ID, spec.Role, spec.Priority, c.opts.Resources
-	opts := []agent.Option{agent.WithLogger(c.log)}
+	opts := []agent.Option{agent.WithLogger(c.log), agent.WithBulkLane(c.opts.Lane)}
 	if c.opts.Events != nil {
 		opts = append(opts, agent.WithEvents(c.opts.Events))
 	}
@@ -373,6 +380,15 @@ func (c *Cluster) WaitActive(ctx context.Context, after uint64, exclude ...strin
 // Traffic sends perTick packets on every node's outbound SAs every tick
 // until ctx ends: the tunnels' traffic.
 func (c *Cluster) Traffic(ctx context.Context, tick time.Duration, perTick uint64) {
+	c.TrafficBounded(ctx, tick, perTick, 0)
+}
+
+// TrafficBounded is Traffic that sends on at most maxSAs SAs per node and
+// tick, taking them in turn (0: every SA every tick). The stand-in
+// dataplanes share the agents' process, where real ESP would run in the
+// kernel: bounding their work keeps a large tunnel count from being a load
+// the agents would never see in production.
+func (c *Cluster) TrafficBounded(ctx context.Context, tick time.Duration, perTick uint64, maxSAs int) {
 	t := time.NewTicker(tick)
 	defer t.Stop()
 	for {
@@ -381,7 +397,18 @@ func (c *Cluster) Traffic(ctx context.Context, tick time.Duration, perTick uint6
 			return
 		case <-t.C:
 			for _, n := range c.Nodes() {
-				n.DP.Send(perTick)
+				if maxSAs <= 0 {
+					n.DP.Send(perTick)
+					continue
+				}
+				// The stand-in's work shares the agents' Ps: it takes its
+				// turn in their lane like their own bulk work.
+				w, err := c.opts.Lane.Enter(ctx)
+				if err != nil {
+					return
+				}
+				n.DP.SendSome(perTick, maxSAs)
+				w.Leave()
 			}
 		}
 	}

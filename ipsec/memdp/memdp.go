@@ -9,6 +9,7 @@ package memdp
 import (
 	"context"
 	"crypto/rand"
+	"errors"
 	"fmt"
 	"net/netip"
 	"sort"
@@ -72,6 +73,7 @@ func (w *Wire) Runs(spi uint32) []Run {
 }
 
 type entry struct {
+	id       string
 	sa       *sa.ChildSA
 	oseq     uint64 // last outbound sequence number sent
 	seq      uint64 // highest inbound sequence number seen
@@ -83,9 +85,13 @@ type Dataplane struct {
 	node string
 	wire *Wire
 
-	mu      sync.Mutex // guards the following fields
-	sas     map[string]*entry
-	subs    map[chan<- sa.Change]struct{}
+	mu   sync.Mutex // guards the following fields
+	sas  map[string]*entry
+	subs map[chan<- sa.Change]*subscriber
+	// ring orders the SAs for SendSome's round robin; cursor is where the
+	// next round goes on. Deleted SAs leave the ring when a round passes.
+	ring    []*entry
+	cursor  int
 	fenced  time.Time
 	stopped bool
 	// reestablished counts Reestablish calls (tests).
@@ -94,7 +100,31 @@ type Dataplane struct {
 
 // New returns an empty dataplane for node, sending on wire.
 func New(node string, wire *Wire) *Dataplane {
-	return &Dataplane{node: node, wire: wire, sas: make(map[string]*entry), subs: make(map[chan<- sa.Change]struct{})}
+	return &Dataplane{node: node, wire: wire, sas: make(map[string]*entry), subs: make(map[chan<- sa.Change]*subscriber)}
+}
+
+// subscriber is one Watch call. overflowed is closed when a change did not
+// fit its channel: the watcher has missed a change and must resync, as it
+// must after a broken VICI event session.
+type subscriber struct {
+	overflowed chan struct{}
+	lost       bool
+}
+
+// ErrOverflow ends a Watch whose consumer fell so far behind that a change
+// did not fit its channel. Nothing is dropped silently: the consumer
+// resyncs with Export, as it does when charon's event stream breaks.
+var ErrOverflow = errors.New("memdp: watcher fell behind and missed changes; resync")
+
+func (d *Dataplane) putLocked(c *sa.ChildSA, e *entry) {
+	e.id = c.ID
+	if old, ok := d.sas[c.ID]; ok {
+		// Replace in place, so the ring keeps one slot per SA.
+		*old = *e
+		return
+	}
+	d.sas[c.ID] = e
+	d.ring = append(d.ring, e)
 }
 
 // Add makes SAs appear as charon would after IKE negotiations: installed in
@@ -103,7 +133,7 @@ func (d *Dataplane) Add(sas ...*sa.ChildSA) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	for _, c := range sas {
-		d.sas[c.ID] = &entry{sa: c, outbound: true}
+		d.putLocked(c, &entry{sa: c, outbound: true})
 		d.publishLocked(sa.Change{Op: sa.Upsert, ID: c.ID, SA: c})
 	}
 }
@@ -112,19 +142,25 @@ func (d *Dataplane) Add(sas ...*sa.ChildSA) {
 func (d *Dataplane) Delete(id string) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if _, ok := d.sas[id]; ok {
+	if e, ok := d.sas[id]; ok {
 		delete(d.sas, id)
+		e.id = "" // leaves the ring at the next round
 		d.publishLocked(sa.Change{Op: sa.Delete, ID: id})
 	}
 }
 
 func (d *Dataplane) publishLocked(c sa.Change) {
-	for ch := range d.subs {
+	for ch, sub := range d.subs {
+		if sub.lost {
+			continue
+		}
 		// Watchers own a buffered channel; a full one means the consumer is
-		// far behind, and it resyncs with Export after Watch returns.
+		// far behind: its Watch ends with ErrOverflow and it resyncs.
 		select {
 		case ch <- c:
 		default:
+			sub.lost = true
+			close(sub.overflowed)
 		}
 	}
 }
@@ -141,14 +177,66 @@ func (d *Dataplane) Send(n uint64) {
 		return
 	}
 	for _, e := range d.sas {
-		e.seq += n
-		if !e.outbound {
+		d.sendLocked(e, n)
+	}
+}
+
+func (d *Dataplane) sendLocked(e *entry, n uint64) {
+	e.seq += n
+	if !e.outbound {
+		return
+	}
+	first := e.oseq + 1
+	e.oseq += n
+	d.wire.send(d.node, e.sa.Out.SPI, first, e.oseq)
+}
+
+// SendSome transmits n packets on at most max SAs, taking the SAs in turn
+// from where the last call stopped: traffic whose cost per call is bounded
+// however many tunnels there are. It returns how many SAs it sent on.
+//
+// Real ESP runs in the kernel, not in the agent's process; the demo and the
+// load tests use SendSome so that the stand-in's own work does not starve
+// the agents it stands beside (Send on 100,000 SAs every 2 ms was most of
+// the demo's CPU).
+func (d *Dataplane) SendSome(n uint64, max int) int {
+	if n == 0 || max <= 0 {
+		return 0
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.stopped || len(d.ring) == 0 {
+		return 0
+	}
+	sent := 0
+	for visited := 0; sent < max && visited < len(d.ring); visited++ {
+		if d.cursor >= len(d.ring) {
+			d.compactLocked()
+			if len(d.ring) == 0 {
+				break
+			}
+		}
+		e := d.ring[d.cursor]
+		d.cursor++
+		if e.id == "" {
 			continue
 		}
-		first := e.oseq + 1
-		e.oseq += n
-		d.wire.send(d.node, e.sa.Out.SPI, first, e.oseq)
+		d.sendLocked(e, n)
+		sent++
 	}
+	return sent
+}
+
+// compactLocked drops deleted SAs from the ring and starts a new round.
+func (d *Dataplane) compactLocked() {
+	live := d.ring[:0]
+	for _, e := range d.ring {
+		if e.id != "" {
+			live = append(live, e)
+		}
+	}
+	clear(d.ring[len(live):])
+	d.ring, d.cursor = live, 0
 }
 
 // Crash stops the node dead: no more packets, no more events, nothing
@@ -214,14 +302,21 @@ func (d *Dataplane) Export(ctx context.Context) ([]*sa.ChildSA, error) {
 
 // Watch delivers changes until ctx ends.
 func (d *Dataplane) Watch(ctx context.Context, out chan<- sa.Change) error {
+	sub := &subscriber{overflowed: make(chan struct{})}
 	d.mu.Lock()
-	d.subs[out] = struct{}{}
+	d.subs[out] = sub
 	d.mu.Unlock()
-	<-ctx.Done()
-	d.mu.Lock()
-	delete(d.subs, out)
-	d.mu.Unlock()
-	return ctx.Err()
+	defer func() {
+		d.mu.Lock()
+		delete(d.subs, out)
+		d.mu.Unlock()
+	}()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-sub.overflowed:
+		return ErrOverflow
+	}
 }
 
 // Replay reads the counters of every SA.
@@ -251,7 +346,7 @@ func (d *Dataplane) Install(ctx context.Context, sas []sa.Install) error {
 		if err := in.SA.Validate(); err != nil {
 			return fmt.Errorf("installing SA: %w", err)
 		}
-		d.sas[in.SA.ID] = &entry{sa: in.SA, oseq: in.OSeq, seq: in.Replay.Seq, outbound: true}
+		d.putLocked(in.SA, &entry{sa: in.SA, oseq: in.OSeq, seq: in.Replay.Seq, outbound: true})
 	}
 	d.stopped = false
 	return nil

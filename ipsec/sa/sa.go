@@ -167,7 +167,18 @@ type ChildSA struct {
 }
 
 // MakeID returns the canonical ID of a CHILD_SA from its inbound state.
-func MakeID(in State) string { return fmt.Sprintf("%s/%08x", in.Dst, in.SPI) }
+func MakeID(in State) string {
+	// Hand-formatted: Validate checks every SA's ID, and at 100,000 SAs
+	// fmt.Sprintf was a visible share of a takeover's CPU.
+	b := make([]byte, 0, 48)
+	b = in.Dst.AppendTo(b)
+	b = append(b, '/')
+	const hex = "0123456789abcdef"
+	for shift := 28; shift >= 0; shift -= 4 {
+		b = append(b, hex[(in.SPI>>uint(shift))&0xf])
+	}
+	return string(b)
+}
 
 // Replay is the replay state of a CHILD_SA at one moment: the outbound
 // sequence number the gateway will use next minus one, the highest inbound

@@ -1,0 +1,138 @@
+// Package bulk keeps a node's bulk work from starving the work that must
+// stay prompt.
+//
+// A node's latency-critical work is small and networked: Raft's
+// heartbeats and their answers, the leader's lease check, the failure
+// detector. Its bulk work is large and CPU-bound: sealing and hashing the
+// SA set, opening and decoding it at a takeover, scanning replay counters.
+// Go schedules goroutines, not priorities: when every P runs bulk work, a
+// goroutine whose socket became readable waits until the scheduler next
+// polls the network (the runtime's monitor does so only every ~10 ms) and
+// then behind the run queue. Under a 100,000-SA takeover that was enough
+// for the leader to miss a 50 ms lease and fence itself: the takeover's
+// own work caused the next failover.
+//
+// A Lane admits at most a fixed number of bulk workers at a time (by
+// default one fewer than GOMAXPROCS, at least one), so one P is always
+// left to poll the network and run what it wakes; and a worker that has
+// run for a time slice steps out and queues again, so workers take turns.
+// This is back-pressure, not a rate limit: with nothing latency-critical
+// to do, bulk work still uses every P it is given.
+package bulk
+
+import (
+	"context"
+	"fmt"
+	"runtime"
+	"time"
+)
+
+// DefaultSlice is how long a worker runs before it steps out of the lane.
+const DefaultSlice = 2 * time.Millisecond
+
+// Lane admits a bounded number of bulk workers. The zero value is not
+// usable; a nil *Lane admits everyone at once (no pacing).
+type Lane struct {
+	seats chan struct{}
+	slice time.Duration
+}
+
+// NewLane returns a lane of workers seats whose workers step out after
+// slice. workers < 1 means max(1, GOMAXPROCS−1); slice ≤ 0 means
+// DefaultSlice.
+func NewLane(workers int, slice time.Duration) *Lane {
+	if workers < 1 {
+		workers = max(1, runtime.GOMAXPROCS(0)-1)
+	}
+	if slice <= 0 {
+		slice = DefaultSlice
+	}
+	return &Lane{seats: make(chan struct{}, workers), slice: slice}
+}
+
+// Seats is how many workers the lane admits at once.
+func (l *Lane) Seats() int {
+	if l == nil {
+		return 0
+	}
+	return cap(l.seats)
+}
+
+// Worker is one piece of bulk work in a lane. Not safe for concurrent use.
+type Worker struct {
+	lane  *Lane
+	since time.Time
+	held  bool
+}
+
+// Enter waits for a seat in the lane. The worker must Leave when done.
+func (l *Lane) Enter(ctx context.Context) (*Worker, error) {
+	w := &Worker{lane: l}
+	if err := w.take(ctx); err != nil {
+		return nil, err
+	}
+	return w, nil
+}
+
+func (w *Worker) take(ctx context.Context) error {
+	if w.lane == nil {
+		w.held = true
+		return ctx.Err()
+	}
+	select {
+	case w.lane.seats <- struct{}{}:
+		w.held, w.since = true, time.Now()
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("waiting for a bulk work seat: %w", ctx.Err())
+	}
+}
+
+// Step marks a unit of work done. Once the worker has held its seat for a
+// slice it steps out, lets the scheduler run what is waiting, and queues
+// for a seat again. It returns ctx's error when ctx ended, so loops can
+// stop there.
+func (w *Worker) Step(ctx context.Context) error {
+	if w.lane == nil {
+		return ctx.Err()
+	}
+	if time.Since(w.since) < w.lane.slice {
+		return nil
+	}
+	w.release()
+	runtime.Gosched()
+	return w.take(ctx)
+}
+
+// Leave gives the seat back. Safe twice.
+func (w *Worker) Leave() {
+	if w != nil && w.lane != nil {
+		w.release()
+	}
+}
+
+func (w *Worker) release() {
+	if w.held {
+		<-w.lane.seats
+		w.held = false
+	}
+}
+
+// Run runs fn(i) for i in [0, n) as one worker of l, stepping after each.
+// It stops at the first error fn returns, or when ctx ends.
+func (l *Lane) Run(ctx context.Context, n int, fn func(i int) error) error {
+	w, err := l.Enter(ctx)
+	if err != nil {
+		return err
+	}
+	defer w.Leave()
+	for i := range n {
+		if err := fn(i); err != nil {
+			return err
+		}
+		if err := w.Step(ctx); err != nil {
+			return err
+		}
+	}
+	return nil
+}
