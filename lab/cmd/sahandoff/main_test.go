@@ -28,12 +28,14 @@ func requireLab(t testing.TB) *lab.Runner {
 
 func runHandoff(t testing.TB, r *lab.Runner, args ...string) Result {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	bins, err := lab.Build(ctx, t.TempDir(), Package)
+	// The build has no deadline of its own (a busy machine compiles
+	// slowly; `go test -timeout` bounds the run); the guest has five minutes.
+	bins, err := lab.Build(context.Background(), t.TempDir(), Package)
 	if err != nil {
 		t.Fatal(err)
 	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
 	res, err := r.Run(ctx, Scenario(bins[Package], args...))
 	if err != nil {
 		t.Fatal(err)
