@@ -1,16 +1,20 @@
 // Package faultnet is a loopback TCP network whose links between named
-// nodes can be cut and healed. It stands in for the network between
-// gateways in the in-process cluster tests and the demo: the connections
-// are real TCP (and carry real mutual TLS above them); only their delivery
-// is switched off, the way a partition or a dead host would.
+// nodes can be cut and healed, and delayed. It stands in for the network
+// between gateways in the in-process cluster tests and the demo: the
+// connections are real TCP (and carry real mutual TLS above them); only
+// their delivery is switched off, the way a partition or a dead host would,
+// or held back, the way a loaded network's latency and jitter would.
 package faultnet
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"sync"
+	"sync/atomic"
+	"time"
 )
 
 // ErrCut is returned by I/O on a link that is cut.
@@ -24,6 +28,9 @@ type Net struct {
 	cut      map[[2]string]bool
 	isolated map[string]bool
 	conns    map[*conn]struct{}
+
+	// fixed and jitter delay every Write on every link (SetDelay).
+	fixed, jitter atomic.Int64
 }
 
 // New returns a network with every link up.
@@ -74,7 +81,7 @@ func (n *Net) DialContext(ctx context.Context, from, addr string) (net.Conn, err
 	}
 	n.mu.Lock()
 	n.dialers[c.LocalAddr().String()] = from
-	wc := &conn{Conn: c, n: n, local: from, remote: to}
+	wc := newConn(c, n, from, to)
 	n.conns[wc] = struct{}{}
 	n.mu.Unlock()
 	return wc, nil
@@ -103,6 +110,35 @@ func (n *Net) Heal() {
 		n.cut = map[[2]string]bool{}
 		n.isolated = map[string]bool{}
 	})
+}
+
+// SetDelay delays every Write on every link, open now or opened later, by
+// fixed plus a random duration in [0, jitter], drawn afresh for each Write:
+// the latency and jitter of a loaded network, without loss. A link keeps
+// its order: its writes wait one after the other, each inside Write. Zero
+// for both turns the delay off. Cut, Isolate and Heal work as without it;
+// a Write whose link is cut while it waits fails with ErrCut.
+func (n *Net) SetDelay(fixed, jitter time.Duration) {
+	n.fixed.Store(int64(max(fixed, 0)))
+	n.jitter.Store(int64(max(jitter, 0)))
+}
+
+// SetJitter sets the random part of the delay (see SetDelay) to [0, upTo]
+// and keeps the fixed part; 0 turns the jitter off.
+func (n *Net) SetJitter(upTo time.Duration) { n.jitter.Store(int64(max(upTo, 0))) }
+
+// Delay returns the delay's fixed part and the jitter's bound.
+func (n *Net) Delay() (fixed, jitter time.Duration) {
+	return time.Duration(n.fixed.Load()), time.Duration(n.jitter.Load())
+}
+
+// writeDelay draws the delay of one Write.
+func (n *Net) writeDelay() time.Duration {
+	d := n.fixed.Load()
+	if j := n.jitter.Load(); j > 0 {
+		d += rand.Int64N(j + 1)
+	}
+	return time.Duration(d)
 }
 
 // update changes the link table and closes connections it cuts.
@@ -140,7 +176,7 @@ func (l *listener) Accept() (net.Conn, error) {
 			c.Close()
 			continue
 		}
-		wc := &conn{Conn: c, n: l.n, local: l.node, remote: from}
+		wc := newConn(c, l.n, l.node, from)
 		l.n.conns[wc] = struct{}{}
 		l.n.mu.Unlock()
 		return wc, nil
@@ -152,6 +188,14 @@ type conn struct {
 	n             *Net
 	local, remote string
 	closeOnce     sync.Once
+	closed        chan struct{} // closed by Close: ends a delayed Write's wait
+	// wmu orders writes: a delayed Write holds it while it waits, so a
+	// later Write cannot overtake it.
+	wmu sync.Mutex
+}
+
+func newConn(c net.Conn, n *Net, local, remote string) *conn {
+	return &conn{Conn: c, n: n, local: local, remote: remote, closed: make(chan struct{})}
 }
 
 func (c *conn) check() error {
@@ -179,12 +223,42 @@ func (c *conn) Write(p []byte) (int, error) {
 	if err := c.check(); err != nil {
 		return 0, err
 	}
+	// Taken even without a delay: a Write must not overtake one that is
+	// still waiting out a delay set just before.
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if d := c.n.writeDelay(); d > 0 {
+		if err := c.wait(d); err != nil {
+			return 0, err
+		}
+	}
 	return c.Conn.Write(p)
+}
+
+// wait sleeps d, or until the conn is closed (a cut closes it), and then
+// checks the link again: the delay must not carry data across a cut.
+func (c *conn) wait(d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-c.closed:
+	}
+	if err := c.check(); err != nil {
+		return err
+	}
+	select {
+	case <-c.closed:
+		return net.ErrClosed
+	default:
+		return nil
+	}
 }
 
 func (c *conn) Close() error {
 	var err error
 	c.closeOnce.Do(func() {
+		close(c.closed)
 		err = c.Conn.Close()
 		c.n.mu.Lock()
 		delete(c.n.conns, c)
