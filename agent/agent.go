@@ -290,6 +290,18 @@ func (a *Agent) Run(ctx context.Context) error {
 				// Lost leadership, or lost and regained it (Raft merges
 				// flaps into "true, true"): another node may have claimed
 				// in between, so fence before anything else.
+				//
+				// What a flap costs, and why no less is safe: a leader
+				// that lost its lease cannot know whether a follower is
+				// already electing itself, and the followers install and
+				// move without asking it; fencing at once is what keeps
+				// two nodes from sending on one SA (invariant 8). What
+				// it does not pay: a follower that alone missed
+				// heartbeats deposes nobody (pre-vote: the others, still
+				// hearing the leader, refuse), and a node re-elected with
+				// no claim in between re-installs (from its staged copy
+				// where it has one)
+				// and skips re-initiating IKE (see lead).
 				cancelLead()
 				if !leader {
 					a.awaitSuccessor(ctx)
