@@ -181,11 +181,17 @@ func (f *feeder) syncReplay(ctx context.Context) error {
 	}
 	for start := 0; start < len(records); start += f.a.cfg.MaxBatch * 4 {
 		end := min(start+f.a.cfg.MaxBatch*4, len(records))
+		applyStart := time.Now()
 		if _, err := f.a.store.Apply(ctx, &raftstore.ReplayBatchCmd{Records: records[start:end]}); err != nil {
 			return err
 		}
 		for _, r := range records[start:end] {
 			f.synced[r.ID] = sa.Replay{ID: r.ID, OSeq: r.OSeq, Seq: r.Seq, Bitmap: r.Bitmap, ReadAt: r.ReadAt}
+		}
+		if end < len(records) {
+			if err := yieldToRaft(ctx, time.Since(applyStart)); err != nil {
+				return err
+			}
 		}
 	}
 	return nil

@@ -92,7 +92,7 @@ func prepareInstall(ctx context.Context, fsm *raftstore.FSM, sealer *raftstore.S
 		}
 	})
 	p := PreparedInstall{Installs: make([]sa.Install, 0, len(entries)), Hashes: make(map[string][32]byte, len(entries))}
-	err := lane.Run(ctx, len(entries), func(i int) error {
+	err := lane.RunUrgent(ctx, len(entries), func(i int) error {
 		e := &entries[i]
 		var (
 			c *sa.ChildSA

@@ -25,7 +25,7 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	provider := fs.String("provider", "memory", "where floating resources live: memory, or aws, gcp, azure through the built-in cloud emulator")
 	latency := fs.Duration("provider-latency", 0, "per-call latency of the cloud (memory or emulator)")
 	verbose := fs.Bool("v", false, "log what the agents do")
-	rtPriority := fs.Int("realtime-priority", 10, "run the demo's threads at this SCHED_RR priority, with memory locked, as the agent does (needs root or CAP_SYS_NICE; 0 disables)")
+	rtPriority := fs.Int("realtime-priority", 0, "run the demo's threads at this SCHED_RR priority with memory locked, as the agent's scheduling.realtime_priority does (needs root or CAP_SYS_NICE; 0, the default as for the agent, leaves normal scheduling)")
 	serve := addOperatorFlags(fs, true)
 	if err := fs.Parse(args); err != nil {
 		return usageError{err.Error()}

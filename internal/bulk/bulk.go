@@ -24,6 +24,7 @@ import (
 	"context"
 	"fmt"
 	"runtime"
+	"sync/atomic"
 	"time"
 )
 
@@ -35,6 +36,9 @@ const DefaultSlice = 2 * time.Millisecond
 type Lane struct {
 	seats chan struct{}
 	slice time.Duration
+	// urgent counts urgent workers running (see RunUrgent): while there is
+	// one, ordinary workers step out and wait.
+	urgent atomic.Int32
 }
 
 // NewLane returns a lane of workers seats whose workers step out after
@@ -79,6 +83,9 @@ func (w *Worker) take(ctx context.Context) error {
 		w.held = true
 		return ctx.Err()
 	}
+	if err := w.lane.waitUrgent(ctx); err != nil {
+		return err
+	}
 	select {
 	case w.lane.seats <- struct{}{}:
 		w.held, w.since = true, time.Now()
@@ -96,7 +103,7 @@ func (w *Worker) Step(ctx context.Context) error {
 	if w.lane == nil {
 		return ctx.Err()
 	}
-	if time.Since(w.since) < w.lane.slice {
+	if time.Since(w.since) < w.lane.slice && w.lane.urgent.Load() == 0 {
 		return nil
 	}
 	w.release()
@@ -118,9 +125,60 @@ func (w *Worker) release() {
 	}
 }
 
+// waitUrgent waits while an urgent worker runs.
+func (l *Lane) waitUrgent(ctx context.Context) error {
+	for l.urgent.Load() > 0 {
+		t := time.NewTimer(time.Millisecond)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return fmt.Errorf("waiting for urgent work to finish: %w", ctx.Err())
+		case <-t.C:
+		}
+	}
+	return nil
+}
+
+// RunUrgent runs fn(i) for i in [0, n) ahead of every ordinary worker: it
+// takes no seat, and while it runs the ordinary workers step out at their
+// next Step and wait. It still yields the scheduler every slice, so it
+// occupies one P and leaves the others to Raft. A takeover's install is
+// urgent: queued behind standby staging and the stand-in's traffic in the
+// bench, new leaders lost their lease waiting for a seat.
+func (l *Lane) RunUrgent(ctx context.Context, n int, fn func(i int) error) error {
+	if n == 0 {
+		return ctx.Err()
+	}
+	if l != nil {
+		l.urgent.Add(1)
+		defer l.urgent.Add(-1)
+	}
+	slice := DefaultSlice
+	if l != nil {
+		slice = l.slice
+	}
+	since := time.Now()
+	for i := range n {
+		if err := fn(i); err != nil {
+			return err
+		}
+		if time.Since(since) >= slice {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			runtime.Gosched()
+			since = time.Now()
+		}
+	}
+	return ctx.Err()
+}
+
 // Run runs fn(i) for i in [0, n) as one worker of l, stepping after each.
 // It stops at the first error fn returns, or when ctx ends.
 func (l *Lane) Run(ctx context.Context, n int, fn func(i int) error) error {
+	if n == 0 {
+		return ctx.Err()
+	}
 	w, err := l.Enter(ctx)
 	if err != nil {
 		return err

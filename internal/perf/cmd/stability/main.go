@@ -52,7 +52,7 @@ func main() {
 	flag.DurationVar(&o.RekeyEvery, "rekey-every", 30*time.Second, "interval between rekey rounds on the active (negative: none)")
 	flag.Float64Var(&o.RekeyFraction, "rekey-fraction", 0.05, "share of the active's SAs each rekey round replaces")
 	flag.DurationVar(&o.Settle, "settle", time.Second, "after a kill's new active is committed, how long changes are still the kill's")
-	flag.IntVar(&o.RealtimePriority, "realtime-priority", 10, "as root, run the process under SCHED_RR at this priority with memory locked, as the agent does (0 disables)")
+	flag.IntVar(&o.RealtimePriority, "realtime-priority", 0, "as root, run the process under SCHED_RR at this priority with memory locked, as scheduling.realtime_priority does (0, the agent's default, leaves normal scheduling)")
 	flag.BoolVar(&o.Reconnect, "reconnect", false, "re-establish the tunnels a takeover dropped (not replicated yet) on the new active, all at once, as their clients would")
 	flag.BoolVar(&o.NoSync, "nosync", false, "skip fsync of the Raft logs (the product syncs)")
 	verbose := flag.Bool("v", false, "log the agents' and Raft's warnings and the driver's progress to stderr")
