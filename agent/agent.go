@@ -300,8 +300,7 @@ func (a *Agent) Run(ctx context.Context) error {
 				// heartbeats deposes nobody (pre-vote: the others, still
 				// hearing the leader, refuse), and a node re-elected with
 				// no claim in between re-installs (from its staged copy
-				// where it has one)
-				// and skips re-initiating IKE (see lead).
+				// where it has one) and skips re-initiating IKE (see lead).
 				cancelLead()
 				if !leader {
 					a.awaitSuccessor(ctx)

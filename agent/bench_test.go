@@ -38,8 +38,9 @@ func benchEnv(b *testing.B, events func(agent.Event)) (*cluster.Cluster, *cluste
 
 // BenchmarkAgentFeed brings 20,000 new SAs up on the active's memory
 // dataplane as fast as the agent's feed takes them (in chunks that keep
-// its watch channel from overflowing: memdp drops what does not fit, as a
-// stand-in it has no backpressure) and waits for every node to hold them.
+// its watch channel from overflowing: an overflow ends memdp's Watch and
+// the feed resyncs, which would measure the resync instead) and waits for
+// every node to hold them.
 // It reports upserts applied per second on the active and the followers'
 // lag from the SA appearing to their FSM applying it.
 func BenchmarkAgentFeed(b *testing.B) {

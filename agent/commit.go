@@ -31,11 +31,6 @@ type SACommitter struct {
 	sent map[string][32]byte
 }
 
-// SetLane makes the committer do its CPU work (encoding, hashing,
-// sealing) as a worker of lane, so that a resync of a large SA set does
-// not starve Raft's heartbeats.
-func (c *SACommitter) SetLane(l *bulk.Lane) { c.lane = l }
-
 // yieldToRaft pauses a storm between two of its entries for as long as
 // the last one took to commit: replication then holds Raft's pipeline at
 // most half the time, and the heartbeats, the followers' applies and the
@@ -62,15 +57,17 @@ func yieldToRaft(ctx context.Context, took time.Duration) error {
 
 // NewSACommitter returns a committer that believes the log holds the SAs
 // in known (ID to plaintext hash); with known nil it reads them from the
-// store's FSM (see Reload).
-func NewSACommitter(store *raftstore.Store, sealer *raftstore.Sealer, maxBatch int, log *slog.Logger, known map[string][32]byte) *SACommitter {
+// store's FSM (see Reload). Its CPU work (encoding, hashing, sealing) runs
+// as a worker of lane (nil: unpaced), so that a resync of a large SA set
+// does not starve Raft's heartbeats.
+func NewSACommitter(store *raftstore.Store, sealer *raftstore.Sealer, maxBatch int, log *slog.Logger, known map[string][32]byte, lane *bulk.Lane) *SACommitter {
 	if maxBatch <= 0 {
 		maxBatch = DefaultMaxBatch
 	}
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	c := &SACommitter{store: store, sealer: sealer, maxBatch: maxBatch, log: log}
+	c := &SACommitter{store: store, sealer: sealer, maxBatch: maxBatch, log: log, lane: lane}
 	if known == nil {
 		c.Reload()
 	} else {

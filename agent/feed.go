@@ -27,16 +27,7 @@ type feeder struct {
 // feed runs while this node is active. known seeds the hashes of the SAs
 // the takeover just installed from the log (nil: read them from the log).
 func (a *Agent) feed(ctx context.Context, known map[string][32]byte) {
-	seed := known
-	if seed == nil {
-		seed = map[string][32]byte{}
-	}
-	committer := NewSACommitter(a.store, a.sealer, a.cfg.MaxBatch, a.log, seed)
-	committer.SetLane(a.lane)
-	if known == nil {
-		committer.Reload()
-	}
-	f := &feeder{a: a, committer: committer, synced: make(map[string]sa.Replay)}
+	f := &feeder{a: a, committer: NewSACommitter(a.store, a.sealer, a.cfg.MaxBatch, a.log, known, a.lane), synced: make(map[string]sa.Replay)}
 	changes := make(chan sa.Change, 16384)
 	watchErr := make(chan error, 1)
 	go func() { watchErr <- a.dp.Watch(ctx, changes) }()

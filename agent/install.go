@@ -66,16 +66,10 @@ func PrepareInstall(fsm *raftstore.FSM, sealer *raftstore.Sealer, cfg Config, no
 	return p
 }
 
-// stagedSet is what a takeover can take from the stager: the decoded SA
-// and its plaintext hash for an SA staged from a given log index.
-type stagedSet interface {
-	decoded(id string, index uint64) (*sa.ChildSA, [32]byte, bool)
-}
-
 // prepareInstall is PrepareInstall in lane, taking decoded SAs from staged
 // where their log index still matches. It ends early only when ctx does.
 func prepareInstall(ctx context.Context, fsm *raftstore.FSM, sealer *raftstore.Sealer, cfg Config, now time.Time,
-	lane *bulk.Lane, staged stagedSet) (PreparedInstall, error) {
+	lane *bulk.Lane, staged *stage) (PreparedInstall, error) {
 	cfg.Defaults()
 	var (
 		entries []raftstore.SAEntry

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"fmt"
@@ -65,6 +66,20 @@ func (s *stage) decoded(id string, index uint64) (*sa.ChildSA, [32]byte, bool) {
 	return c, v.hash, true
 }
 
+// dropLocked forgets (and clears) the staged SAs drop says to, and
+// returns how many. s.mu must be held.
+func (s *stage) dropLocked(drop func(id string) bool) int {
+	n := 0
+	for id, v := range s.sas {
+		if drop(id) {
+			clear(v.pt)
+			delete(s.sas, id)
+			n++
+		}
+	}
+	return n
+}
+
 func (s *stage) len() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -110,35 +125,22 @@ func (a *Agent) stageRound(ctx context.Context) (int, error) {
 	var todo []raftstore.SAEntry
 	gone := 0
 	a.staged.mu.Lock()
-	since := a.staged.index
 	a.store.FSM().View(func(st *raftstore.State) {
+		if a.staged.index > st.LastIndex {
+			// A snapshot restore went back: stage everything again.
+			a.staged.dropLocked(func(string) bool { return true })
+			a.staged.index = 0
+		}
 		// Only entries written after the last round can be new or changed:
 		// an integer comparison per SA, no map lookups.
 		for _, e := range st.SAs {
-			if e.Index > since {
+			if e.Index > a.staged.index {
 				todo = append(todo, *e)
 			}
 		}
-		if len(a.staged.sas)+len(todo) > len(st.SAs) || since > st.LastIndex {
-			// Some staged SAs were deleted (or a snapshot restore went
-			// back): find them.
-			for id, old := range a.staged.sas {
-				if _, ok := st.SAs[id]; !ok {
-					clear(old.pt)
-					delete(a.staged.sas, id)
-					gone++
-				}
-			}
-			if since > st.LastIndex {
-				todo = todo[:0]
-				for _, old := range a.staged.sas {
-					clear(old.pt)
-				}
-				clear(a.staged.sas)
-				for _, e := range st.SAs {
-					todo = append(todo, *e)
-				}
-			}
+		if len(a.staged.sas)+len(todo) > len(st.SAs) {
+			// Some staged SAs were deleted: find them.
+			gone = a.staged.dropLocked(func(id string) bool { _, ok := st.SAs[id]; return !ok })
 		}
 		a.staged.index = st.LastIndex
 	})
@@ -153,13 +155,13 @@ func (a *Agent) stageRound(ctx context.Context) (int, error) {
 		pt, err := a.sealer.Open(e.ID, e.Sealed)
 		if err != nil {
 			errs++
-			firstErr = cmpOr(firstErr, err)
+			firstErr = cmp.Or(firstErr, err)
 			return nil
 		}
 		if _, err := sa.Unmarshal(pt); err != nil {
 			clear(pt)
 			errs++
-			firstErr = cmpOr(firstErr, fmt.Errorf("decoding SA %s: %w", e.ID, err))
+			firstErr = cmp.Or(firstErr, fmt.Errorf("decoding SA %s: %w", e.ID, err))
 			return nil
 		}
 		s := stagedSA{index: e.Index, pt: pt, hash: sha256.Sum256(pt)}
@@ -214,11 +216,4 @@ func (s *stage) decodeAll(ctx context.Context, lane *bulk.Lane) ([]*sa.ChildSA, 
 		return nil
 	})
 	return out, err
-}
-
-func cmpOr(a, b error) error {
-	if a != nil {
-		return a
-	}
-	return b
 }

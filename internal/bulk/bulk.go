@@ -54,14 +54,6 @@ func NewLane(workers int, slice time.Duration) *Lane {
 	return &Lane{seats: make(chan struct{}, workers), slice: slice}
 }
 
-// Seats is how many workers the lane admits at once.
-func (l *Lane) Seats() int {
-	if l == nil {
-		return 0
-	}
-	return cap(l.seats)
-}
-
 // Worker is one piece of bulk work in a lane. Not safe for concurrent use.
 type Worker struct {
 	lane  *Lane

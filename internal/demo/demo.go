@@ -286,11 +286,12 @@ func (r *Report) Timeline(w io.Writer) {
 		v    float64
 		what string
 	}{
-		{"detect", r.Phases.Detect, "followers stop hearing the leader (Raft heartbeat timeout)"},
+		{"detect", r.Phases.Detect, "followers stop hearing the leader (raft.suspect_after)"},
 		{"elect", r.Phases.Elect, "election; the winner checks it is fit (gateway, healthy)"},
 		{"claim", r.Phases.Claim, "Barrier, then claim{node, term} committed"},
-		{"move", r.Phases.Move, "floating resources moved to the new active, fenced by term"},
+		// The takeover's order: install before move (agent.lead).
 		{"install", r.Phases.Install, "replicated SAs installed, outbound sequence numbers jumped"},
+		{"move", r.Phases.Move, "floating resources moved to the new active, fenced by term"},
 	}
 	at := 0.0
 	for _, row := range rows {

@@ -89,7 +89,7 @@ func Feed(ctx context.Context, c *Cluster, o FeedOptions) (*FeedResult, error) {
 
 	// The SAs are new (see SAs): no need to read the log's hashes first,
 	// which at 50k SAs in the log takes longer than the steady run's p99.
-	f := &feedRun{committer: agent.NewSACommitter(leader, c.Sealer, o.MaxBatch, nil, map[string][32]byte{}),
+	f := &feedRun{committer: agent.NewSACommitter(leader, c.Sealer, o.MaxBatch, nil, map[string][32]byte{}, nil),
 		seen: make(map[string]time.Time, len(o.SAs)), res: &FeedResult{}}
 	pending := make(map[string]item)
 	var window <-chan time.Time

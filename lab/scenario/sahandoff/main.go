@@ -187,7 +187,7 @@ func run(ctx context.Context, env *guest.Env, interval time.Duration, encap, ree
 	for _, c := range sas {
 		changes[c.ID] = sa.Change{Op: sa.Upsert, ID: c.ID, SA: c}
 	}
-	if _, _, err := agent.NewSACommitter(leader, rc.Sealer, 0, log, nil).Commit(ctx, changes); err != nil {
+	if _, _, err := agent.NewSACommitter(leader, rc.Sealer, 0, log, nil, nil).Commit(ctx, changes); err != nil {
 		return res, fmt.Errorf("replicating gw1's SAs: %w", err)
 	}
 
