@@ -360,7 +360,9 @@ func (c *Cluster) WaitActive(ctx context.Context, after uint64, exclude ...strin
 			for _, e := range exclude {
 				skip = skip || e == n.Spec.ID
 			}
-			if skip || !n.Agent.IsActive() {
+			// A deposed active believes it is active until it fences, a
+			// moment after losing leadership: leading is part of the test.
+			if skip || !n.Agent.IsActive() || !n.Store.IsLeader() {
 				continue
 			}
 			var act raftstore.Active

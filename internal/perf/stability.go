@@ -458,20 +458,11 @@ func sleepUntil(ctx context.Context, t time.Time) error {
 func (r *stabilityRun) waitActive(ctx context.Context, after uint64, exclude ...string) (*cluster.Node, raftstore.Active, error) {
 	wctx, cancel := context.WithTimeout(ctx, r.o.TakeoverTimeout)
 	defer cancel()
-	for {
-		n, act, err := r.c.WaitActive(wctx, after, exclude...)
-		if err != nil {
-			return nil, act, fmt.Errorf("waiting up to %v for an active node: %w", r.o.TakeoverTimeout, err)
-		}
-		// A deposed active believes it is active until it fences, a
-		// moment after losing leadership.
-		if n.Store.IsLeader() {
-			return n, act, nil
-		}
-		if err := sleepUntil(wctx, time.Now().Add(5*time.Millisecond)); err != nil {
-			return nil, act, fmt.Errorf("waiting up to %v for an active node: %w", r.o.TakeoverTimeout, err)
-		}
+	n, act, err := r.c.WaitActive(wctx, after, exclude...)
+	if err != nil {
+		return nil, act, fmt.Errorf("waiting up to %v for an active node: %w", r.o.TakeoverTimeout, err)
 	}
+	return n, act, nil
 }
 
 // syncActive returns the active node. If it is not the one the driver

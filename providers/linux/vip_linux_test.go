@@ -220,15 +220,7 @@ func (l *lab) neighborMAC(t *testing.T, vip netip.Addr) string {
 // port) and waits for the neighbor entry.
 func (l *lab) touch(t *testing.T, obs *Provider, vip netip.Addr) string {
 	t.Helper()
-	must(t, obs.inNetns(func() error {
-		c, err := net.Dial("udp", netip.AddrPortFrom(vip, 9).String())
-		if err != nil {
-			return err
-		}
-		defer c.Close()
-		_, err = c.Write([]byte("x"))
-		return err
-	}))
+	send(t, obs, vip)
 	return l.waitMAC(t, vip, "")
 }
 
