@@ -487,8 +487,24 @@ var ErrNotLeader = errors.New("not the leader")
 
 // Join adds a voter (leader only). It is idempotent: the same ID and address
 // only refreshes the member's metadata; a changed address replaces the old
-// entry; another node on the same address is removed first.
+// entry; another node on the same address is removed first. A member that
+// joined as a learner is promoted.
 func (s *Store) Join(ctx context.Context, m MemberCmd) error {
+	return s.join(ctx, m, false)
+}
+
+// JoinAsLearner adds a non-voting member (leader only), the first half of a
+// join: the leader's quorum does not count on a node until it has caught up
+// and answered, and a second Join promotes it. Adding a voter that is still
+// starting moves the quorum onto a node that cannot answer yet, and the
+// leader loses its lease (in the kernel lab every first join cost the
+// leader its lease, and the formation went through up to eight terms). A
+// member that is already a voter stays one.
+func (s *Store) JoinAsLearner(ctx context.Context, m MemberCmd) error {
+	return s.join(ctx, m, true)
+}
+
+func (s *Store) join(ctx context.Context, m MemberCmd, learner bool) error {
 	if !s.IsLeader() {
 		return ErrNotLeader
 	}
@@ -502,19 +518,24 @@ func (s *Store) Join(ctx context.Context, m MemberCmd) error {
 	if err != nil {
 		return err
 	}
-	present := false
+	present, voter := false, false
 	for _, srv := range servers {
 		sameID, sameAddr := string(srv.ID) == m.ID, string(srv.Address) == m.Address
 		switch {
 		case sameID && sameAddr:
-			present = true
+			present, voter = true, srv.Suffrage == raft.Voter
 		case sameID || sameAddr:
 			if err := s.raft.RemoveServer(srv.ID, 0, timeoutOf(ctx)).Error(); err != nil {
 				return fmt.Errorf("join of %s: removing stale entry %s at %s: %w", m.ID, srv.ID, srv.Address, err)
 			}
 		}
 	}
-	if !present {
+	switch {
+	case !present && learner:
+		if err := s.raft.AddNonvoter(raft.ServerID(m.ID), raft.ServerAddress(m.Address), 0, timeoutOf(ctx)).Error(); err != nil {
+			return fmt.Errorf("join of %s: adding learner: %w", m.ID, err)
+		}
+	case !learner && !voter:
 		if err := s.raft.AddVoter(raft.ServerID(m.ID), raft.ServerAddress(m.Address), 0, timeoutOf(ctx)).Error(); err != nil {
 			return fmt.Errorf("join of %s: adding voter: %w", m.ID, err)
 		}
@@ -578,10 +599,15 @@ func (s *Store) handleRPC(ctx context.Context, peer string, req *RPCRequest) *RP
 		if req.ID != peer {
 			return fail(fmt.Errorf("join as %q refused: certificate says %q", req.ID, peer))
 		}
-		if err := s.Join(ctx, MemberCmd{ID: req.ID, Address: req.Address, Role: req.Role, Priority: req.Priority}); err != nil {
+		join := s.Join
+		if req.Learner {
+			join = s.JoinAsLearner
+		}
+		if err := join(ctx, MemberCmd{ID: req.ID, Address: req.Address, Role: req.Role, Priority: req.Priority}); err != nil {
 			return fail(err)
 		}
-		return &RPCResponse{Leader: leader}
+		// Index: the learner is a voter's match once it has applied this.
+		return &RPCResponse{Leader: leader, Index: s.raft.LastIndex()}
 	case "ping":
 		return &RPCResponse{Leader: leader}
 	case "leave":
@@ -612,6 +638,12 @@ func (s *Store) CallLeader(ctx context.Context, req *RPCRequest) error {
 // Call sends an RPC to the first of addrs that answers, following the
 // leader hint a follower returns, until ctx ends.
 func (s *Store) Call(ctx context.Context, addrs []string, req *RPCRequest) error {
+	_, err := s.callAny(ctx, addrs, req)
+	return err
+}
+
+// callAny is Call returning the answer that succeeded.
+func (s *Store) callAny(ctx context.Context, addrs []string, req *RPCRequest) (*RPCResponse, error) {
 	var lastErr error
 	backoff := 50 * time.Millisecond
 	for {
@@ -622,12 +654,12 @@ func (s *Store) Call(ctx context.Context, addrs []string, req *RPCRequest) error
 				continue
 			}
 			if resp.Error == "" {
-				return nil
+				return resp, nil
 			}
 			lastErr = fmt.Errorf("%s at %s: %s", req.Op, addr, resp.Error)
 			if resp.Leader != "" && resp.Leader != addr {
 				if resp2, err := s.layer.call(ctx, resp.Leader, req); err == nil && resp2.Error == "" {
-					return nil
+					return resp2, nil
 				} else if err == nil {
 					lastErr = fmt.Errorf("%s at leader %s: %s", req.Op, resp.Leader, resp2.Error)
 				}
@@ -635,7 +667,7 @@ func (s *Store) Call(ctx context.Context, addrs []string, req *RPCRequest) error
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("%s: %w (last error: %v)", req.Op, ctx.Err(), lastErr)
+			return nil, fmt.Errorf("%s: %w (last error: %v)", req.Op, ctx.Err(), lastErr)
 		case <-time.After(backoff):
 		}
 		backoff = min(backoff*2, time.Second)
@@ -667,9 +699,41 @@ func (s *Store) CallOnce(ctx context.Context, addr string, req *RPCRequest) (*RP
 }
 
 // JoinCluster asks the cluster at addrs to add this node, retrying until ctx
-// ends. Joining a cluster this node is already in is a no-op.
+// ends. Joining a cluster this node is already in is a no-op. The node
+// joins as a learner, catches up, and only then asks to vote (see
+// JoinAsLearner); a leader that predates learners adds it as a voter at
+// once, and the second request changes nothing.
 func (s *Store) JoinCluster(ctx context.Context, addrs []string, role Role, priority int) error {
-	return s.Call(ctx, addrs, &RPCRequest{Op: "join", ID: s.cfg.NodeID, Address: s.Addr(), Role: role, Priority: priority})
+	req := RPCRequest{Op: "join", ID: s.cfg.NodeID, Address: s.Addr(), Role: role, Priority: priority, Learner: true}
+	resp, err := s.callAny(ctx, addrs, &req)
+	if err != nil {
+		return err
+	}
+	if err := s.waitCaughtUp(ctx, resp.Index); err != nil {
+		return fmt.Errorf("joining as a learner: %w", err)
+	}
+	req.Learner = false
+	return s.Call(ctx, addrs, &req)
+}
+
+// waitCaughtUp waits until this node has applied index and hears from a
+// leader (or leads: a node may "join" the cluster it leads): a voter the
+// quorum can count on.
+func (s *Store) waitCaughtUp(ctx context.Context, index uint64) error {
+	const poll = 20 * time.Millisecond
+	t := time.NewTicker(poll)
+	defer t.Stop()
+	for {
+		_, leader := s.Leader()
+		if s.IsLeader() || s.raft.AppliedIndex() >= index && leader != "" && time.Since(s.raft.LastContact()) < s.raft.ReloadableConfig().HeartbeatTimeout {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("catching up to log index %d (applied %d, leader %q): %w", index, s.raft.AppliedIndex(), leader, ctx.Err())
+		case <-t.C:
+		}
+	}
 }
 
 // Leave removes this node from the cluster: a leader hands leadership over

@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/raft"
+
 	"github.com/handoffvpn/handoff/internal/faultnet"
 	"github.com/handoffvpn/handoff/internal/pki"
 	"github.com/handoffvpn/handoff/raftstore"
@@ -84,6 +86,56 @@ func voters(t *testing.T, s *raftstore.Store) map[string]string {
 	return out
 }
 
+func suffrages(t *testing.T, s *raftstore.Store) map[string]raft.ServerSuffrage {
+	t.Helper()
+	servers, err := s.Servers()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]raft.ServerSuffrage{}
+	for _, srv := range servers {
+		out[string(srv.ID)] = srv.Suffrage
+	}
+	return out
+}
+
+// A learner that never answers costs the leader nothing; the same node
+// added as a voter takes the quorum with it, which is why JoinCluster
+// joins as a learner first.
+func TestLearnerThatNeverAnswersLeavesTheLeaderItsQuorum(t *testing.T) {
+	f := newFixture(t)
+	s1 := f.open("gw1", nil, nil)
+	if err := s1.Bootstrap([]raftstore.Server{{ID: "gw1", Address: s1.Addr()}}); err != nil {
+		t.Fatal(err)
+	}
+	waitLeader(t, s1)
+	dead := raftstore.MemberCmd{ID: "gw2", Address: "127.0.0.1:1", Role: raftstore.RoleGateway}
+	if err := s1.JoinAsLearner(ctx(t, 5*time.Second), dead); err != nil {
+		t.Fatal(err)
+	}
+	if got := suffrages(t, s1)["gw2"]; got != raft.Nonvoter {
+		t.Fatalf("gw2 after JoinAsLearner is a %v, want a nonvoter", got)
+	}
+	// Many leases later the leader still leads and commits.
+	time.Sleep(20 * 30 * time.Millisecond)
+	if !s1.IsLeader() {
+		t.Fatal("the leader lost its lease to a learner that never answered")
+	}
+	if err := s1.Barrier(ctx(t, 5*time.Second)); err != nil {
+		t.Fatalf("committing with a dead learner in the configuration: %v", err)
+	}
+	// Promoting it moves the quorum onto a node that cannot answer.
+	if err := s1.Join(ctx(t, 5*time.Second), dead); err == nil {
+		deadline := time.Now().Add(10 * time.Second)
+		for s1.IsLeader() && time.Now().Before(deadline) {
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	if s1.IsLeader() {
+		t.Fatal("the leader kept leading two voters with one of them dead: the test does not see quorum loss")
+	}
+}
+
 func TestMembershipJoinIsIdempotentLeaveAndRemove(t *testing.T) {
 	f := newFixture(t)
 	s1 := f.open("gw1", nil, nil)
@@ -106,6 +158,11 @@ func TestMembershipJoinIsIdempotentLeaveAndRemove(t *testing.T) {
 	}
 	if v := voters(t, s1); len(v) != 3 || v["gw2"] != s2.Addr() || v["w1"] != w1.Addr() {
 		t.Fatalf("voters after joins = %v", v)
+	}
+	for id, suffrage := range suffrages(t, s1) {
+		if suffrage != raft.Voter {
+			t.Errorf("%s is a %v after JoinCluster returned: a joiner that caught up must vote", id, suffrage)
+		}
 	}
 	var m raftstore.Member
 	s1.FSM().View(func(st *raftstore.State) { m = st.Members["gw2"] })

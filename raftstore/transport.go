@@ -187,6 +187,8 @@ type RPCRequest struct {
 	Role     Role       `json:"role,omitempty"`
 	Priority int        `json:"priority,omitempty"`
 	Health   *HealthCmd `json:"health,omitempty"`
+	// Learner: join without a vote (see Store.JoinAsLearner).
+	Learner bool `json:"learner,omitempty"`
 }
 
 // RPCResponse answers an RPCRequest.
@@ -198,6 +200,8 @@ type RPCResponse struct {
 	Code string `json:"code,omitempty"`
 	// Result is an operator request's answer (JSON).
 	Result json.RawMessage `json:"result,omitempty"`
+	// Index is the leader's last log index after a join.
+	Index uint64 `json:"index,omitempty"`
 }
 
 const maxRPCBytes = 1 << 20

@@ -106,6 +106,10 @@ type Result struct {
 	// Who was active before and after, from the agents' logs.
 	OldActive string `json:"old_active"`
 	NewActive string `json:"new_active"`
+	// SpuriousBeforeFault lists the leadership events (takeovers,
+	// fences) between a settled cluster and the fault: failovers nothing
+	// asked for. The harness settles again before it injects the fault.
+	SpuriousBeforeFault []string `json:"spurious_before_fault,omitempty"`
 	// Terms lists every takeover committed after the fault.
 	Terms []Term `json:"terms"`
 	// TermsWithTwoActives lists terms for which two nodes said active.
@@ -293,6 +297,7 @@ func run(ctx context.Context, env *guest.Env, c config) (res Result, err error) 
 	if err != nil {
 		return res, err
 	}
+	stableAt := time.Now()
 	if _, err := s.Connect(ctx); err != nil {
 		return res, err
 	}
@@ -329,6 +334,14 @@ func run(ctx context.Context, env *guest.Env, c config) (res Result, err error) 
 	}
 	if err := sleep(ctx, c.warmup); err != nil {
 		return res, err
+	}
+	// A failover between settling and the fault is a false one; count it,
+	// and settle again so that the fault hits the real active.
+	if res.SpuriousBeforeFault = leadershipEvents(agents, stableAt); len(res.SpuriousBeforeFault) > 0 {
+		log.Warn("failover before the fault", "events", res.SpuriousBeforeFault)
+		if active, err = waitStable(ctx, agents, steer, 1500*time.Millisecond, 30*time.Second); err != nil {
+			return res, err
+		}
 	}
 	oldActive, victim := active, active
 	if c.fault == "standby" {
@@ -534,6 +547,22 @@ func setLink(n *topo.Node, dev string, up bool) error {
 		return fmt.Errorf("setting %s in %s up=%v: %w", dev, n.Name, up, err)
 	}
 	return nil
+}
+
+// leadershipEvents lists the agents' takeovers and fences since t.
+func leadershipEvents(agents []*Agent, since time.Time) []string {
+	var out []string
+	for _, a := range agents {
+		for _, l := range a.Lines() {
+			switch l.Msg {
+			case "taking over", "active", "fenced", "takeover failed":
+				if l.Time.After(since) {
+					out = append(out, fmt.Sprintf("%s %s term %d at %s", a.spec.ID, l.Msg, l.Term, l.Time.Format("15:04:05.000")))
+				}
+			}
+		}
+	}
+	return out
 }
 
 // waitStable waits until one gateway has been active, with the traffic
