@@ -63,6 +63,8 @@ type agentSpec struct {
 	Timing    agentTiming
 	// Nice is the agent's scheduling priority (nice(1) value).
 	Nice int
+	// Realtime is scheduling.realtime_priority (0: normal scheduling).
+	Realtime int
 	// APIToken authorises the operator API's mutating endpoints.
 	APIToken string
 	// AWS: the agent moves the VIP and the route through the EC2 API of
@@ -118,6 +120,11 @@ replication {
   replay_interval = "{{.Timing.ReplayInterval}}"
 }
 
+{{- if .Realtime}}
+scheduling {
+  realtime_priority = {{.Realtime}}
+}
+{{end}}
 # A leadership transfer in the guest takes up to a second (its one CPU
 # runs three agents and four charons), and is asked for again when it
 # times out: the old active keeps carrying the tunnels for up to 3 s.

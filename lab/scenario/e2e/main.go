@@ -65,6 +65,7 @@ type config struct {
 	cpuProfile bool
 	flaps      int
 	nice       int
+	realtime   int
 	timing     agentTiming
 }
 
@@ -160,6 +161,7 @@ func main() {
 	fs.BoolVar(&c.second, "second", true, "run the second phase (client DPD and rekey after the failover)")
 	fs.IntVar(&c.flaps, "flaps", 3, "link flaps (fault flap)")
 	fs.IntVar(&c.nice, "nice", -5, "agents' nice value")
+	fs.IntVar(&c.realtime, "realtime", 0, "agents' scheduling.realtime_priority (0: normal scheduling, with -nice)")
 	// Detection is raft.suspect_after (twice the lease, 280 ms) plus a
 	// stagger per better-ranked voter, shrunk to fit under this heartbeat
 	// timeout (Raft's own detector, the fallback). 400 ms would leave the
@@ -272,7 +274,7 @@ func run(ctx context.Context, env *guest.Env, c config) (res Result, err error) 
 			Witness: c.fault == "witness" && i == 2, Bootstrap: i == 0,
 			Join: fmt.Sprintf("%s:%d", topo.GatewayOuter(1), raftPort), Vici: s.Gateways[i].Socket(),
 			Dir: env.Path(gw.Name), DataDir: filepath.Join(env.RunDir, gw.Name, "raft"),
-			StateDir: filepath.Join(env.RunDir, gw.Name, "vips"), PKI: pkiDir, Timing: c.timing, Nice: c.nice, APIToken: token, Reestablish: tmplPath,
+			StateDir: filepath.Join(env.RunDir, gw.Name, "vips"), PKI: pkiDir, Timing: c.timing, Nice: c.nice, Realtime: c.realtime, APIToken: token, Reestablish: tmplPath,
 			AWS: c.provider == "aws", AWSCAFile: awsCAFile(env.Dir), CPUProfile: c.cpuProfile,
 		}
 	}
