@@ -33,6 +33,9 @@ type Config struct {
 	TLS     *pki.Material
 	// Authorize, if set, further restricts which verified nodes may connect.
 	Authorize pki.Authorize
+	// Denied lists retired certificates (tls.deny_serials), refused on
+	// every handshake, either way.
+	Denied *pki.DenyList
 	// Network defaults to TCP.
 	Network Network
 
@@ -104,6 +107,9 @@ func Open(cfg Config) (*Store, error) {
 		cfg.Network = TCP{}
 	}
 	log := cfg.Logger.With("node", cfg.NodeID)
+	if err := cfg.Denied.Check(cfg.TLS.Cert.Leaf); err != nil {
+		return nil, fmt.Errorf("opening raft store: this node's own %w", err)
+	}
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("creating data dir %s: %w", cfg.DataDir, err)
 	}
@@ -126,8 +132,9 @@ func Open(cfg Config) (*Store, error) {
 		}
 		adv = a
 	}
+	policy := pki.Policy{Authorize: cfg.Authorize, Denied: cfg.Denied}
 	s.layer = newStreamLayer(cfg.NodeID, ln, adv, cfg.Network,
-		cfg.TLS.ServerConfig(cfg.Authorize), cfg.TLS.ClientConfig(cfg.Authorize), log)
+		cfg.TLS.ServerConfig(policy), cfg.TLS.ClientConfig(policy), log)
 	s.layer.rpc = s.handleRPC
 
 	hl := hclog.New(&hclog.LoggerOptions{Name: "raft", Level: hclog.LevelFromString(orDefault(cfg.RaftLogLevel, "warn")),
