@@ -318,10 +318,12 @@ func (a *peerAuthz) askAround(ctx context.Context, peer string, witnesses []witn
 func describeRPC(cmd any) (kind string, hdr raft.RPCHeader, sender []byte, replication bool) {
 	switch c := cmd.(type) {
 	case *raft.AppendEntriesRequest:
+		//lint:ignore SA1019 raft still reads Leader when Addr is empty, and a forger may set it
 		return "AppendEntries", c.RPCHeader, c.Leader, true
 	case *raft.InstallSnapshotRequest:
 		return "InstallSnapshot", c.RPCHeader, c.Leader, true
 	case *raft.RequestVoteRequest:
+		//lint:ignore SA1019 raft still reads Candidate when Addr is empty, and a forger may set it
 		return "RequestVote", c.RPCHeader, c.Candidate, false
 	case *raft.RequestPreVoteRequest:
 		return "RequestPreVote", c.RPCHeader, nil, false

@@ -1,3 +1,5 @@
+//lint:file-ignore SA1019 the forgeries fill the deprecated Leader and Candidate fields, as hashicorp/raft itself still does
+
 package raftstore_test
 
 import (
