@@ -23,6 +23,7 @@ import (
 	"github.com/hashicorp/hcl/v2/hclsimple"
 	"go.yaml.in/yaml/v3"
 
+	"github.com/handoffvpn/handoff/internal/pki"
 	"github.com/handoffvpn/handoff/internal/rtsched"
 	"github.com/handoffvpn/handoff/providers/aws"
 	"github.com/handoffvpn/handoff/providers/azure"
@@ -98,7 +99,14 @@ type TLSBlock struct {
 	Cert string `hcl:"cert,optional" yaml:"cert" json:"cert"`
 	Key  string `hcl:"key,optional" yaml:"key" json:"key"`
 	// AllowedNodes, if set, lists the only node IDs allowed to connect.
+	// It narrows membership, the default authorisation: a node that
+	// connects may do nothing but join until it is in the Raft
+	// configuration.
 	AllowedNodes []string `hcl:"allowed_nodes,optional" yaml:"allowed_nodes" json:"allowed_nodes"`
+	// DenySerials lists the serial numbers (hex) of retired node
+	// certificates: refused on every handshake, either way, though the
+	// CA signed them.
+	DenySerials []string `hcl:"deny_serials,optional" yaml:"deny_serials" json:"deny_serials"`
 }
 
 // RaftBlock is the Raft timing.
@@ -433,6 +441,9 @@ func Resolve(f File) (*Config, error) {
 		if v == "" {
 			bad(key, "required: Raft runs over mutual TLS only (create material with `handoff tls`)")
 		}
+	}
+	if _, err := pki.ParseDenyList(c.TLS.DenySerials); err != nil {
+		bad("tls.deny_serials", "%v", err)
 	}
 	r := f.Raft
 	c.Heartbeat = dur("raft.heartbeat_timeout", r.HeartbeatTimeout, 10*time.Millisecond)

@@ -29,6 +29,9 @@ func TestHCLAndYAMLAgree(t *testing.T) {
 		t.Fatalf("HCL and YAML differ:\n hcl %+v\nyaml %+v", got[0], got[1])
 	}
 	c := got[0]
+	if len(c.TLS.DenySerials) != 1 {
+		t.Errorf("tls.deny_serials = %v", c.TLS.DenySerials)
+	}
 	if c.Priority != 120 || c.Heartbeat != 100*time.Millisecond || c.LeaderLease != 30*time.Millisecond ||
 		c.BatchWindow != 2*time.Millisecond || len(c.Resources) != 2 || len(c.Join) != 2 || len(c.ClusterKey) != 32 {
 		t.Errorf("file values not applied: %+v", c)
@@ -60,13 +63,13 @@ func TestValidationNamesEveryBadKey(t *testing.T) {
 		Raft:        &RaftBlock{HeartbeatTimeout: "fast", LeaderLeaseTimeout: "2s"},
 		Replication: &ReplicationBlock{MaxBatch: ptr(0)},
 		Provider:    &ProviderBlock{Type: "ibm", Resources: []ResourceBlock{{Kind: "eip"}}},
-		Dataplane:   &DataplaneBlock{Type: "vpp"}}
+		Dataplane:   &DataplaneBlock{Type: "vpp"}, TLS: &TLSBlock{DenySerials: []string{"not a serial"}}}
 	_, err := Resolve(f)
 	if err == nil {
 		t.Fatal("invalid config accepted")
 	}
 	for _, key := range []string{"node_id", "role", "bind_addr", "cluster_key", "raft.heartbeat_timeout",
-		"replication.max_batch", "provider.type", "provider.resource[0]", "dataplane.type"} {
+		"replication.max_batch", "provider.type", "provider.resource[0]", "dataplane.type", "tls.deny_serials"} {
 		if !strings.Contains(err.Error(), key+":") {
 			t.Errorf("error does not name %s:\n%v", key, err)
 		}

@@ -3,6 +3,7 @@ package raftstore
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -31,8 +32,13 @@ type Config struct {
 	// DataDir holds the Raft log (wal/) and snapshots, mode 0700.
 	DataDir string
 	TLS     *pki.Material
-	// Authorize, if set, further restricts which verified nodes may connect.
+	// Authorize, if set, further restricts which verified nodes may
+	// connect (tls.allowed_nodes). It only narrows: what a connected node
+	// may do is decided by its membership (see peerAuthz).
 	Authorize pki.Authorize
+	// Denied lists retired certificates (tls.deny_serials), refused on
+	// every handshake, either way.
+	Denied *pki.DenyList
 	// Network defaults to TCP.
 	Network Network
 
@@ -68,7 +74,8 @@ type Store struct {
 	fsm       *FSM
 	raft      *raft.Raft
 	layer     *streamLayer
-	transport *raft.NetworkTransport
+	authz     *peerAuthz
+	transport *boundTransport
 	logs      *logStore
 	observer  *raft.Observer
 	obsCh     chan raft.Observation
@@ -104,6 +111,9 @@ func Open(cfg Config) (*Store, error) {
 		cfg.Network = TCP{}
 	}
 	log := cfg.Logger.With("node", cfg.NodeID)
+	if err := cfg.Denied.Check(cfg.TLS.Cert.Leaf); err != nil {
+		return nil, fmt.Errorf("opening raft store: this node's own %w", err)
+	}
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("creating data dir %s: %w", cfg.DataDir, err)
 	}
@@ -126,15 +136,17 @@ func Open(cfg Config) (*Store, error) {
 		}
 		adv = a
 	}
+	policy := pki.Policy{Authorize: cfg.Authorize, Denied: cfg.Denied}
+	s.authz = newPeerAuthz(cfg.NodeID, log)
+	s.authz.ask = s.askMember
+	refusals := newRefusalLog(log, 10*time.Second)
 	s.layer = newStreamLayer(cfg.NodeID, ln, adv, cfg.Network,
-		cfg.TLS.ServerConfig(cfg.Authorize), cfg.TLS.ClientConfig(cfg.Authorize), log)
+		cfg.TLS.ServerConfig(policy), cfg.TLS.ClientConfig(policy), s.authz, refusals, log)
 	s.layer.rpc = s.handleRPC
 
 	hl := hclog.New(&hclog.LoggerOptions{Name: "raft", Level: hclog.LevelFromString(orDefault(cfg.RaftLogLevel, "warn")),
 		Output: &slogWriter{log: log}, DisableTime: true})
-	s.transport = raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
-		Stream: s.layer, MaxPool: 3, Timeout: 2 * time.Second, Logger: hl,
-	})
+	s.transport = newBoundTransport(s.layer, s.authz, refusals, hl, 2*time.Second)
 
 	s.logs, err = openLogStore(cfg.DataDir, cfg.NoSync, hl)
 	if err != nil {
@@ -192,6 +204,7 @@ func Open(cfg Config) (*Store, error) {
 		s.transport.Close()
 		return nil, fmt.Errorf("starting raft: %w", err)
 	}
+	s.authz.raft.Store(s.raft)
 	s.obsCh = make(chan raft.Observation, 64)
 	s.obsDone = make(chan struct{})
 	s.observer = raft.NewObserver(s.obsCh, false, func(o *raft.Observation) bool {
@@ -487,8 +500,10 @@ var ErrNotLeader = errors.New("not the leader")
 
 // Join adds a voter (leader only). It is idempotent: the same ID and address
 // only refreshes the member's metadata; a changed address replaces the old
-// entry; another node on the same address is removed first. A member that
-// joined as a learner is promoted.
+// entry. An address another member holds is refused: join is open to any
+// node the CA certified (it is how a node becomes a member), so it must not
+// be a way to evict one; the operator removes the old node first. A member
+// that joined as a learner is promoted.
 func (s *Store) Join(ctx context.Context, m MemberCmd) error {
 	return s.join(ctx, m, false)
 }
@@ -518,13 +533,19 @@ func (s *Store) join(ctx context.Context, m MemberCmd, learner bool) error {
 	if err != nil {
 		return err
 	}
+	for _, srv := range servers {
+		if string(srv.Address) == m.Address && string(srv.ID) != m.ID {
+			return fmt.Errorf("join of %s: address %s belongs to member %s; remove it first (handoff operator raft remove-peer %s)",
+				m.ID, m.Address, srv.ID, srv.ID)
+		}
+	}
 	present, voter := false, false
 	for _, srv := range servers {
 		sameID, sameAddr := string(srv.ID) == m.ID, string(srv.Address) == m.Address
 		switch {
 		case sameID && sameAddr:
 			present, voter = true, srv.Suffrage == raft.Voter
-		case sameID || sameAddr:
+		case sameID:
 			if err := s.raft.RemoveServer(srv.ID, 0, timeoutOf(ctx)).Error(); err != nil {
 				return fmt.Errorf("join of %s: removing stale entry %s at %s: %w", m.ID, srv.ID, srv.Address, err)
 			}
@@ -593,8 +614,10 @@ func (s *Store) handleRPC(ctx context.Context, peer string, req *RPCRequest) *RP
 	fail := func(err error) *RPCResponse { return &RPCResponse{Error: err.Error(), Leader: leader} }
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
+	// The transport has checked that peer is a member, or that this is a
+	// join (peerAuthz.checkCall).
 	switch req.Op {
-	case "join":
+	case opJoin:
 		// A node may only join as itself: the ID is its certificate's.
 		if req.ID != peer {
 			return fail(fmt.Errorf("join as %q refused: certificate says %q", req.ID, peer))
@@ -608,9 +631,21 @@ func (s *Store) handleRPC(ctx context.Context, peer string, req *RPCRequest) *RP
 		}
 		// Index: the learner is a voter's match once it has applied this.
 		return &RPCResponse{Leader: leader, Index: s.raft.LastIndex()}
-	case "ping":
+	case opPing:
 		return &RPCResponse{Leader: leader}
-	case "leave":
+	case opMember:
+		// Another member asks whether req.ID is in this node's
+		// configuration: its own lags (peerAuthz.vouched).
+		srv, ok, err := s.authz.member(req.ID)
+		if err != nil {
+			return fail(err)
+		}
+		res, err := json.Marshal(memberAnswer{Member: ok, Address: string(srv.Address)})
+		if err != nil {
+			return fail(fmt.Errorf("encoding the answer: %w", err))
+		}
+		return &RPCResponse{Leader: leader, Result: res}
+	case opLeave:
 		if req.ID != peer {
 			return fail(fmt.Errorf("leave for %q refused: certificate says %q", req.ID, peer))
 		}
@@ -648,7 +683,7 @@ func (s *Store) callAny(ctx context.Context, addrs []string, req *RPCRequest) (*
 	backoff := 50 * time.Millisecond
 	for {
 		for _, addr := range addrs {
-			resp, err := s.layer.call(ctx, addr, req)
+			resp, err := s.call(ctx, addr, req)
 			if err != nil {
 				lastErr = err
 				continue
@@ -658,7 +693,7 @@ func (s *Store) callAny(ctx context.Context, addrs []string, req *RPCRequest) (*
 			}
 			lastErr = fmt.Errorf("%s at %s: %s", req.Op, addr, resp.Error)
 			if resp.Leader != "" && resp.Leader != addr {
-				if resp2, err := s.layer.call(ctx, resp.Leader, req); err == nil && resp2.Error == "" {
+				if resp2, err := s.call(ctx, resp.Leader, req); err == nil && resp2.Error == "" {
 					return resp2, nil
 				} else if err == nil {
 					lastErr = fmt.Errorf("%s at leader %s: %s", req.Op, resp.Leader, resp2.Error)
@@ -681,7 +716,7 @@ func (s *Store) callAny(ctx context.Context, addrs []string, req *RPCRequest) (*
 func (s *Store) Ping(ctx context.Context, addr string) error {
 	ctx, cancel := context.WithTimeout(ctx, s.raft.ReloadableConfig().ElectionTimeout)
 	defer cancel()
-	resp, err := s.layer.call(ctx, addr, &RPCRequest{Op: "ping"})
+	resp, err := s.call(ctx, addr, &RPCRequest{Op: opPing})
 	if err != nil {
 		return fmt.Errorf("pinging %s: %w", addr, err)
 	}
@@ -695,7 +730,58 @@ func (s *Store) Ping(ctx context.Context, addr string) error {
 // no retry and no leader following. Operator requests forwarded to the
 // leader use it, so that a refusal comes back at once.
 func (s *Store) CallOnce(ctx context.Context, addr string, req *RPCRequest) (*RPCResponse, error) {
-	return s.layer.call(ctx, addr, req)
+	return s.call(ctx, addr, req)
+}
+
+// call sends one RPC to addr. A join first makes this node accept the
+// replication RPCs of the node it is sent to (peerAuthz.expectJoin): a
+// leader adds a new voter, and starts replicating to it, before it
+// answers. A join that fails withdraws that, unless an earlier one had
+// asked for it already.
+func (s *Store) call(ctx context.Context, addr string, req *RPCRequest) (*RPCResponse, error) {
+	if req.Op != opJoin {
+		return s.layer.call(ctx, addr, req, nil)
+	}
+	var via string
+	resp, err := s.layer.call(ctx, addr, req, func(peer string) error {
+		if s.authz.expectJoin(peer, addr) {
+			via = peer
+		}
+		return nil
+	})
+	if via != "" && (err != nil || resp.Error != "") {
+		s.authz.forgetJoin(via)
+	}
+	return resp, err
+}
+
+// memberAnswer answers opMember.
+type memberAnswer struct {
+	Member  bool   `json:"member"`
+	Address string `json:"address,omitempty"`
+}
+
+// askMember asks the node id at addr whether peer is in its Raft
+// configuration and at which address. The node that answers must be id:
+// the answer is only worth that member's word.
+func (s *Store) askMember(ctx context.Context, id, addr, peer string) (string, bool, error) {
+	resp, err := s.layer.call(ctx, addr, &RPCRequest{Op: opMember, ID: peer}, func(got string) error {
+		if got != id {
+			return fmt.Errorf("asking %s at %s about %s: %q answered", id, addr, peer, got)
+		}
+		return nil
+	})
+	if err != nil {
+		return "", false, err
+	}
+	if resp.Error != "" {
+		return "", false, fmt.Errorf("asking %s about %s: %s", id, peer, resp.Error)
+	}
+	var ans memberAnswer
+	if err := json.Unmarshal(resp.Result, &ans); err != nil {
+		return "", false, fmt.Errorf("asking %s about %s: decoding the answer: %w", id, peer, err)
+	}
+	return ans.Address, ans.Member, nil
 }
 
 // JoinCluster asks the cluster at addrs to add this node, retrying until ctx
@@ -704,7 +790,7 @@ func (s *Store) CallOnce(ctx context.Context, addr string, req *RPCRequest) (*RP
 // JoinAsLearner); a leader that predates learners adds it as a voter at
 // once, and the second request changes nothing.
 func (s *Store) JoinCluster(ctx context.Context, addrs []string, role Role, priority int) error {
-	req := RPCRequest{Op: "join", ID: s.cfg.NodeID, Address: s.Addr(), Role: role, Priority: priority, Learner: true}
+	req := RPCRequest{Op: opJoin, ID: s.cfg.NodeID, Address: s.Addr(), Role: role, Priority: priority, Learner: true}
 	resp, err := s.callAny(ctx, addrs, &req)
 	if err != nil {
 		return err
@@ -744,7 +830,7 @@ func (s *Store) Leave(ctx context.Context) error {
 			return fmt.Errorf("leaving: %w", err)
 		}
 	}
-	return s.Call(ctx, s.peerAddrs(), &RPCRequest{Op: "leave", ID: s.cfg.NodeID})
+	return s.Call(ctx, s.peerAddrs(), &RPCRequest{Op: opLeave, ID: s.cfg.NodeID})
 }
 
 func (s *Store) peerAddrs() []string {

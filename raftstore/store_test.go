@@ -1,9 +1,13 @@
 package raftstore_test
 
 import (
+	"bytes"
+	"cmp"
 	"context"
 	"errors"
+	"log/slog"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -18,6 +22,10 @@ type fixture struct {
 	t   *testing.T
 	ca  *pki.CA
 	net *faultnet.Net
+	// For the stores opened from then on: Raft's heartbeat (and election)
+	// timeout, default 100 ms, and the logger, default none.
+	heartbeat time.Duration
+	log       *slog.Logger
 }
 
 func newFixture(t *testing.T) *fixture {
@@ -46,14 +54,40 @@ func (f *fixture) open(id string, mat *pki.Material, authorize pki.Authorize) *r
 	if mat == nil {
 		mat = f.material(f.ca, id)
 	}
-	s, err := raftstore.Open(raftstore.Config{NodeID: id, BindAddr: "127.0.0.1:0", DataDir: f.t.TempDir(), TLS: mat,
-		Authorize: authorize, Network: f.net, HeartbeatTimeout: 100 * time.Millisecond, ElectionTimeout: 100 * time.Millisecond,
-		LeaderLeaseTimeout: 30 * time.Millisecond, NoSync: true})
+	cfg := f.config(id, mat)
+	cfg.Authorize = authorize
+	s, err := raftstore.Open(cfg)
 	if err != nil {
 		f.t.Fatal(err)
 	}
 	f.t.Cleanup(func() { s.Close() })
 	return s
+}
+
+// config is the configuration open gives a store with mat.
+func (f *fixture) config(id string, mat *pki.Material) raftstore.Config {
+	hb := cmp.Or(f.heartbeat, 100*time.Millisecond)
+	return raftstore.Config{NodeID: id, BindAddr: "127.0.0.1:0", DataDir: f.t.TempDir(), TLS: mat,
+		Network: f.net, HeartbeatTimeout: hb, ElectionTimeout: hb,
+		LeaderLeaseTimeout: hb * 3 / 10, NoSync: true, Logger: f.log}
+}
+
+// lockedBuffer is a bytes.Buffer the nodes' goroutines may log to at once.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
 
 func waitLeader(t *testing.T, s *raftstore.Store) {

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
+
+	"github.com/handoffvpn/handoff/internal/pki"
 )
 
 // Network opens the TCP connections under the TLS layer. Production uses
@@ -39,8 +41,11 @@ const (
 
 const handshakeTimeout = 5 * time.Second
 
-// streamLayer is a raft.StreamLayer over mutual TLS that also carries the
-// cluster RPC (join, leave, health reports) on the same port.
+// streamLayer is mutual TLS on the Raft port: it accepts connections,
+// routes them to Raft ('R', see boundTransport) or serves them as cluster
+// RPC ('C': join, leave, health reports, forwarded operator requests), and
+// dials both. Every RPC either way is bound to the peer's certificate
+// (peerAuthz).
 type streamLayer struct {
 	node      string
 	ln        net.Listener
@@ -49,21 +54,22 @@ type streamLayer struct {
 	server    *tls.Config
 	client    *tls.Config
 	log       *slog.Logger
+	authz     *peerAuthz
+	refusals  *refusalLog
 	rpc       func(ctx context.Context, peer string, req *RPCRequest) *RPCResponse
 
-	raftConns chan net.Conn
+	raftConns chan *tls.Conn
 	ctx       context.Context
 	cancel    context.CancelFunc
 	wg        sync.WaitGroup
 	closeOnce sync.Once
 }
 
-var _ raft.StreamLayer = (*streamLayer)(nil)
-
-func newStreamLayer(node string, ln net.Listener, advertise net.Addr, network Network, server, client *tls.Config, log *slog.Logger) *streamLayer {
+func newStreamLayer(node string, ln net.Listener, advertise net.Addr, network Network, server, client *tls.Config,
+	authz *peerAuthz, refusals *refusalLog, log *slog.Logger) *streamLayer {
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &streamLayer{node: node, ln: ln, advertise: advertise, network: network, server: server, client: client,
-		log: log, raftConns: make(chan net.Conn), ctx: ctx, cancel: cancel}
+		log: log, authz: authz, refusals: refusals, raftConns: make(chan *tls.Conn), ctx: ctx, cancel: cancel}
 	s.wg.Add(1)
 	go s.acceptLoop()
 	return s
@@ -114,7 +120,7 @@ func (s *streamLayer) serve(raw net.Conn) {
 		return
 	}
 	_ = conn.SetReadDeadline(time.Time{})
-	peer := conn.ConnectionState().PeerCertificates[0].Subject.CommonName
+	peer := pki.PeerID(conn.ConnectionState())
 	switch kind[0] {
 	case muxRaft:
 		select {
@@ -130,11 +136,13 @@ func (s *streamLayer) serve(raw net.Conn) {
 	}
 }
 
-// Accept implements net.Listener for raft.
-func (s *streamLayer) Accept() (net.Conn, error) {
+// acceptRaft returns the next connection a peer opened for Raft.
+func (s *streamLayer) acceptRaft(ctx context.Context) (*tls.Conn, error) {
 	select {
 	case c := <-s.raftConns:
 		return c, nil
+	case <-ctx.Done():
+		return nil, net.ErrClosed
 	case <-s.ctx.Done():
 		return nil, net.ErrClosed
 	}
@@ -154,14 +162,18 @@ func (s *streamLayer) Close() error {
 // Addr is the advertised address.
 func (s *streamLayer) Addr() net.Addr { return s.advertise }
 
-// Dial implements raft.StreamLayer.
+// Dial implements raft.StreamLayer: the node that answers must be the one
+// the configuration has at addr (peerAuthz.checkDialed).
 func (s *streamLayer) Dial(addr raft.ServerAddress, timeout time.Duration) (net.Conn, error) {
 	ctx, cancel := context.WithTimeout(s.ctx, timeout)
 	defer cancel()
-	return s.dial(ctx, string(addr), muxRaft)
+	return s.dial(ctx, string(addr), muxRaft, func(peer string) error { return s.authz.checkDialed(string(addr), peer) })
 }
 
-func (s *streamLayer) dial(ctx context.Context, addr string, kind byte) (net.Conn, error) {
+// dial opens a connection to addr for service kind. accept, if set, sees
+// the peer's node ID once the handshake has proven it and before the
+// service byte is sent; its error ends the dial.
+func (s *streamLayer) dial(ctx context.Context, addr string, kind byte, accept func(peer string) error) (*tls.Conn, error) {
 	raw, err := s.network.DialContext(ctx, s.node, addr)
 	if err != nil {
 		return nil, fmt.Errorf("dialing peer %s: %w", addr, err)
@@ -170,6 +182,12 @@ func (s *streamLayer) dial(ctx context.Context, addr string, kind byte) (net.Con
 	if err := conn.HandshakeContext(ctx); err != nil {
 		raw.Close()
 		return nil, fmt.Errorf("TLS handshake with %s: %w", addr, err)
+	}
+	if accept != nil {
+		if err := accept(pki.PeerID(conn.ConnectionState())); err != nil {
+			conn.Close()
+			return nil, err
+		}
 	}
 	if _, err := conn.Write([]byte{kind}); err != nil {
 		conn.Close()
@@ -191,6 +209,20 @@ type RPCRequest struct {
 	Learner bool `json:"learner,omitempty"`
 }
 
+// Cluster RPC operations the store serves itself.
+const (
+	opJoin  = "join"
+	opLeave = "leave"
+	opPing  = "ping"
+	// opMember asks whether a node is in the callee's Raft configuration
+	// (peerAuthz.vouched).
+	opMember = "raft.member"
+)
+
+// CodeRefused is the Code of a cluster RPC the transport refused: the
+// caller is not a member (peerAuthz.checkCall).
+const CodeRefused = "refused"
+
 // RPCResponse answers an RPCRequest.
 type RPCResponse struct {
 	Error  string `json:"error,omitempty"`
@@ -206,12 +238,19 @@ type RPCResponse struct {
 
 const maxRPCBytes = 1 << 20
 
-func (s *streamLayer) serveRPC(conn net.Conn, peer string) {
+func (s *streamLayer) serveRPC(conn *tls.Conn, peer string) {
 	defer conn.Close()
 	_ = conn.SetDeadline(time.Now().Add(30 * time.Second))
 	var req RPCRequest
 	if err := json.NewDecoder(io.LimitReader(conn, maxRPCBytes)).Decode(&req); err != nil {
 		_ = json.NewEncoder(conn).Encode(&RPCResponse{Error: "decoding request: " + err.Error()})
+		return
+	}
+	// The check is here, before any handler, so that no handler can
+	// forget it: only a member is served, and a non-member only joins.
+	if err := s.authz.checkCall(peer, req.Op); err != nil {
+		s.refusals.refused("a cluster RPC", peer, err, "op", req.Op, "remote", conn.RemoteAddr().String(), "serial", serialOf(conn))
+		_ = json.NewEncoder(conn).Encode(&RPCResponse{Error: fmt.Sprintf("refused by %s: %v", s.node, err), Code: CodeRefused})
 		return
 	}
 	resp := &RPCResponse{Error: "no RPC handler"}
@@ -221,9 +260,17 @@ func (s *streamLayer) serveRPC(conn net.Conn, peer string) {
 	_ = json.NewEncoder(conn).Encode(resp)
 }
 
-// call sends one RPC to addr.
-func (s *streamLayer) call(ctx context.Context, addr string, req *RPCRequest) (*RPCResponse, error) {
-	conn, err := s.dial(ctx, addr, muxRPC)
+// serialOf is the serial of a TLS connection's peer certificate, for logs.
+func serialOf(conn *tls.Conn) string {
+	if cs := conn.ConnectionState(); len(cs.PeerCertificates) > 0 {
+		return pki.FormatSerial(cs.PeerCertificates[0].SerialNumber)
+	}
+	return ""
+}
+
+// call sends one RPC to addr. accept is as for dial.
+func (s *streamLayer) call(ctx context.Context, addr string, req *RPCRequest, accept func(peer string) error) (*RPCResponse, error) {
+	conn, err := s.dial(ctx, addr, muxRPC, accept)
 	if err != nil {
 		return nil, err
 	}

@@ -108,6 +108,12 @@ func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
 	if mat.NodeID != cfg.NodeID {
 		return fmt.Errorf("tls.cert is issued to %q but node_id is %q", mat.NodeID, cfg.NodeID)
 	}
+	denied, err := pki.ParseDenyList(cfg.TLS.DenySerials)
+	if err != nil {
+		return fmt.Errorf("tls.deny_serials: %w", err)
+	}
+	// allowed_nodes narrows who may connect; what a node that connects may
+	// do is its membership's business (raftstore).
 	var authorize pki.Authorize
 	if allowed := cfg.TLS.AllowedNodes; len(allowed) > 0 {
 		authorize = func(id string) error {
@@ -123,7 +129,7 @@ func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	store, err := raftstore.Open(raftstore.Config{
 		NodeID: cfg.NodeID, BindAddr: cfg.BindAddr, AdvertiseAddr: cfg.AdvertiseAddr, DataDir: cfg.DataDir,
-		TLS: mat, Authorize: authorize, HeartbeatTimeout: cfg.Heartbeat, ElectionTimeout: cfg.Election,
+		TLS: mat, Authorize: authorize, Denied: denied, HeartbeatTimeout: cfg.Heartbeat, ElectionTimeout: cfg.Election,
 		LeaderLeaseTimeout: cfg.LeaderLease, CommitTimeout: cfg.Commit, SnapshotInterval: cfg.SnapInterval,
 		SnapshotThreshold: cfg.SnapThreshold, TrailingLogs: cfg.TrailingLogs, Logger: log,
 	})

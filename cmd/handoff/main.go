@@ -19,7 +19,8 @@ commands:
   demo       run a three-node failover in this process (no cloud, no root)
   agent      run the agent daemon (-config FILE)
   validate   check a configuration file (-config FILE)
-  tls        create a cluster CA (tls ca) or a node certificate (tls cert)
+  tls        create a cluster CA (tls ca) or a node certificate (tls cert);
+             print a certificate's serial for tls.deny_serials (tls show)
   emulator   serve the built-in cloud emulator (EC2, GCE, ARM + metadata)
   keygen     create a cluster key file (seals SA keys at rest)
   version    print the version

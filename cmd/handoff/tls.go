@@ -2,10 +2,13 @@ package main
 
 import (
 	"crypto/rand"
+	"crypto/x509"
 	"encoding/hex"
+	"encoding/pem"
 	"flag"
 	"fmt"
 	"io"
+	"os"
 	"path/filepath"
 	"strings"
 	"time"
@@ -15,7 +18,7 @@ import (
 
 func runTLS(args []string, stdout io.Writer) error {
 	if len(args) == 0 {
-		return usageError{"usage: handoff tls ca|cert [flags]"}
+		return usageError{"usage: handoff tls ca|cert|show [flags]"}
 	}
 	switch args[0] {
 	case "ca":
@@ -79,9 +82,56 @@ func runTLS(args []string, stdout io.Writer) error {
 			return err
 		}
 		fmt.Fprintf(stdout, "wrote %s and %s\n", cert, key)
+		// The serial is what retires the certificate (tls.deny_serials):
+		// print it now, while the operator knows which node it is for.
+		return showCerts(stdout, cert, nc.CertPEM)
+	case "show":
+		fs := flag.NewFlagSet("tls show", flag.ContinueOnError)
+		if err := fs.Parse(args[1:]); err != nil {
+			return usageError{err.Error()}
+		}
+		if fs.NArg() == 0 {
+			return usageError{"usage: handoff tls show CERT.pem... (prints node ID, serial, expiry, SHA-256 fingerprint)"}
+		}
+		for _, name := range fs.Args() {
+			data, err := os.ReadFile(name)
+			if err != nil {
+				return fmt.Errorf("reading certificate: %w", err)
+			}
+			if err := showCerts(stdout, name, data); err != nil {
+				return err
+			}
+		}
 		return nil
 	}
-	return usageError{fmt.Sprintf("handoff tls: unknown subcommand %q (ca, cert)", args[0])}
+	return usageError{fmt.Sprintf("handoff tls: unknown subcommand %q (ca, cert, show)", args[0])}
+}
+
+// showCerts prints each certificate in a PEM file: its node ID, its
+// serial in the form tls.deny_serials takes, its expiry and fingerprint.
+func showCerts(w io.Writer, name string, data []byte) error {
+	n := 0
+	for {
+		var block *pem.Block
+		block, data = pem.Decode(data)
+		if block == nil {
+			break
+		}
+		if block.Type != "CERTIFICATE" {
+			continue
+		}
+		c, err := x509.ParseCertificate(block.Bytes)
+		if err != nil {
+			return fmt.Errorf("parsing a certificate in %s: %w", name, err)
+		}
+		n++
+		fmt.Fprintf(w, "%s: node %q, serial %s, expires %s, sha256 %s\n", name, c.Subject.CommonName,
+			pki.FormatSerial(c.SerialNumber), c.NotAfter.UTC().Format(time.DateOnly), pki.Fingerprint(c))
+	}
+	if n == 0 {
+		return fmt.Errorf("%s holds no PEM certificate", name)
+	}
+	return nil
 }
 
 func runKeygen(args []string, stdout io.Writer) error {

@@ -10,6 +10,8 @@ tls {
   ca   = "/etc/handoff/tls/ca.pem"
   cert = "/etc/handoff/tls/gw1.pem"
   key  = "/etc/handoff/tls/gw1-key.pem"
+  # gw2's certificate before its rebuild (runbook, section 6)
+  deny_serials = ["3a:5f:01:9c"]
 }
 
 raft {

@@ -179,11 +179,7 @@ func (c *Cluster) open(spec NodeSpec) (*Node, error) {
 	if spec.Role == "" {
 		spec.Role = raftstore.RoleGateway
 	}
-	cert, err := c.ca.Issue(spec.ID, []string{"127.0.0.1"}, 24*time.Hour)
-	if err != nil {
-		return nil, err
-	}
-	mat, err := pki.FromPEM(c.ca.PEM, cert.CertPEM, cert.KeyPEM)
+	mat, err := c.Certificate(spec.ID)
 	if err != nil {
 		return nil, err
 	}
@@ -257,6 +253,17 @@ func (c *Cluster) run(n *Node) {
 			c.log.Error("agent stopped", "node", n.Spec.ID, "err", err)
 		}
 	}()
+}
+
+// Certificate issues a node certificate for id from the cluster's CA. id
+// need not be, or ever become, a member: tests use it for what a
+// certificate the CA signed may do on its own.
+func (c *Cluster) Certificate(id string) (*pki.Material, error) {
+	cert, err := c.ca.Issue(id, []string{"127.0.0.1"}, 24*time.Hour)
+	if err != nil {
+		return nil, fmt.Errorf("issuing a certificate for %s: %w", id, err)
+	}
+	return pki.FromPEM(c.ca.PEM, cert.CertPEM, cert.KeyPEM)
 }
 
 // Node returns the node with id, or nil.

@@ -213,6 +213,20 @@ func FromPEM(caPEM, certPEM, keyPEM []byte) (*Material, error) {
 // Authorize decides whether a verified peer node may talk to us.
 type Authorize func(nodeID string) error
 
+// Policy is who, beyond "signed by the cluster CA and carrying the node
+// OU", may complete a handshake with this node, in either direction.
+// Whether a peer that completed one may do anything is the transport's
+// business (raftstore binds every RPC to the certificate's node and to
+// the Raft configuration); the policy only narrows who gets that far.
+type Policy struct {
+	// Authorize, if set, further restricts the node IDs
+	// (tls.allowed_nodes).
+	Authorize Authorize
+	// Denied lists retired certificates (tls.deny_serials): refused
+	// although the CA signed them.
+	Denied *DenyList
+}
+
 // PeerID returns the node ID of a verified peer certificate chain.
 func PeerID(cs tls.ConnectionState) string {
 	if len(cs.PeerCertificates) == 0 {
@@ -222,9 +236,10 @@ func PeerID(cs tls.ConnectionState) string {
 }
 
 // verifyPeer checks a peer chain against the cluster CA and the node OU,
-// then asks authorize. Hostnames are not checked: nodes are identified by
-// the node ID in their certificate, not by the address they dial from.
-func (m *Material) verifyPeer(cs tls.ConnectionState, authorize Authorize) error {
+// then the deny list and authorize. Hostnames are not checked: nodes are
+// identified by the node ID in their certificate, not by the address they
+// dial from.
+func (m *Material) verifyPeer(cs tls.ConnectionState, p Policy) error {
 	if len(cs.PeerCertificates) == 0 {
 		return errors.New("peer presented no certificate")
 	}
@@ -244,8 +259,11 @@ func (m *Material) verifyPeer(cs tls.ConnectionState, authorize Authorize) error
 	if !ok {
 		return fmt.Errorf("peer certificate %q is not a handoff node certificate (OU %q missing)", leaf.Subject.CommonName, NodeOU)
 	}
-	if authorize != nil {
-		if err := authorize(leaf.Subject.CommonName); err != nil {
+	if err := p.Denied.Check(leaf); err != nil {
+		return fmt.Errorf("peer %q refused: %w", leaf.Subject.CommonName, err)
+	}
+	if p.Authorize != nil {
+		if err := p.Authorize(leaf.Subject.CommonName); err != nil {
 			return fmt.Errorf("peer %q not authorised: %w", leaf.Subject.CommonName, err)
 		}
 	}
@@ -253,21 +271,21 @@ func (m *Material) verifyPeer(cs tls.ConnectionState, authorize Authorize) error
 }
 
 // ServerConfig is the TLS config for accepting peers: client certificates
-// are required and authorised.
-func (m *Material) ServerConfig(authorize Authorize) *tls.Config {
+// are required and checked against p.
+func (m *Material) ServerConfig(p Policy) *tls.Config {
 	return &tls.Config{
 		MinVersion:   tls.VersionTLS13,
 		Certificates: []tls.Certificate{m.Cert},
 		ClientAuth:   tls.RequireAnyClientCert,
 		VerifyConnection: func(cs tls.ConnectionState) error {
-			return m.verifyPeer(cs, authorize)
+			return m.verifyPeer(cs, p)
 		},
 	}
 }
 
 // ClientConfig is the TLS config for dialing peers: the server certificate
-// is verified against the cluster CA and authorised the same way.
-func (m *Material) ClientConfig(authorize Authorize) *tls.Config {
+// is verified against the cluster CA and checked against p the same way.
+func (m *Material) ClientConfig(p Policy) *tls.Config {
 	return &tls.Config{
 		MinVersion:   tls.VersionTLS13,
 		Certificates: []tls.Certificate{m.Cert},
@@ -275,7 +293,7 @@ func (m *Material) ClientConfig(authorize Authorize) *tls.Config {
 		// checks the chain against the cluster CA and the node identity.
 		InsecureSkipVerify: true, //nolint:gosec // verified in VerifyConnection
 		VerifyConnection: func(cs tls.ConnectionState) error {
-			return m.verifyPeer(cs, authorize)
+			return m.verifyPeer(cs, p)
 		},
 	}
 }
