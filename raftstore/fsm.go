@@ -56,7 +56,7 @@ func (f *FSM) Apply(l *raft.Log) any {
 	if l.Type != raft.LogCommand {
 		return nil
 	}
-	if w, err := f.lane.Enter(context.Background()); err == nil {
+	if w, err := f.lane.EnterPrompt(context.Background()); err == nil {
 		defer w.Leave()
 	}
 	c, err := Decode(l.Data)

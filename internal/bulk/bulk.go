@@ -59,6 +59,9 @@ type Worker struct {
 	lane  *Lane
 	since time.Time
 	held  bool
+	// prompt: Raft waits on this work, so it never waits for urgent
+	// work (see EnterPrompt).
+	prompt bool
 }
 
 // Enter waits for a seat in the lane. The worker must Leave when done.
@@ -70,13 +73,31 @@ func (l *Lane) Enter(ctx context.Context) (*Worker, error) {
 	return w, nil
 }
 
+// EnterPrompt is Enter for work that Raft itself waits on: applying
+// committed entries. It takes a seat like any worker, so it still leaves a
+// P to the network, but it does not wait for urgent work. Raft hands
+// committed entries to the FSM on the path that answers the leader's
+// heartbeats and blocks there once the FSM falls behind, so an FSM parked
+// behind a takeover's install stops its node answering: in the in-process
+// demo at 100,000 SAs a new leader lost its lease to the follower whose
+// applies waited for that leader's own install.
+func (l *Lane) EnterPrompt(ctx context.Context) (*Worker, error) {
+	w := &Worker{lane: l, prompt: true}
+	if err := w.take(ctx); err != nil {
+		return nil, err
+	}
+	return w, nil
+}
+
 func (w *Worker) take(ctx context.Context) error {
 	if w.lane == nil {
 		w.held = true
 		return ctx.Err()
 	}
-	if err := w.lane.waitUrgent(ctx); err != nil {
-		return err
+	if !w.prompt {
+		if err := w.lane.waitUrgent(ctx); err != nil {
+			return err
+		}
 	}
 	select {
 	case w.lane.seats <- struct{}{}:
@@ -95,7 +116,7 @@ func (w *Worker) Step(ctx context.Context) error {
 	if w.lane == nil {
 		return ctx.Err()
 	}
-	if time.Since(w.since) < w.lane.slice && w.lane.urgent.Load() == 0 {
+	if time.Since(w.since) < w.lane.slice && (w.prompt || w.lane.urgent.Load() == 0) {
 		return nil
 	}
 	w.release()

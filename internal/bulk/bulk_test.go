@@ -82,6 +82,40 @@ func TestUrgentWorkGoesFirst(t *testing.T) {
 	w.Leave() // safe twice
 }
 
+// TestPromptWorkDoesNotWaitForUrgentWork: the FSM's applies (Raft waits on
+// them) run while a takeover's install is urgent; ordinary work waits.
+func TestPromptWorkDoesNotWaitForUrgentWork(t *testing.T) {
+	l := NewLane(2, time.Hour)
+	ctx := context.Background()
+	inUrgent, done := make(chan struct{}), make(chan struct{})
+	finished := make(chan error, 1)
+	go func() {
+		finished <- l.RunUrgent(ctx, 1, func(int) error {
+			close(inUrgent)
+			<-done
+			return nil
+		})
+	}()
+	<-inUrgent
+	w, err := l.EnterPrompt(ctx)
+	if err != nil {
+		t.Fatalf("prompt work while urgent work runs: %v", err)
+	}
+	if err := w.Step(ctx); err != nil {
+		t.Fatal(err)
+	}
+	w.Leave()
+	wctx, cancel := context.WithTimeout(ctx, 20*time.Millisecond)
+	defer cancel()
+	if _, err := l.Enter(wctx); err == nil {
+		t.Error("ordinary work entered while urgent work ran")
+	}
+	close(done)
+	if err := <-finished; err != nil {
+		t.Fatal(err)
+	}
+}
+
 // TestLaneEndsWithContext: a worker waiting for a seat gives up when its
 // context ends, naming what it waited for.
 func TestLaneEndsWithContext(t *testing.T) {
