@@ -288,6 +288,11 @@ func ReadSnapshot(r io.Reader) (*State, error) {
 	}
 	st := NewState()
 	for _, m := range meta.Members {
+		// A map keeps the last of two entries: a snapshot that lists a
+		// member twice is refused, not silently merged.
+		if _, dup := st.Members[m.ID]; dup {
+			return nil, fmt.Errorf("%w: member %q listed twice", ErrSnapshot, m.ID)
+		}
 		st.Members[m.ID] = m
 	}
 	st.Active, st.History, st.LastIndex = meta.Active, meta.History, meta.LastIndex
@@ -320,6 +325,9 @@ func ReadSnapshot(r io.Reader) (*State, error) {
 		}
 		if len(id) == 0 || len(sealed) == 0 {
 			return nil, fmt.Errorf("%w: SA entry %d without id or payload", ErrSnapshot, i)
+		}
+		if _, dup := st.SAs[string(id)]; dup {
+			return nil, fmt.Errorf("%w: SA %s twice", ErrSnapshot, id)
 		}
 		st.SAs[string(id)] = &SAEntry{ID: string(id), Sealed: sealed, Term: term, Index: index}
 	}

@@ -373,7 +373,7 @@ func (s *Server) writeErr(w http.ResponseWriter, err error) int {
 		}
 	case errors.Is(err, agent.ErrUnknownNode):
 		status, body.Code = http.StatusBadRequest, "unknown-node"
-	case errors.Is(err, raftstore.ErrSnapshot):
+	case errors.Is(err, raftstore.ErrSnapshot), errors.Is(err, raftstore.ErrSnapshotRefused):
 		status, body.Code = http.StatusBadRequest, "bad-snapshot"
 	case errors.Is(err, agent.ErrNotEligible):
 		status, body.Code = http.StatusConflict, "not-eligible"
