@@ -31,7 +31,8 @@ type operatorFlags struct {
 	// addrFlag and tokenFileFlag name the flags in errors: the agent's
 	// and the demo's differ.
 	addrFlag, tokenFileFlag string
-	token                   string
+	// token is the demo's removed -token flag.
+	token removedTokenFlag
 }
 
 func addOperatorFlags(fs *flag.FlagSet, forDemo bool) *operatorFlags {
@@ -40,7 +41,7 @@ func addOperatorFlags(fs *flag.FlagSet, forDemo bool) *operatorFlags {
 		f.addrFlag, f.tokenFileFlag = "serve", "token-file"
 		fs.StringVar(&f.apiAddr, "serve", "", "after the failover keep the cluster running and serve the new active's API, status page and /metrics on this address until interrupted")
 		fs.StringVar(&f.tokenFile, "token-file", "", "file (mode 0600) holding the API token for the served API's mutating endpoints (default $HANDOFF_TOKEN; without one they are disabled)")
-		fs.StringVar(&f.token, "token", "", "API token for the served API's mutating endpoints (default $HANDOFF_TOKEN; without one they are disabled)")
+		fs.Var(&f.token, "token", "removed: a token on the command line is visible to every user; use -token-file or HANDOFF_TOKEN")
 	} else {
 		f.addrFlag, f.tokenFileFlag = "api-addr", "api-token-file"
 		fs.StringVar(&f.apiAddr, "api-addr", api.DefaultAddr, "operator HTTP API, status page and /metrics listen address (empty: no API)")
@@ -90,27 +91,10 @@ func (f *operatorFlags) settings(getenv func(string) string, envName string) (op
 
 // tokens reads the API tokens: the token file, or the environment.
 func (f *operatorFlags) tokens(getenv func(string) string, envName string) ([]string, error) {
-	raw, from := getenv(envName), envName
-	if f.token != "" {
-		raw, from = f.token, "-token"
-	}
 	if f.tokenFile != "" {
-		b, err := secretfile.Read(f.tokenFile)
-		if err != nil {
-			return nil, fmt.Errorf("-%s: %w", f.tokenFileFlag, err)
-		}
-		raw, from = string(b), "-"+f.tokenFileFlag
+		return readTokenFile(f.tokenFileFlag, f.tokenFile)
 	}
-	var out []string
-	for _, line := range strings.Split(raw, "\n") {
-		if t := strings.TrimSpace(line); t != "" && !strings.HasPrefix(t, "#") {
-			if len(t) < 16 {
-				return nil, fmt.Errorf("%s: API token shorter than 16 characters: use a long random one (handoff keygen makes 32 random bytes)", from)
-			}
-			out = append(out, t)
-		}
-	}
-	return out, nil
+	return parseTokens(getenv(envName), envName)
 }
 
 func (f *operatorFlags) webhook(getenv func(string) string) (*webhook.Config, error) {
