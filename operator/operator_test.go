@@ -238,7 +238,9 @@ func TestAPIReadsBeyondLoopbackNeedToken(t *testing.T) {
 		{"[::1]:40000", "", 200},
 	} {
 		req := httptest.NewRequest("GET", "/v1/status", nil)
-		req.RemoteAddr = c.remote
+		// As a local client names the agent (api.TestLoopbackReadsCheckTheHost
+		// covers the other names).
+		req.RemoteAddr, req.Host = c.remote, "127.0.0.1:7950"
 		if c.tok != "" {
 			req.Header.Set("Authorization", "Bearer "+c.tok)
 		}

@@ -161,6 +161,11 @@ func (f *operatorFlags) agentSurface(node string, op operatorSettings, log *slog
 	}
 	cfg := op.api
 	cfg.Logger = log
+	// Debian-style hosts resolve their own name to 127.0.1.1: a local
+	// client using it reads as one using localhost does.
+	if h, err := os.Hostname(); err == nil && h != "" {
+		cfg.Hosts = append(cfg.Hosts, h)
+	}
 	return s, cfg, nil
 }
 

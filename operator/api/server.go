@@ -1,9 +1,11 @@
 // Package api is the agent's HTTP API and its Go client, which the CLI
-// verbs use. The API speaks JSON. Reads are open from loopback; from
-// anywhere else, and for every request that changes state or reads a
-// snapshot, it wants `Authorization: Bearer <token>`, compared in constant
-// time against the configured tokens (never logged). It listens on
-// 127.0.0.1 unless told otherwise, with TLS when given a certificate.
+// verbs use. The API speaks JSON. Reads are open from loopback, to clients
+// that name the agent by a loopback or configured name (Host), so that a
+// web page elsewhere cannot read them through DNS rebinding; from anywhere
+// else, and for every request that changes state or reads a snapshot, it
+// wants `Authorization: Bearer <token>`, compared in constant time against
+// the configured tokens (never logged). It listens on 127.0.0.1 unless told
+// otherwise, with TLS when given a certificate.
 //
 // Requests that need the leader are run there: the agent forwards promote,
 // drain, remove-peer and transfer-leadership over the cluster's mutual-TLS
@@ -64,6 +66,10 @@ type Config struct {
 	TLS *tls.Config
 	// PeerAPI, if set, returns a node's API URL, for leader hints.
 	PeerAPI func(node string) string
+	// Hosts are names, besides loopback names and addresses and the host
+	// of Addr, by which loopback clients may read without a token (the
+	// machine's host name, which may resolve to 127.0.1.1).
+	Hosts []string
 	// Metrics and Page, if set, are served at /metrics and / (both are
 	// reads: open from loopback, token elsewhere; the page's static files
 	// are always served, its data comes from /v1).
@@ -274,7 +280,19 @@ func (s *Server) wrap(rt route) http.Handler {
 // authorize returns 0 when the request may go on, or the status and reason.
 func (s *Server) authorize(r *http.Request, a access) (int, string) {
 	if a == read && isLoopbackRemote(r.RemoteAddr) {
-		return 0, ""
+		// A loopback peer is not always a local program asking: a browser
+		// on this host runs any site's script, and a site whose name it
+		// re-resolves to 127.0.0.1 (DNS rebinding) reaches this port as
+		// that name. Only the names this agent answers to open reads; a
+		// token opens them under any name.
+		if s.knownHost(r.Host) {
+			return 0, ""
+		}
+		if r.Header.Get("Authorization") == "" {
+			return http.StatusMisdirectedRequest, fmt.Sprintf("Host %q is not a name of this agent: reads without a token are served to "+
+				"loopback clients that ask by a loopback name (localhost, 127.0.0.1, [::1]) or a configured one, not to pages "+
+				"of other sites that rebound their name to this host", r.Host)
+		}
 	}
 	if len(s.tokens) == 0 {
 		if a == read {
@@ -306,6 +324,36 @@ func (s *Server) tokenOK(tok string) bool {
 		ok |= subtle.ConstantTimeCompare(sum[:], t[:])
 	}
 	return ok == 1
+}
+
+// knownHost reports whether a Host header names this agent: empty (an
+// HTTP/1.0 client names nothing; a browser always does), a loopback
+// address, localhost or a name under .localhost (RFC 6761: never resolved
+// elsewhere), the host of the listen address (not 0.0.0.0 or ::), or a
+// configured name.
+func (s *Server) knownHost(hostport string) bool {
+	if hostport == "" {
+		return true
+	}
+	host := hostport
+	if h, _, err := net.SplitHostPort(hostport); err == nil {
+		host = h
+	}
+	host = strings.TrimSuffix(strings.ToLower(strings.Trim(host, "[]")), ".")
+	if isLoopbackHost(host) || strings.HasSuffix(host, ".localhost") {
+		return true
+	}
+	if h, _, err := net.SplitHostPort(s.cfg.Addr); err == nil && h != "" && strings.EqualFold(strings.Trim(h, "[]"), host) {
+		if ip := net.ParseIP(host); ip == nil || !ip.IsUnspecified() {
+			return true
+		}
+	}
+	for _, h := range s.cfg.Hosts {
+		if strings.EqualFold(strings.TrimSuffix(h, "."), host) {
+			return true
+		}
+	}
+	return false
 }
 
 func isLoopbackRemote(remote string) bool {
