@@ -27,6 +27,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"reflect"
 	"strconv"
 	"strings"
 	"sync"
@@ -444,8 +445,9 @@ func (s *Server) writeErr(w http.ResponseWriter, err error) int {
 	return status
 }
 
-// decode reads a small JSON body strictly: unknown fields and trailing
-// data are errors that name what was wrong.
+// decode reads a small JSON body strictly: unknown fields (a known one
+// spelled in another case too), a field given twice and trailing data are
+// errors that name what was wrong.
 func decode(r *http.Request, v any) error {
 	body, err := io.ReadAll(io.LimitReader(r.Body, 64<<10+1))
 	if err != nil {
@@ -457,6 +459,9 @@ func decode(r *http.Request, v any) error {
 	if len(bytes.TrimSpace(body)) == 0 {
 		body = []byte("{}")
 	}
+	if err := exactFields(body, v); err != nil {
+		return badRequest("decoding request body: %v", err)
+	}
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
@@ -466,6 +471,78 @@ func decode(r *http.Request, v any) error {
 		return badRequest("decoding request body: trailing data after the JSON object")
 	}
 	return nil
+}
+
+// exactFields checks that body, if a JSON object, names only fields of the
+// struct v points to, each spelled exactly as its json tag and given once.
+// encoding/json matches names without regard to case ({"Node": ...} fills
+// node, so DisallowUnknownFields lets it through) and keeps the last of
+// two, so neither is left to it. What is not an object is left to the
+// decoder, which refuses it with a type error.
+func exactFields(body []byte, v any) error {
+	names := jsonNames(reflect.TypeOf(v))
+	dec := json.NewDecoder(bytes.NewReader(body))
+	if tok, err := dec.Token(); err != nil || tok != json.Delim('{') {
+		return nil
+	}
+	seen := make(map[string]bool)
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			return err
+		}
+		key, _ := tok.(string)
+		if !names[key] {
+			for n := range names {
+				if strings.EqualFold(n, key) {
+					return fmt.Errorf("unknown field %q (names are exact: %q)", key, n)
+				}
+			}
+			return fmt.Errorf("unknown field %q", key)
+		}
+		if seen[key] {
+			return fmt.Errorf("field %q given twice", key)
+		}
+		seen[key] = true
+		var value json.RawMessage
+		if err := dec.Decode(&value); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// jsonNames returns the JSON names of a struct type's fields (through a
+// pointer, with embedded structs' fields promoted as encoding/json does).
+func jsonNames(t reflect.Type) map[string]bool {
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	names := make(map[string]bool)
+	if t.Kind() != reflect.Struct {
+		return names
+	}
+	for i := 0; i < t.NumField(); i++ {
+		f := t.Field(i)
+		name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+		ft := f.Type
+		if ft.Kind() == reflect.Pointer {
+			ft = ft.Elem()
+		}
+		switch {
+		case name == "-":
+		case f.Anonymous && name == "" && ft.Kind() == reflect.Struct:
+			for n := range jsonNames(ft) {
+				names[n] = true
+			}
+		case !f.IsExported():
+		case name == "":
+			names[f.Name] = true
+		default:
+			names[name] = true
+		}
+	}
+	return names
 }
 
 // NodeRequest is the body of promote, remove-peer and transfer-leadership.
