@@ -49,6 +49,10 @@ FUZZ = $(GO) test -run '^$$' -fuzztime $${FUZZTIME:-30s} -fuzzminimizetime $${FU
 fuzz: ## run each fuzz target for FUZZTIME (default 30s)
 	$(FUZZ) ./raftstore -fuzz FuzzDecodeCommand
 	$(FUZZ) ./raftstore -fuzz FuzzReadSnapshot
+	$(FUZZ) ./raftstore -fuzz FuzzSealerOpen
+	$(FUZZ) ./raftstore -fuzz FuzzReadRPCRequest
+	$(FUZZ) ./operator/api -fuzz FuzzDecodeRequest
+	$(FUZZ) ./operator/webhook -fuzz FuzzVerify
 	$(FUZZ) ./config -fuzz FuzzParse
 	$(FUZZ) ./ipsec/sa -fuzz 'FuzzUnmarshal$$'
 	$(FUZZ) ./ipsec/sa -fuzz FuzzUnmarshalReplay

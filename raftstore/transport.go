@@ -205,16 +205,26 @@ const maxRPCBytes = 1 << 20
 func (s *streamLayer) serveRPC(conn net.Conn, peer string) {
 	defer conn.Close()
 	_ = conn.SetDeadline(time.Now().Add(30 * time.Second))
-	var req RPCRequest
-	if err := json.NewDecoder(io.LimitReader(conn, maxRPCBytes)).Decode(&req); err != nil {
-		_ = json.NewEncoder(conn).Encode(&RPCResponse{Error: "decoding request: " + err.Error()})
+	req, err := readRPCRequest(conn)
+	if err != nil {
+		_ = json.NewEncoder(conn).Encode(&RPCResponse{Error: err.Error()})
 		return
 	}
 	resp := &RPCResponse{Error: "no RPC handler"}
 	if s.rpc != nil {
-		resp = s.rpc(s.ctx, peer, &req)
+		resp = s.rpc(s.ctx, peer, req)
 	}
 	_ = json.NewEncoder(conn).Encode(resp)
+}
+
+// readRPCRequest decodes one cluster RPC request of at most maxRPCBytes
+// (FuzzReadRPCRequest).
+func readRPCRequest(r io.Reader) (*RPCRequest, error) {
+	var req RPCRequest
+	if err := json.NewDecoder(io.LimitReader(r, maxRPCBytes)).Decode(&req); err != nil {
+		return nil, fmt.Errorf("decoding request: %w", err)
+	}
+	return &req, nil
 }
 
 // call sends one RPC to addr.
