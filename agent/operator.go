@@ -430,7 +430,9 @@ const MaxSnapshotBytes = 256 << 20
 
 // RestoreSnapshot replaces the replicated state with a saved snapshot
 // (leader only). The snapshot is read and validated completely before Raft
-// sees it, so a bad file changes nothing. Raft installs it on every
+// sees it, so a bad file changes nothing: its format, then that it is this
+// cluster's (raftstore.CheckRestore: every SA opens with the cluster key,
+// its members are this cluster's). Raft installs it on every
 // follower. If this node carries the tunnels, it then re-asserts its claim
 // at the current term (the snapshot's assignment is history) and resyncs
 // the SA set from its dataplane: a backup cannot bring back tunnels that
@@ -448,6 +450,11 @@ func (a *Agent) RestoreSnapshot(ctx context.Context, r io.Reader) (SnapshotInfo,
 	}
 	st, err := raftstore.ReadSnapshot(bytes.NewReader(data))
 	if err != nil {
+		return SnapshotInfo{}, err
+	}
+	// Well-formed is not enough: another cluster's snapshot (its key, its
+	// members) would leave every SA unreadable.
+	if err := a.store.CheckRestore(st, a.sealer); err != nil {
 		return SnapshotInfo{}, err
 	}
 	var cur raftstore.Active

@@ -25,6 +25,7 @@ import (
 
 	"github.com/handoffvpn/handoff/internal/pki"
 	"github.com/handoffvpn/handoff/internal/rtsched"
+	"github.com/handoffvpn/handoff/internal/secretfile"
 	"github.com/handoffvpn/handoff/providers/aws"
 	"github.com/handoffvpn/handoff/providers/azure"
 	"github.com/handoffvpn/handoff/providers/gcp"
@@ -248,7 +249,9 @@ func Parse(name string, src []byte, format string) (File, error) {
 	return f, nil
 }
 
-// Load reads path and layers it over the defaults.
+// Load reads path and layers it over the defaults. A file that holds the
+// cluster key inline is a secret file: refused if others may read it, as
+// cluster_key_file is.
 func Load(path string) (File, error) {
 	src, err := os.ReadFile(path)
 	if err != nil {
@@ -257,6 +260,15 @@ func Load(path string) (File, error) {
 	f, err := Parse(path, src, "")
 	if err != nil {
 		return File{}, err
+	}
+	if f.ClusterKey != "" {
+		st, err := os.Stat(path)
+		if err != nil {
+			return File{}, fmt.Errorf("reading config: %w", err)
+		}
+		if err := secretfile.Check(path, st.Mode()); err != nil {
+			return File{}, fmt.Errorf("cluster_key: the key is inline, and %w, or move the key to a cluster_key_file", err)
+		}
 	}
 	out := Defaults()
 	Merge(&out, f)
@@ -404,19 +416,22 @@ func Resolve(f File) (*Config, error) {
 	if c.DataDir == "" {
 		bad("data_dir", "required")
 	}
-	if _, _, err := net.SplitHostPort(c.BindAddr); err != nil {
-		bad("bind_addr", "%q is not host:port", c.BindAddr)
+	// bind_addr may ask for any free port (0); an address peers dial may not.
+	if err := CheckHostPort(c.BindAddr, 0); err != nil {
+		bad("bind_addr", "%v", err)
 	}
 	if c.AdvertiseAddr != "" {
-		if h, _, err := net.SplitHostPort(c.AdvertiseAddr); err != nil || h == "" || net.ParseIP(h) != nil && net.ParseIP(h).IsUnspecified() {
+		if err := CheckHostPort(c.AdvertiseAddr, 1); err != nil {
+			bad("advertise_addr", "%v", err)
+		} else if h, _, _ := net.SplitHostPort(c.AdvertiseAddr); h == "" || net.ParseIP(h) != nil && net.ParseIP(h).IsUnspecified() {
 			bad("advertise_addr", "%q is not a reachable host:port", c.AdvertiseAddr)
 		}
 	} else if h, _, err := net.SplitHostPort(c.BindAddr); err == nil && (h == "" || net.ParseIP(h) != nil && net.ParseIP(h).IsUnspecified()) {
 		bad("advertise_addr", "required when bind_addr %q listens on every address", c.BindAddr)
 	}
 	for i, j := range c.Join {
-		if _, _, err := net.SplitHostPort(j); err != nil {
-			bad(fmt.Sprintf("join[%d]", i), "%q is not host:port", j)
+		if err := CheckHostPort(j, 1); err != nil {
+			bad(fmt.Sprintf("join[%d]", i), "%v", err)
 		}
 	}
 	switch {
@@ -570,9 +585,25 @@ func Resolve(f File) (*Config, error) {
 		c.MemoryLimit = lim
 	}
 	if len(errs) > 0 {
-		return nil, fmt.Errorf("invalid configuration:\n  %w", joinLines(errs))
+		return nil, Invalid(errs)
 	}
 	return c, nil
+}
+
+// CheckHostPort checks that addr is host:port with a numeric port from
+// minPort to 65535. net.SplitHostPort takes any port string ("-1",
+// "99999", a service name), which Listen or Dial would only refuse later,
+// at start or at the first join.
+func CheckHostPort(addr string, minPort int) error {
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("%q is not host:port", addr)
+	}
+	p, err := strconv.Atoi(port)
+	if err != nil || p < minPort || p > 65535 {
+		return fmt.Errorf("%q: port %q is not a number from %d to 65535", addr, port, minPort)
+	}
+	return nil
 }
 
 // parseBytes reads a size such as "0", "512MiB", "2GiB" or "1073741824".
@@ -595,6 +626,12 @@ func parseBytes(v string) (int64, error) {
 	return 0, fmt.Errorf("%q is not a size (write e.g. \"0\", \"512MiB\" or \"2GiB\")", v)
 }
 
+// Invalid reports every problem found, one per line, each naming its key.
+// The agent's preflight (cmd/handoff) reports its own the same way.
+func Invalid(errs []error) error {
+	return fmt.Errorf("invalid configuration:\n  %w", lines(errs))
+}
+
 type lines []error
 
 func (l lines) Error() string {
@@ -607,8 +644,6 @@ func (l lines) Error() string {
 
 func (l lines) Unwrap() []error { return l }
 
-func joinLines(errs []error) error { return lines(errs) }
-
 func decodeKey(key, v string, bad func(string, string, ...any)) []byte {
 	b, err := hex.DecodeString(strings.TrimSpace(v))
 	if err != nil || len(b) != 32 {
@@ -619,20 +654,12 @@ func decodeKey(key, v string, bad func(string, string, ...any)) []byte {
 }
 
 func readKeyFile(path string, bad func(string, string, ...any)) []byte {
-	st, err := os.Stat(path)
+	b, err := secretfile.Read(path)
 	if err != nil {
 		bad("cluster_key_file", "%v", err)
 		return nil
 	}
-	if st.Mode().Perm()&0o077 != 0 {
-		bad("cluster_key_file", "%s is readable by others (mode %s); chmod 600 it", path, st.Mode().Perm())
-		return nil
-	}
-	b, err := os.ReadFile(path)
-	if err != nil {
-		bad("cluster_key_file", "%v", err)
-		return nil
-	}
+	defer clear(b)
 	return decodeKey("cluster_key_file", string(b), bad)
 }
 

@@ -12,10 +12,25 @@ import (
 	"github.com/handoffvpn/handoff/providers/gcp"
 )
 
+// private copies a testdata file (git keeps it 0644) to a file only its
+// owner may read, as a file with an inline cluster_key must be.
+func private(t *testing.T, name string) string {
+	t.Helper()
+	b, err := os.ReadFile(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), filepath.Base(name))
+	if err := os.WriteFile(path, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
 func TestHCLAndYAMLAgree(t *testing.T) {
 	var got []*Config
 	for _, name := range []string{"testdata/gw1.hcl", "testdata/gw1.yaml"} {
-		f, err := Load(name)
+		f, err := Load(private(t, name))
 		if err != nil {
 			t.Fatalf("%s: %v", name, err)
 		}
@@ -113,7 +128,7 @@ func TestSuspectAfterBounds(t *testing.T) {
 }
 
 func TestFlagsOverrideFile(t *testing.T) {
-	f, err := Load("testdata/gw1.hcl")
+	f, err := Load(private(t, "testdata/gw1.hcl"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -144,6 +159,30 @@ func TestClusterKeyFileMustBePrivate(t *testing.T) {
 	c, err := Resolve(f)
 	if err != nil || len(c.ClusterKey) != 32 {
 		t.Errorf("private key file: %v", err)
+	}
+}
+
+// TestInlineClusterKeyNeedsAPrivateFile: a config file holding the cluster
+// key inline is refused when others may read it, naming the key, as a
+// cluster_key_file is; without an inline key its mode is the operator's.
+func TestInlineClusterKeyNeedsAPrivateFile(t *testing.T) {
+	path := private(t, "testdata/gw1.hcl")
+	if err := os.Chmod(path, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Load(path); err == nil || !strings.HasPrefix(err.Error(), "cluster_key: ") || !strings.Contains(err.Error(), "chmod 600") {
+		t.Errorf("inline key in a world-readable file: err = %v, want one naming cluster_key", err)
+	}
+	src, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	without := strings.Replace(string(src), "cluster_key ", "# cluster_key ", 1)
+	if err := os.WriteFile(path, []byte(without), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Load(path); err != nil {
+		t.Errorf("a world-readable file without a key: %v", err)
 	}
 }
 
@@ -247,5 +286,34 @@ func TestReestablishTemplate(t *testing.T) {
 	}
 	if _, err := Resolve(f); err == nil || !strings.Contains(err.Error(), "dataplane.reestablish_template") {
 		t.Errorf("template without children: err = %v", err)
+	}
+}
+
+// TestAddressesNeedPortsInRange: ports net.SplitHostPort takes but Listen
+// and Dial refuse (issue 17: 99999, -1, 70000) are refused here, naming the
+// key; bind_addr may ask for any free port, an address peers dial may not.
+func TestAddressesNeedPortsInRange(t *testing.T) {
+	for _, c := range []struct {
+		key  string
+		edit func(f *File)
+	}{
+		{"bind_addr", func(f *File) { f.BindAddr = "192.0.2.1:99999" }},
+		{"bind_addr", func(f *File) { f.BindAddr = "192.0.2.1:-1" }},
+		{"bind_addr", func(f *File) { f.BindAddr = "192.0.2.1:70000" }},
+		{"bind_addr", func(f *File) { f.BindAddr = "192.0.2.1:raft" }},
+		{"advertise_addr", func(f *File) { f.AdvertiseAddr = "192.0.2.1:70000" }},
+		{"advertise_addr", func(f *File) { f.AdvertiseAddr = "192.0.2.1:0" }},
+		{"join[1]", func(f *File) { f.Join = []string{"192.0.2.2:7946", "192.0.2.3:-1"} }},
+	} {
+		f := validFile()
+		c.edit(&f)
+		if _, err := Resolve(f); err == nil || !strings.Contains(err.Error(), c.key+": ") || !strings.Contains(err.Error(), "65535") {
+			t.Errorf("%+v: err = %v, want one naming %s", f, err, c.key)
+		}
+	}
+	f := validFile()
+	f.BindAddr, f.Join = "127.0.0.1:0", []string{"192.0.2.2:7946"}
+	if _, err := Resolve(f); err != nil {
+		t.Errorf("bind_addr on any free port: %v", err)
 	}
 }

@@ -171,6 +171,8 @@ func TestAPIAuthStatusAndBadRequests(t *testing.T) {
 		{"no token", "POST", "/v1/promote", "", promote, 401, "missing token"},
 		{"wrong token", "POST", "/v1/promote", "not-the-token-at-all", promote, 403, "token not accepted"},
 		{"unknown field", "POST", "/v1/promote", token, `{"nod": "gw2"}`, 400, `unknown field "nod"`},
+		{"field in another case", "POST", "/v1/promote", token, fmt.Sprintf(`{"Node": %q}`, target), 400, `unknown field "Node" (names are exact: "node")`},
+		{"field twice", "POST", "/v1/promote", token, fmt.Sprintf(`{"node": %q, "node": %q}`, e.first.Spec.ID, target), 400, `field "node" given twice`},
 		{"no node", "POST", "/v1/promote", token, `{}`, 400, "node: required"},
 		{"not JSON", "POST", "/v1/promote", token, `gw2`, 400, "decoding request body"},
 		{"trailing data", "POST", "/v1/promote", token, promote + `{}`, 400, "trailing data"},
@@ -238,7 +240,9 @@ func TestAPIReadsBeyondLoopbackNeedToken(t *testing.T) {
 		{"[::1]:40000", "", 200},
 	} {
 		req := httptest.NewRequest("GET", "/v1/status", nil)
-		req.RemoteAddr = c.remote
+		// As a local client names the agent (api.TestLoopbackReadsCheckTheHost
+		// covers the other names).
+		req.RemoteAddr, req.Host = c.remote, "127.0.0.1:7950"
 		if c.tok != "" {
 			req.Header.Set("Authorization", "Bearer "+c.tok)
 		}

@@ -15,6 +15,7 @@ import (
 
 	"github.com/hashicorp/raft"
 
+	"github.com/handoffvpn/handoff/internal/boundread"
 	"github.com/handoffvpn/handoff/internal/bulk"
 )
 
@@ -162,10 +163,20 @@ func (s *fsmSnapshot) Release() {}
 //	meta: len(uvarint) JSON{members, active, health, history, last_index}
 //	sas:  n(uvarint) {id(str) term index(uvarint) sealed(bytes)}*n
 //	replay: len(uvarint) replay-batch body (see command.go)
+//
+// Every length is bounded twice: by what the block can legitimately hold
+// (the constants below, maxIDLen, maxSealedLen) and by the bytes that
+// actually arrive (boundread), because the same reader restores a snapshot
+// an operator posts and one a peer sends over Raft.
 const (
 	snapMagic   = "HOSNAP"
 	snapVersion = 1
 	maxSnapMeta = 64 << 20
+	// maxSnapSAs bounds the SA count and maxSnapReplay the replay block:
+	// sanity bounds on what a snapshot may hold. Memory follows the bytes
+	// that arrive, never these.
+	maxSnapSAs    = maxBatch * 16
+	maxSnapReplay = 1 << 31
 )
 
 type snapMeta struct {
@@ -259,9 +270,11 @@ func ReadSnapshot(r io.Reader) (*State, error) {
 		if n > max {
 			return nil, fmt.Errorf("%w: %s of %d bytes exceeds %d", ErrSnapshot, what, n, max)
 		}
-		b := make([]byte, n)
-		if _, err := io.ReadFull(br, b); err != nil {
-			return nil, fmt.Errorf("%w: reading %s: %w", ErrSnapshot, what, err)
+		// n is what the input claims, not what it holds: the block grows
+		// as its bytes arrive.
+		b, err := boundread.Exactly(br, int64(n))
+		if err != nil {
+			return nil, fmt.Errorf("%w: reading %s of %d bytes: %w", ErrSnapshot, what, n, err)
 		}
 		return b, nil
 	}
@@ -275,6 +288,11 @@ func ReadSnapshot(r io.Reader) (*State, error) {
 	}
 	st := NewState()
 	for _, m := range meta.Members {
+		// A map keeps the last of two entries: a snapshot that lists a
+		// member twice is refused, not silently merged.
+		if _, dup := st.Members[m.ID]; dup {
+			return nil, fmt.Errorf("%w: member %q listed twice", ErrSnapshot, m.ID)
+		}
 		st.Members[m.ID] = m
 	}
 	st.Active, st.History, st.LastIndex = meta.Active, meta.History, meta.LastIndex
@@ -285,8 +303,11 @@ func ReadSnapshot(r io.Reader) (*State, error) {
 		st.Health[o.Subject][o.Observer] = o
 	}
 	n, err := binary.ReadUvarint(br)
-	if err != nil || n > maxBatch*16 {
-		return nil, fmt.Errorf("%w: SA count: %v", ErrSnapshot, err)
+	if err != nil {
+		return nil, fmt.Errorf("%w: SA count: %w", ErrSnapshot, err)
+	}
+	if n > maxSnapSAs {
+		return nil, fmt.Errorf("%w: SA count %d exceeds %d", ErrSnapshot, n, maxSnapSAs)
 	}
 	for i := uint64(0); i < n; i++ {
 		id, err := readBlock("SA id", maxIDLen)
@@ -305,9 +326,12 @@ func ReadSnapshot(r io.Reader) (*State, error) {
 		if len(id) == 0 || len(sealed) == 0 {
 			return nil, fmt.Errorf("%w: SA entry %d without id or payload", ErrSnapshot, i)
 		}
+		if _, dup := st.SAs[string(id)]; dup {
+			return nil, fmt.Errorf("%w: SA %s twice", ErrSnapshot, id)
+		}
 		st.SAs[string(id)] = &SAEntry{ID: string(id), Sealed: sealed, Term: term, Index: index}
 	}
-	body, err := readBlock("replay states", 1<<31)
+	body, err := readBlock("replay states", maxSnapReplay)
 	if err != nil {
 		return nil, err
 	}

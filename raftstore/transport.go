@@ -241,9 +241,9 @@ const maxRPCBytes = 1 << 20
 func (s *streamLayer) serveRPC(conn *tls.Conn, peer string) {
 	defer conn.Close()
 	_ = conn.SetDeadline(time.Now().Add(30 * time.Second))
-	var req RPCRequest
-	if err := json.NewDecoder(io.LimitReader(conn, maxRPCBytes)).Decode(&req); err != nil {
-		_ = json.NewEncoder(conn).Encode(&RPCResponse{Error: "decoding request: " + err.Error()})
+	req, err := readRPCRequest(conn)
+	if err != nil {
+		_ = json.NewEncoder(conn).Encode(&RPCResponse{Error: err.Error()})
 		return
 	}
 	// The check is here, before any handler, so that no handler can
@@ -255,7 +255,7 @@ func (s *streamLayer) serveRPC(conn *tls.Conn, peer string) {
 	}
 	resp := &RPCResponse{Error: "no RPC handler"}
 	if s.rpc != nil {
-		resp = s.rpc(s.ctx, peer, &req)
+		resp = s.rpc(s.ctx, peer, req)
 	}
 	_ = json.NewEncoder(conn).Encode(resp)
 }
@@ -266,6 +266,16 @@ func serialOf(conn *tls.Conn) string {
 		return pki.FormatSerial(cs.PeerCertificates[0].SerialNumber)
 	}
 	return ""
+}
+
+// readRPCRequest decodes one cluster RPC request of at most maxRPCBytes
+// (FuzzReadRPCRequest).
+func readRPCRequest(r io.Reader) (*RPCRequest, error) {
+	var req RPCRequest
+	if err := json.NewDecoder(io.LimitReader(r, maxRPCBytes)).Decode(&req); err != nil {
+		return nil, fmt.Errorf("decoding request: %w", err)
+	}
+	return &req, nil
 }
 
 // call sends one RPC to addr. accept is as for dial.

@@ -59,10 +59,16 @@ func loadConfig(fs *flag.FlagSet, args []string) (*config.Config, error) {
 	return config.Resolve(file)
 }
 
+// runValidate runs the agent's preflight on the configuration and flags
+// the agent would be started with, and stops there.
 func runValidate(args []string, stdout io.Writer) error {
 	fs := flag.NewFlagSet("validate", flag.ContinueOnError)
+	af := addAgentFlags(fs)
 	cfg, err := loadConfig(fs, args)
 	if err != nil {
+		return err
+	}
+	if _, err := preflight(cfg, af, os.Getenv); err != nil {
 		return err
 	}
 	fmt.Fprintf(stdout, "configuration valid: node %s (%s, priority %d), provider %s with %d resources, dataplane %s\n",
@@ -83,9 +89,15 @@ func newLogger(w io.Writer, level, format string) *slog.Logger {
 func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
 	fs := flag.NewFlagSet("agent", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	opf := addOperatorFlags(fs, false)
-	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the agent's whole run to this file (diagnosing an agent that uses too much CPU)")
+	af := addAgentFlags(fs)
+	opf := af.op
 	cfg, err := loadConfig(fs, args)
+	if err != nil {
+		return err
+	}
+	// Everything it reads and checks before Raft opens, as handoff
+	// validate does: a mistake stops it here, naming the key.
+	ready, err := preflight(cfg, af, os.Getenv)
 	if err != nil {
 		return err
 	}
@@ -94,24 +106,14 @@ func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
 	// transport's) inherits the policy from a thread already set.
 	applyScheduling(log, cfg.Scheduling, agentHints(cfg.Scheduling), rtsched.Apply)
 	tuneRuntime(log, cfg.GCPercent, cfg.MemoryLimit)
-	if *cpuProfile != "" {
-		stop, err := startCPUProfile(*cpuProfile)
+	if af.cpuProfile != "" {
+		stop, err := startCPUProfile(af.cpuProfile)
 		if err != nil {
 			return err
 		}
 		defer stop()
 	}
-	mat, err := pki.Load(cfg.TLS.CA, cfg.TLS.Cert, cfg.TLS.Key)
-	if err != nil {
-		return fmt.Errorf("loading TLS material: %w", err)
-	}
-	if mat.NodeID != cfg.NodeID {
-		return fmt.Errorf("tls.cert is issued to %q but node_id is %q", mat.NodeID, cfg.NodeID)
-	}
-	denied, err := pki.ParseDenyList(cfg.TLS.DenySerials)
-	if err != nil {
-		return fmt.Errorf("tls.deny_serials: %w", err)
-	}
+	mat, sealer, denied := ready.tls, ready.sealer, ready.denied
 	// allowed_nodes narrows who may connect; what a node that connects may
 	// do is its membership's business (raftstore).
 	var authorize pki.Authorize
@@ -122,10 +124,6 @@ func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
 			}
 			return errors.New("not in tls.allowed_nodes")
 		}
-	}
-	sealer, err := raftstore.NewSealer(cfg.ClusterKey)
-	if err != nil {
-		return err
 	}
 	store, err := raftstore.Open(raftstore.Config{
 		NodeID: cfg.NodeID, BindAddr: cfg.BindAddr, AdvertiseAddr: cfg.AdvertiseAddr, DataDir: cfg.DataDir,
@@ -141,7 +139,7 @@ func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	surface, apiCfg, err := opf.agentSurface(cfg.NodeID, log)
+	surface, apiCfg, err := opf.agentSurface(cfg.NodeID, ready.op, log)
 	if err != nil {
 		return err
 	}

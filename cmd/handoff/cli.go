@@ -19,8 +19,9 @@ import (
 )
 
 // The CLI verbs talk to an agent's HTTP API (operator/api), like Consul's
-// and Nomad's: the address and token come from -addr and -token or from
-// HANDOFF_ADDR and HANDOFF_TOKEN; tables by default, -json for scripts.
+// and Nomad's: the address comes from -addr or HANDOFF_ADDR, the token from
+// a file (-token-file or HANDOFF_TOKEN_FILE) or HANDOFF_TOKEN, never from
+// the command line (see token.go); tables by default, -json for scripts.
 
 const cliUsage = `operator commands (over the agent's HTTP API):
   status                              this agent's view: active node, leader, SAs, members
@@ -34,8 +35,9 @@ const cliUsage = `operator commands (over the agent's HTTP API):
   operator raft transfer-leadership [NODE]
   snapshot save FILE | restore FILE   save or restore the replicated state
 
-common flags: -addr (HANDOFF_ADDR, default 127.0.0.1:7950), -token (HANDOFF_TOKEN),
-  -ca-file (HANDOFF_CACERT) for an HTTPS agent, -json, -timeout
+common flags: -addr (HANDOFF_ADDR, default 127.0.0.1:7950), -token-file FILE
+  (HANDOFF_TOKEN_FILE; or the token itself in HANDOFF_TOKEN), -ca-file
+  (HANDOFF_CACERT) for an HTTPS agent, -json, -timeout
 `
 
 // cliEnv carries what a verb needs from its surroundings.
@@ -45,21 +47,24 @@ type cliEnv struct {
 }
 
 type cliFlags struct {
-	addr, token, caFile string
-	json                bool
-	timeout             time.Duration
+	addr, tokenFile, caFile string
+	json                    bool
+	timeout                 time.Duration
+	token                   removedTokenFlag
+	getenv                  func(string) string
 }
 
 func (e cliEnv) flags(name string) (*flag.FlagSet, *cliFlags) {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(e.stderr)
-	f := &cliFlags{}
+	f := &cliFlags{getenv: e.getenv}
 	addr := e.getenv("HANDOFF_ADDR")
 	if addr == "" {
 		addr = api.DefaultAddr
 	}
 	fs.StringVar(&f.addr, "addr", addr, "agent API address, host:port or URL (env HANDOFF_ADDR)")
-	fs.StringVar(&f.token, "token", e.getenv("HANDOFF_TOKEN"), "API token for commands that change state (env HANDOFF_TOKEN)")
+	fs.StringVar(&f.tokenFile, "token-file", e.getenv("HANDOFF_TOKEN_FILE"), "file (mode 0600) holding the API token for commands that change state (env HANDOFF_TOKEN_FILE; without it, the token itself from HANDOFF_TOKEN)")
+	fs.Var(&f.token, "token", "removed: a token on the command line is visible to every user; use -token-file or HANDOFF_TOKEN")
 	fs.StringVar(&f.caFile, "ca-file", e.getenv("HANDOFF_CACERT"), "CA certificate to verify an HTTPS agent (env HANDOFF_CACERT)")
 	fs.BoolVar(&f.json, "json", false, "print JSON instead of a table")
 	fs.DurationVar(&f.timeout, "timeout", 70*time.Second, "give up after this long")
@@ -84,7 +89,21 @@ func parseInterspersed(fs *flag.FlagSet, args []string) ([]string, error) {
 }
 
 func (f *cliFlags) client() (*api.Client, error) {
-	return api.NewClient(f.addr, f.token, api.ClientOptions{CAFile: f.caFile, Timeout: f.timeout})
+	if err := f.token.check("token-file"); err != nil {
+		return nil, err
+	}
+	token := f.getenv("HANDOFF_TOKEN")
+	if f.tokenFile != "" {
+		toks, err := readTokenFile("token-file", f.tokenFile)
+		if err != nil {
+			return nil, err
+		}
+		if len(toks) == 0 {
+			return nil, fmt.Errorf("-token-file: %s holds no token", f.tokenFile)
+		}
+		token = toks[0]
+	}
+	return api.NewClient(f.addr, token, api.ClientOptions{CAFile: f.caFile, Timeout: f.timeout})
 }
 
 // explain turns client errors into what the operator should do.
@@ -95,7 +114,7 @@ func explain(err error) error {
 	case errors.Is(err, api.ErrUnreachable):
 		return fmt.Errorf("cannot reach the agent: %w (is it running with its API on this address? set -addr or HANDOFF_ADDR)", err)
 	case errors.Is(err, api.ErrUnauthorized):
-		return fmt.Errorf("%w (check -token or HANDOFF_TOKEN)", err)
+		return fmt.Errorf("%w (check -token-file or HANDOFF_TOKEN)", err)
 	}
 	return err
 }

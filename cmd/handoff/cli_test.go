@@ -66,6 +66,17 @@ func startCLICluster(t *testing.T) *cliCluster {
 	return &cliCluster{c: c, f: f, first: first, act: act}
 }
 
+// tokenFile writes tok to a file only its owner can read, as the CLI wants
+// tokens: from a file or the environment, never the command line.
+func tokenFile(t *testing.T, tok string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "token")
+	if err := os.WriteFile(path, []byte(tok+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
 // handoff runs the CLI with args and returns its output.
 func handoff(t *testing.T, args ...string) (string, error) {
 	t.Helper()
@@ -215,7 +226,7 @@ func TestCLIVerbs(t *testing.T) {
 	histAtSave := historyLen(cc.first)
 	t.Run("snapshot save", func(t *testing.T) {
 		// Ask a follower: the client follows its hint to the leader.
-		out := mustCLI(t, "snapshot", "save", snap, "-addr", cc.f.URL("gw2"), "-token", cliToken)
+		out := mustCLI(t, "snapshot", "save", snap, "-addr", cc.f.URL("gw2"), "-token-file", tokenFile(t, cliToken))
 		if !strings.Contains(out, "saved snapshot at index") {
 			t.Errorf("snapshot save: %s", out)
 		}
@@ -397,15 +408,15 @@ func TestCLIErrors(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "cannot reach the agent") || !strings.Contains(err.Error(), "HANDOFF_ADDR") {
 		t.Errorf("unreachable agent: %v", err)
 	}
-	_, err = handoff(t, "promote", "gw2", "-addr", addr, "-token", "wrong-token-0123456789")
-	if err == nil || !strings.Contains(err.Error(), "token not accepted") || !strings.Contains(err.Error(), "check -token or HANDOFF_TOKEN") {
+	_, err = handoff(t, "promote", "gw2", "-addr", addr, "-token-file", tokenFile(t, "wrong-token-0123456789"))
+	if err == nil || !strings.Contains(err.Error(), "token not accepted") || !strings.Contains(err.Error(), "check -token-file or HANDOFF_TOKEN") {
 		t.Errorf("wrong token: %v", err)
 	}
 	_, err = handoff(t, "drain", "-addr", addr)
 	if err == nil || !strings.Contains(err.Error(), "401") || !strings.Contains(err.Error(), "missing token") {
 		t.Errorf("no token: %v", err)
 	}
-	_, err = handoff(t, "promote", "gw9", "-addr", addr, "-token", cliToken)
+	_, err = handoff(t, "promote", "gw9", "-addr", addr, "-token-file", tokenFile(t, cliToken))
 	if err == nil || !strings.Contains(err.Error(), `"gw9" is not a member`) {
 		t.Errorf("promote of a stranger: %v", err)
 	}
@@ -420,6 +431,40 @@ func TestCLIErrors(t *testing.T) {
 	time.Sleep(300 * time.Millisecond)
 	if after := historyLen(cc.first); after != before || !cc.first.Agent.IsActive() {
 		t.Errorf("refused commands changed the cluster: history %d → %d", before, after)
+	}
+}
+
+// TestTokensNeverOnTheCommandLine: -token, which put the token in every
+// user's ps, is refused by the verbs and the demo, pointing at -token-file
+// and HANDOFF_TOKEN without repeating the token, before anything is asked
+// or started; a token file others can read is refused too.
+func TestTokensNeverOnTheCommandLine(t *testing.T) {
+	const secret = "a-token-that-must-not-echo"
+	for _, args := range [][]string{
+		{"status", "-addr", "127.0.0.1:1", "-token", secret},
+		{"promote", "gw2", "-token=" + secret, "-addr", "127.0.0.1:1"},
+		{"snapshot", "save", filepath.Join(t.TempDir(), "s"), "-token", secret},
+		{"demo", "-serve", "127.0.0.1:0", "-token", secret},
+	} {
+		_, err := handoff(t, args...)
+		var ue usageError
+		if !errors.As(err, &ue) || !strings.Contains(err.Error(), "-token is no longer accepted") ||
+			!strings.Contains(err.Error(), "-token-file") || !strings.Contains(err.Error(), "HANDOFF_TOKEN") {
+			t.Errorf("handoff %s: %v, want a usage error pointing at -token-file and HANDOFF_TOKEN", args[0], err)
+		}
+		if err != nil && strings.Contains(err.Error(), secret) {
+			t.Errorf("handoff %s repeated the token: %v", args[0], err)
+		}
+	}
+	exposed := tokenFile(t, cliToken)
+	if err := os.Chmod(exposed, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := handoff(t, "drain", "-addr", "127.0.0.1:1", "-token-file", exposed); err == nil || !strings.Contains(err.Error(), "-token-file: ") || !strings.Contains(err.Error(), "readable by others") {
+		t.Errorf("a world-readable token file: %v", err)
+	}
+	if _, err := handoff(t, "demo", "-serve", "127.0.0.1:0", "-token-file", exposed); err == nil || !strings.Contains(err.Error(), "-token-file: ") || !strings.Contains(err.Error(), "readable by others") {
+		t.Errorf("the demo with a world-readable token file: %v", err)
 	}
 }
 
@@ -447,7 +492,7 @@ func TestDemoServe(t *testing.T) {
 	out := &syncBuffer{}
 	done := make(chan error, 1)
 	go func() {
-		done <- run(ctx, []string{"demo", "-tunnels", "50", "-serve", "127.0.0.1:0", "-token", cliToken, "-realtime-priority", "0"}, out, io.Discard)
+		done <- run(ctx, []string{"demo", "-tunnels", "50", "-serve", "127.0.0.1:0", "-token-file", tokenFile(t, cliToken), "-realtime-priority", "0"}, out, io.Discard)
 	}()
 	var url string
 	waitUntil(t, "the demo to serve", func() bool {
@@ -475,8 +520,8 @@ func TestDemoServe(t *testing.T) {
 	if h := mustCLI(t, "history", "-addr", url); strings.Count(h, "completed") < 2 {
 		t.Errorf("history after the demo's failover:\n%s", h)
 	}
-	// The token given on the command line guards the mutating endpoints.
-	if _, err := handoff(t, "drain", "-addr", url, "-token", "not-the-demo-token-at-all"); err == nil {
+	// The token in the demo's token file guards the mutating endpoints.
+	if _, err := handoff(t, "drain", "-addr", url, "-token-file", tokenFile(t, "not-the-demo-token-at-all")); err == nil {
 		t.Error("drain with a wrong token succeeded")
 	}
 	cancel()

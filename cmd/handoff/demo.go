@@ -30,6 +30,9 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if err := fs.Parse(args); err != nil {
 		return usageError{err.Error()}
 	}
+	if err := serve.token.check("token-file"); err != nil {
+		return err
+	}
 	if *nodes < 2 || *nodes > 9 {
 		return usageError{fmt.Sprintf("demo: -nodes %d is outside 2..9", *nodes)}
 	}

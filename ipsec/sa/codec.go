@@ -342,10 +342,18 @@ func (r *reader) u32var(what string) uint32 {
 	}
 	return uint32(v)
 }
+
+// count reads a list length, bounded by max and by the input left: every
+// entry takes at least one byte, so a longer claim is false and must not
+// size an allocation.
 func (r *reader) count(max int) int {
 	v := r.uvar()
 	if v > uint64(max) {
 		r.fail("list of %d entries, limit %d", v, max)
+		return 0
+	}
+	if v > uint64(len(r.buf)) {
+		r.fail("list of %d entries in %d bytes", v, len(r.buf))
 		return 0
 	}
 	return int(v)

@@ -2,11 +2,15 @@ package sa
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"net/netip"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/handoffvpn/handoff/internal/allocguard"
 )
 
 // seedChildSA is a fully populated CHILD_SA: every optional part set, so the
@@ -118,5 +122,20 @@ func TestSeedRoundTrip(t *testing.T) {
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("round trip changed the seed SA")
+	}
+}
+
+// TestListLengthsBoundedByInput: a list length the input cannot hold is
+// refused before anything is allocated for it (each entry takes at least
+// a byte).
+func TestListLengthsBoundedByInput(t *testing.T) {
+	claim := binary.AppendUvarint([]byte{codecVersion, 0, 0, 0}, maxBitmap) // empty ID, counters 0, then the bitmap
+	var err error
+	got := allocguard.Allocated(func() { _, err = UnmarshalReplay(claim) })
+	if !errors.Is(err, ErrCodec) || !strings.Contains(err.Error(), "entries in 0 bytes") {
+		t.Errorf("a bitmap of %d words in %d bytes: err = %v", maxBitmap, len(claim), err)
+	}
+	if got >= 4*maxBitmap {
+		t.Errorf("a bitmap claim of %d words in %d bytes allocated %d bytes", maxBitmap, len(claim), got)
 	}
 }

@@ -7,13 +7,15 @@ import (
 
 	govici "github.com/strongswan/govici/vici"
 
+	"github.com/handoffvpn/handoff/internal/allocguard"
 	"github.com/handoffvpn/handoff/ipsec/vici/internal/wire"
 	"github.com/handoffvpn/handoff/ipsec/vici/vicitest"
 )
 
 // FuzzParse feeds arbitrary packets through the event and listing
 // parsers: whatever charon (or something pretending to be it) sends, the
-// client returns a value or an error, never a panic.
+// client returns a value or an error, never a panic, and never allocates
+// for a length the packet does not hold.
 func FuzzParse(f *testing.F) {
 	if b, err := os.ReadFile("testdata/session.transcript"); err == nil {
 		if steps, err := vicitest.ParseTranscript(string(b)); err == nil {
@@ -30,7 +32,11 @@ func FuzzParse(f *testing.F) {
 	}
 	f.Add([]byte{0, 0, 0, 3, 7, 1, 'x'})
 	f.Fuzz(func(t *testing.T, b []byte) {
-		p, err := wire.ReadPacket(bytes.NewReader(b))
+		var (
+			p   wire.Packet
+			err error
+		)
+		allocguard.Check(t, "ReadPacket", len(b), func() { p, err = wire.ReadPacket(bytes.NewReader(b)) })
 		if err != nil {
 			return
 		}

@@ -1,9 +1,11 @@
 // Package api is the agent's HTTP API and its Go client, which the CLI
-// verbs use. The API speaks JSON. Reads are open from loopback; from
-// anywhere else, and for every request that changes state or reads a
-// snapshot, it wants `Authorization: Bearer <token>`, compared in constant
-// time against the configured tokens (never logged). It listens on
-// 127.0.0.1 unless told otherwise, with TLS when given a certificate.
+// verbs use. The API speaks JSON. Reads are open from loopback, to clients
+// that name the agent by a loopback or configured name (Host), so that a
+// web page elsewhere cannot read them through DNS rebinding; from anywhere
+// else, and for every request that changes state or reads a snapshot, it
+// wants `Authorization: Bearer <token>`, compared in constant time against
+// the configured tokens (never logged). It listens on 127.0.0.1 unless told
+// otherwise, with TLS when given a certificate.
 //
 // Requests that need the leader are run there: the agent forwards promote,
 // drain, remove-peer and transfer-leadership over the cluster's mutual-TLS
@@ -25,6 +27,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"reflect"
 	"strconv"
 	"strings"
 	"sync"
@@ -64,6 +67,10 @@ type Config struct {
 	TLS *tls.Config
 	// PeerAPI, if set, returns a node's API URL, for leader hints.
 	PeerAPI func(node string) string
+	// Hosts are names, besides loopback names and addresses and the host
+	// of Addr, by which loopback clients may read without a token (the
+	// machine's host name, which may resolve to 127.0.1.1).
+	Hosts []string
 	// Metrics and Page, if set, are served at /metrics and / (both are
 	// reads: open from loopback, token elsewhere; the page's static files
 	// are always served, its data comes from /v1).
@@ -274,7 +281,19 @@ func (s *Server) wrap(rt route) http.Handler {
 // authorize returns 0 when the request may go on, or the status and reason.
 func (s *Server) authorize(r *http.Request, a access) (int, string) {
 	if a == read && isLoopbackRemote(r.RemoteAddr) {
-		return 0, ""
+		// A loopback peer is not always a local program asking: a browser
+		// on this host runs any site's script, and a site whose name it
+		// re-resolves to 127.0.0.1 (DNS rebinding) reaches this port as
+		// that name. Only the names this agent answers to open reads; a
+		// token opens them under any name.
+		if s.knownHost(r.Host) {
+			return 0, ""
+		}
+		if r.Header.Get("Authorization") == "" {
+			return http.StatusMisdirectedRequest, fmt.Sprintf("Host %q is not a name of this agent: reads without a token are served to "+
+				"loopback clients that ask by a loopback name (localhost, 127.0.0.1, [::1]) or a configured one, not to pages "+
+				"of other sites that rebound their name to this host", r.Host)
+		}
 	}
 	if len(s.tokens) == 0 {
 		if a == read {
@@ -306,6 +325,36 @@ func (s *Server) tokenOK(tok string) bool {
 		ok |= subtle.ConstantTimeCompare(sum[:], t[:])
 	}
 	return ok == 1
+}
+
+// knownHost reports whether a Host header names this agent: empty (an
+// HTTP/1.0 client names nothing; a browser always does), a loopback
+// address, localhost or a name under .localhost (RFC 6761: never resolved
+// elsewhere), the host of the listen address (not 0.0.0.0 or ::), or a
+// configured name.
+func (s *Server) knownHost(hostport string) bool {
+	if hostport == "" {
+		return true
+	}
+	host := hostport
+	if h, _, err := net.SplitHostPort(hostport); err == nil {
+		host = h
+	}
+	host = strings.TrimSuffix(strings.ToLower(strings.Trim(host, "[]")), ".")
+	if isLoopbackHost(host) || strings.HasSuffix(host, ".localhost") {
+		return true
+	}
+	if h, _, err := net.SplitHostPort(s.cfg.Addr); err == nil && h != "" && strings.EqualFold(strings.Trim(h, "[]"), host) {
+		if ip := net.ParseIP(host); ip == nil || !ip.IsUnspecified() {
+			return true
+		}
+	}
+	for _, h := range s.cfg.Hosts {
+		if strings.EqualFold(strings.TrimSuffix(h, "."), host) {
+			return true
+		}
+	}
+	return false
 }
 
 func isLoopbackRemote(remote string) bool {
@@ -373,7 +422,7 @@ func (s *Server) writeErr(w http.ResponseWriter, err error) int {
 		}
 	case errors.Is(err, agent.ErrUnknownNode):
 		status, body.Code = http.StatusBadRequest, "unknown-node"
-	case errors.Is(err, raftstore.ErrSnapshot):
+	case errors.Is(err, raftstore.ErrSnapshot), errors.Is(err, raftstore.ErrSnapshotRefused):
 		status, body.Code = http.StatusBadRequest, "bad-snapshot"
 	case errors.Is(err, agent.ErrNotEligible):
 		status, body.Code = http.StatusConflict, "not-eligible"
@@ -396,8 +445,9 @@ func (s *Server) writeErr(w http.ResponseWriter, err error) int {
 	return status
 }
 
-// decode reads a small JSON body strictly: unknown fields and trailing
-// data are errors that name what was wrong.
+// decode reads a small JSON body strictly: unknown fields (a known one
+// spelled in another case too), a field given twice and trailing data are
+// errors that name what was wrong.
 func decode(r *http.Request, v any) error {
 	body, err := io.ReadAll(io.LimitReader(r.Body, 64<<10+1))
 	if err != nil {
@@ -409,6 +459,9 @@ func decode(r *http.Request, v any) error {
 	if len(bytes.TrimSpace(body)) == 0 {
 		body = []byte("{}")
 	}
+	if err := exactFields(body, v); err != nil {
+		return badRequest("decoding request body: %v", err)
+	}
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
@@ -418,6 +471,78 @@ func decode(r *http.Request, v any) error {
 		return badRequest("decoding request body: trailing data after the JSON object")
 	}
 	return nil
+}
+
+// exactFields checks that body, if a JSON object, names only fields of the
+// struct v points to, each spelled exactly as its json tag and given once.
+// encoding/json matches names without regard to case ({"Node": ...} fills
+// node, so DisallowUnknownFields lets it through) and keeps the last of
+// two, so neither is left to it. What is not an object is left to the
+// decoder, which refuses it with a type error.
+func exactFields(body []byte, v any) error {
+	names := jsonNames(reflect.TypeOf(v))
+	dec := json.NewDecoder(bytes.NewReader(body))
+	if tok, err := dec.Token(); err != nil || tok != json.Delim('{') {
+		return nil
+	}
+	seen := make(map[string]bool)
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			return err
+		}
+		key, _ := tok.(string)
+		if !names[key] {
+			for n := range names {
+				if strings.EqualFold(n, key) {
+					return fmt.Errorf("unknown field %q (names are exact: %q)", key, n)
+				}
+			}
+			return fmt.Errorf("unknown field %q", key)
+		}
+		if seen[key] {
+			return fmt.Errorf("field %q given twice", key)
+		}
+		seen[key] = true
+		var value json.RawMessage
+		if err := dec.Decode(&value); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// jsonNames returns the JSON names of a struct type's fields (through a
+// pointer, with embedded structs' fields promoted as encoding/json does).
+func jsonNames(t reflect.Type) map[string]bool {
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	names := make(map[string]bool)
+	if t.Kind() != reflect.Struct {
+		return names
+	}
+	for i := 0; i < t.NumField(); i++ {
+		f := t.Field(i)
+		name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+		ft := f.Type
+		if ft.Kind() == reflect.Pointer {
+			ft = ft.Elem()
+		}
+		switch {
+		case name == "-":
+		case f.Anonymous && name == "" && ft.Kind() == reflect.Struct:
+			for n := range jsonNames(ft) {
+				names[n] = true
+			}
+		case !f.IsExported():
+		case name == "":
+			names[f.Name] = true
+		default:
+			names[name] = true
+		}
+	}
+	return names
 }
 
 // NodeRequest is the body of promote, remove-peer and transfer-leadership.

@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"log/slog"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -133,6 +134,50 @@ func TestClientAddressForms(t *testing.T) {
 	for _, addr := range []string{"ftp://x", "http://", "::"} {
 		if _, err := api.NewClient(addr, "", api.ClientOptions{}); err == nil {
 			t.Errorf("%q accepted", addr)
+		}
+	}
+}
+
+// TestLoopbackReadsCheckTheHost: a read from loopback without a token is
+// served only to a client that names the agent by a loopback or configured
+// name; a page whose own name was rebound to 127.0.0.1 (DNS rebinding) is
+// refused with 421 saying why, and a token opens reads under any name.
+func TestLoopbackReadsCheckTheHost(t *testing.T) {
+	srv, err := api.New(api.Config{Addr: "127.0.0.1:7950", Tokens: []string{"host-test-token-0123456789"}, Hosts: []string{"gw1.example"}}, statusOnly{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		remote, host, tok string
+		status            int
+	}{
+		{"127.0.0.1:40000", "127.0.0.1:7950", "", 200},
+		{"127.0.0.1:40000", "localhost:7950", "", 200},
+		{"127.0.0.1:40000", "LOCALHOST.:7950", "", 200},
+		{"127.0.0.1:40000", "ui.localhost", "", 200},
+		{"[::1]:40000", "[::1]:7950", "", 200},
+		{"127.0.0.1:40000", "127.0.0.2", "", 200},
+		{"127.0.0.1:40000", "gw1.example:7950", "", 200},
+		{"127.0.0.1:40000", "", "", 200},
+		{"127.0.0.1:40000", "rebind.attacker.example:7950", "", 421},
+		{"127.0.0.1:40000", "rebind.attacker.example", "", 421},
+		{"[::1]:40000", "198.51.100.7:7950", "", 421},
+		{"127.0.0.1:40000", "rebind.attacker.example:7950", "host-test-token-0123456789", 200},
+		{"127.0.0.1:40000", "rebind.attacker.example:7950", "wrong-token-wrong-token", 403},
+		{"192.0.2.10:40000", "127.0.0.1:7950", "", 401},
+	} {
+		req := httptest.NewRequest("GET", "/v1/status", nil)
+		req.RemoteAddr, req.Host = c.remote, c.host
+		if c.tok != "" {
+			req.Header.Set("Authorization", "Bearer "+c.tok)
+		}
+		rec := httptest.NewRecorder()
+		srv.Handler().ServeHTTP(rec, req)
+		if rec.Code != c.status {
+			t.Errorf("read from %s as %q (token %v): %d, want %d: %s", c.remote, c.host, c.tok != "", rec.Code, c.status, rec.Body)
+		}
+		if rec.Code == 421 && !strings.Contains(rec.Body.String(), "is not a name of this agent") {
+			t.Errorf("421 without saying why: %s", rec.Body)
 		}
 	}
 }

@@ -102,14 +102,23 @@ type Notifier struct {
 // ErrConfig is wrapped by configuration errors.
 var ErrConfig = errors.New("invalid webhook configuration")
 
-// New validates cfg and starts the delivery goroutine; Close stops it.
-func New(cfg Config) (*Notifier, error) {
+// Validate checks what New needs, without starting anything (the agent's
+// preflight, and so handoff validate, runs it).
+func (cfg Config) Validate() error {
 	u, err := url.Parse(cfg.URL)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return nil, fmt.Errorf("%w: url %q is not an http(s) URL", ErrConfig, redactURL(cfg.URL))
+		return fmt.Errorf("%w: url %q is not an http(s) URL", ErrConfig, redactURL(cfg.URL))
 	}
 	if len(cfg.Secret) < 16 {
-		return nil, fmt.Errorf("%w: secret of %d bytes; need at least 16", ErrConfig, len(cfg.Secret))
+		return fmt.Errorf("%w: secret of %d bytes; need at least 16", ErrConfig, len(cfg.Secret))
+	}
+	return nil
+}
+
+// New validates cfg and starts the delivery goroutine; Close stops it.
+func New(cfg Config) (*Notifier, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
 	}
 	if cfg.QueueSize <= 0 {
 		cfg.QueueSize = 256

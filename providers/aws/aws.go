@@ -125,6 +125,12 @@ func New(ctx context.Context, node string, s Settings) (*Provider, error) {
 		}
 		o.Retryer = newRetryer(t)
 	})
+	// Settings.Validate checked endpoint; the SDK also takes one from
+	// AWS_ENDPOINT_URL(_EC2) or the shared config's endpoint_url, which
+	// must not send the session token in clear either.
+	if ep := client.Options().BaseEndpoint; ep != nil && !strings.HasPrefix(strings.ToLower(*ep), "https://") {
+		return nil, fmt.Errorf("aws provider for node %s: the EC2 endpoint %q (from AWS_ENDPOINT_URL or the shared config's endpoint_url) is not https: API requests carry the credentials' session token", node, *ep)
+	}
 	log = log.With("provider", "aws", "node", node)
 	log.Info("aws provider ready", "instance", self.instanceID, "eni", self.eni, "region", self.region)
 	return newProvider(node, self, client, t, log), nil

@@ -23,7 +23,8 @@ type Settings struct {
 	// document (IMDS).
 	Region string `hcl:"region,optional" yaml:"region"`
 	// Endpoint overrides the EC2 API endpoint (the emulator, a VPC
-	// interface endpoint). Default: the SDK's regional endpoint.
+	// interface endpoint); it must be https. Default: the SDK's regional
+	// endpoint.
 	Endpoint string `hcl:"endpoint,optional" yaml:"endpoint"`
 	// IMDSEndpoint overrides the instance metadata endpoint. Default: the
 	// SDK's (http://169.254.169.254).
@@ -127,12 +128,17 @@ func (s Settings) tuning() (tuning, error) {
 	case s.MaxParallel > 0:
 		t.maxParallel = s.MaxParallel
 	}
-	for _, ep := range []struct{ key, v string }{{"endpoint", s.Endpoint}, {"imds_endpoint", s.IMDSEndpoint}} {
-		if ep.v == "" {
-			continue
+	// The EC2 API's requests carry the role's session token: over plain
+	// HTTP anyone on the path reads it. IMDS is plain HTTP by design, on
+	// the instance's own link-local address.
+	if s.Endpoint != "" {
+		if u, err := url.Parse(s.Endpoint); err != nil || u.Scheme != "https" || u.Host == "" {
+			errs = append(errs, fmt.Errorf("endpoint: %q is not an https URL (API requests carry the credentials' session token, never sent over plain HTTP)", s.Endpoint))
 		}
-		if u, err := url.Parse(ep.v); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			errs = append(errs, fmt.Errorf("%s: %q is not an http(s) URL", ep.key, ep.v))
+	}
+	if s.IMDSEndpoint != "" {
+		if u, err := url.Parse(s.IMDSEndpoint); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			errs = append(errs, fmt.Errorf("imds_endpoint: %q is not an http(s) URL", s.IMDSEndpoint))
 		}
 	}
 	if s.InstanceID != "" && !strings.HasPrefix(s.InstanceID, "i-") {

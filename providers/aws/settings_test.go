@@ -117,6 +117,7 @@ func TestAWSSettingsValidateNamesKey(t *testing.T) {
 		{"max_attempts", Settings{MaxAttempts: 11}},
 		{"max_parallel", Settings{MaxParallel: -1}},
 		{"endpoint", Settings{Endpoint: "ec2.amazonaws.com"}},
+		{"endpoint: \"http://ec2.eu-west-1.amazonaws.com\" is not an https URL", Settings{Endpoint: "http://ec2.eu-west-1.amazonaws.com"}},
 		{"imds_endpoint", Settings{IMDSEndpoint: "ftp://x"}},
 		{"instance_id", Settings{InstanceID: "0123"}},
 		{"network_interface_id", Settings{NetworkInterfaceID: "if-1"}},
@@ -129,5 +130,25 @@ func TestAWSSettingsValidateNamesKey(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), c.key) {
 			t.Errorf("aws settings %+v: Validate() = %v, want an error naming %s", c.s, err, c.key)
 		}
+	}
+}
+
+// TestAWSRefusesPlainHTTPEndpointFromTheEnvironment: the SDK's own
+// endpoint sources (AWS_ENDPOINT_URL, the shared config) are held to the
+// same rule as the endpoint setting: no session token over plain HTTP.
+func TestAWSRefusesPlainHTTPEndpointFromTheEnvironment(t *testing.T) {
+	t.Setenv("AWS_ENDPOINT_URL", "http://ec2.example:8080")
+	t.Setenv("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
+	t.Setenv("AWS_SECRET_ACCESS_KEY", "not-a-secret")
+	t.Setenv("AWS_CONFIG_FILE", "/nonexistent")
+	t.Setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+	s := Settings{InstanceID: "i-0123456789abcdef0", NetworkInterfaceID: "eni-0123456789abcdef0", Region: "eu-west-1"}
+	_, err := New(t.Context(), "gw1", s)
+	if err == nil || !strings.Contains(err.Error(), `"http://ec2.example:8080"`) || !strings.Contains(err.Error(), "AWS_ENDPOINT_URL") {
+		t.Fatalf("AWS_ENDPOINT_URL over plain HTTP: err = %v, want a refusal naming it", err)
+	}
+	t.Setenv("AWS_ENDPOINT_URL", "https://ec2.example:8443")
+	if _, err := New(t.Context(), "gw1", s); err != nil {
+		t.Fatalf("AWS_ENDPOINT_URL over https: %v", err)
 	}
 }

@@ -399,6 +399,7 @@ func TestGCPSettingsValidate(t *testing.T) {
 		{Settings{RoutePriority: 70000}, "route_priority"},
 		{Settings{Attempts: 99}, "attempts"},
 		{Settings{Endpoint: "compute.local"}, "endpoint"},
+		{Settings{Endpoint: "http://compute.googleapis.com"}, `endpoint: "http://compute.googleapis.com" is not an https:// URL`},
 		{Settings{AliasZones: []string{"x"}}, "alias_zones"},
 		{Settings{CredentialsFile: "k.json", WithoutAuthentication: true}, "credentials_file"},
 	}

@@ -38,7 +38,8 @@ type Settings struct {
 	// unset means 1000 (GCE's default).
 	RoutePriority int `hcl:"route_priority,optional" yaml:"route_priority"`
 
-	// Endpoint overrides the Compute API base URL ("https://host:port").
+	// Endpoint overrides the Compute API base URL ("https://host:port");
+	// it must be https.
 	Endpoint string `hcl:"endpoint,optional" yaml:"endpoint"`
 	// MetadataURL overrides the metadata server ("http://host:port").
 	MetadataURL string `hcl:"metadata_url,optional" yaml:"metadata_url"`
@@ -130,13 +131,19 @@ func (s Settings) resolve() (resolved, error) {
 	if r.Attempts < 1 || r.Attempts > 20 {
 		return r, fmt.Errorf("gcp setting attempts: %d is outside 1-20", s.Attempts)
 	}
-	for _, u := range []struct{ key, val, scheme string }{{"endpoint", s.Endpoint, "https"}, {"metadata_url", s.MetadataURL, "http"}} {
-		if u.val == "" {
-			continue
+	// Compute API calls carry the service account's bearer token: over
+	// plain HTTP anyone on the path could replay it. The metadata server
+	// is plain HTTP by design, on the VM's own link-local address.
+	if s.Endpoint != "" {
+		pu, err := url.Parse(s.Endpoint)
+		if err != nil || pu.Host == "" || pu.Scheme != "https" {
+			return r, fmt.Errorf("gcp setting endpoint: %q is not an https:// URL (API calls carry a bearer token, never sent over plain HTTP)", s.Endpoint)
 		}
-		pu, err := url.Parse(u.val)
+	}
+	if s.MetadataURL != "" {
+		pu, err := url.Parse(s.MetadataURL)
 		if err != nil || pu.Host == "" || (pu.Scheme != "http" && pu.Scheme != "https") {
-			return r, fmt.Errorf("gcp setting %s: %q is not a %s:// URL", u.key, u.val, u.scheme)
+			return r, fmt.Errorf("gcp setting metadata_url: %q is not an http:// URL", s.MetadataURL)
 		}
 	}
 	if s.CredentialsFile != "" && s.WithoutAuthentication {

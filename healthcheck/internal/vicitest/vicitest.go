@@ -13,6 +13,8 @@ import (
 	"path/filepath"
 	"sync"
 	"testing"
+
+	"github.com/handoffvpn/handoff/internal/boundread"
 )
 
 // VICI packet and element types (strongSwan's vici README).
@@ -28,6 +30,9 @@ const (
 	elemSectionStart = 1
 	elemSectionEnd   = 2
 	elemKeyValue     = 3
+
+	// maxPacket is the largest packet charon's vici plugin reads.
+	maxPacket = 1 << 20
 )
 
 // Item is one element of a message: a key with a value, or a section.
@@ -143,8 +148,12 @@ func (s *Server) serve(c net.Conn) {
 		if _, err := io.ReadFull(c, l[:]); err != nil {
 			return
 		}
-		pkt := make([]byte, binary.BigEndian.Uint32(l[:]))
-		if _, err := io.ReadFull(c, pkt); err != nil || len(pkt) < 2 {
+		n := binary.BigEndian.Uint32(l[:])
+		if n > maxPacket {
+			return
+		}
+		pkt, err := boundread.Exactly(c, int64(n))
+		if err != nil || len(pkt) < 2 || len(pkt) < 2+int(pkt[1]) {
 			return
 		}
 		typ := pkt[0]

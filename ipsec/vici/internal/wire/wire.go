@@ -11,6 +11,8 @@ import (
 	"io"
 	"sort"
 	"strings"
+
+	"github.com/handoffvpn/handoff/internal/boundread"
 )
 
 // Packet types of the VICI protocol.
@@ -80,6 +82,9 @@ func named(t byte) bool {
 	return t == CmdRequest || t == EventRegister || t == EventUnregister || t == Event
 }
 
+// MaxPacket is the largest packet ReadPacket accepts.
+const MaxPacket = 1 << 20
+
 // ReadPacket reads one packet.
 func ReadPacket(r io.Reader) (Packet, error) {
 	var hdr [4]byte
@@ -87,12 +92,13 @@ func ReadPacket(r io.Reader) (Packet, error) {
 		return Packet{}, err
 	}
 	n := binary.BigEndian.Uint32(hdr[:])
-	if n == 0 || n > 1<<20 {
-		return Packet{}, fmt.Errorf("packet length %d", n)
+	if n == 0 || n > MaxPacket {
+		return Packet{}, fmt.Errorf("packet length %d (at most %d)", n, MaxPacket)
 	}
-	buf := make([]byte, n)
-	if _, err := io.ReadFull(r, buf); err != nil {
-		return Packet{}, err
+	// The length is the peer's claim: the buffer grows as the bytes come.
+	buf, err := boundread.Exactly(r, int64(n))
+	if err != nil {
+		return Packet{}, fmt.Errorf("reading a packet of %d bytes: %w", n, err)
 	}
 	p := Packet{Type: buf[0]}
 	buf = buf[1:]
