@@ -11,25 +11,32 @@ part (install) takes 1.5–61 ms, and a new active that has the SAs carries
 the tunnel without a single replay error or reused sequence number. The
 time goes to Raft on a starved CPU:
 
-- **Raft timing had to be relaxed to 300 ms heartbeat / 300 ms election /
-  140 ms lease.** With the suggested 100/100/30 (and 100/100/45, 200/200/90)
-  the cluster never settled: leaders stepped down every few seconds with
-  "failed to contact quorum" after 45–240 ms without a follower's answer,
-  and every step-down is a fence (outbound SAs deleted, VIP released), i.e.
-  an outage of its own. The guest is a uniprocessor UML kernel (HZ=100,
-  ~60 µs per system call) running three agents, four charons, the probe
-  stream and the ESP capture: the two surviving agents used 20–25 % of the
-  CPU each (4–5 s of CPU in ~20 s), so a heartbeat waits for the scheduler.
-  Even at 300/140 some runs see one extra leader change after the takeover,
-  and a 400 ms heartbeat (the leader's heartbeats come every tenth of it)
-  made it worse: two of three isolate runs lost the lease after the
-  takeover.
+- **Raft timing stays at 300 ms heartbeat / 300 ms election / 140 ms
+  lease in the guest.** The guest is a uniprocessor UML kernel (HZ=100,
+  ~60 µs per system call, the clock included) running three agents, four
+  charons, the probe stream and the ESP capture. Tried on 2026-12-07, after
+  the learner join and the detector's wake-ups (below) halved the agents'
+  CPU: at the product's 150/150/50 the cluster still failed over for
+  nothing before the fault (terms 3–15 in a few seconds), at normal
+  priority and at ` + "`scheduling.realtime_priority`" + ` 10 inside the guest
+  alike (the scenario's ` + "`-realtime`" + `); at 200/200/80 kill, standby and
+  isolate passed once, but the full set of seven cases had spurious
+  failovers in three (with other builds on the host). At 300/300/140 all
+  seven cases passed with none. Earlier, 100/100/30, 100/100/45 and
+  200/200/90 never settled, and 400 ms made it worse (the leader's
+  heartbeats come every tenth of the timeout).
+- **Formation.** Until 2026-12-07 a node joined as a voter at once, so the
+  leader's quorum counted on a process still starting: every first join
+  cost the leader its lease, and the cluster formed through up to eight
+  terms. Nodes now join as learners and vote once caught up; the
+  formation takes one term.
 - **detect** (last contact → candidacy): since 2026-12-02 a follower
   starts its election once the leader has been silent for
   ` + "`raft.suspect_after`" + ` (twice the lease: 280 ms here) plus its stagger
   (35 ms per better-ranked voter), instead of at Raft's randomised
-  heartbeat timeout of 1–2 × 300 ms: 292–335 ms (median 308) in the
-  five-run benchmark above, where it was 394–701 ms (median 593) before. (In the first runs with the detector the best gateway's
+  heartbeat timeout of 1–2 × 300 ms: 285–332 ms (median 290) in the
+  five-run benchmark above (292–335, median 308, on 2026-12-02), where it
+  was 394–701 ms (median 593) before. (In the first runs with the detector the best gateway's
   280 + 35 ms was above the 300 ms heartbeat timeout, so its expedite did
   nothing and it waited for Raft's timeout; the stagger now shrinks to fit
   under it, 19 ms here.) Still the largest phase: its floor is twice the lease,
@@ -37,25 +44,27 @@ time goes to Raft on a starved CPU:
   votes for another, and the lease is what the starved guest forces up. The *last contact* column (active logged − agent total) is the part
   the agent's timings cannot see; it also carries the commit of the
   ` + "`active`" + ` entry, hence the small negative values.
-- **elect** 48–762 ms: pre-vote + vote over mTLS; long (500–760 ms) when
+- **elect** 32–539 ms (median 90): pre-vote + vote over mTLS; long (500–760 ms) when
   the first election splits or a vote RPC to the dead node's address
   holds the candidate up, and a second round is needed.
-- **claim** 12–75 ms (up to 420 ms in trial runs): Barrier plus two log entries (membership, claim);
+- **claim** 15–122 ms (up to 420 ms in trial runs): Barrier plus two log entries (membership, claim);
   each commit waits for a follower that is itself starved.
-- **install** 1.5–61 ms for one CHILD_SA (both states and their policies),
+- **install** 2–33 ms for one CHILD_SA (both states and their policies),
   now *before* the move (see *Planned hand-over*).
-- **move** 34–134 ms with one VIP, 97–244 ms since the agents move both
-  (outside, then inside): for each, the linux provider's owner query to the
-  VIP goes unanswered (the old holder is dead) until ` + "`probe_timeout`" + `
-  (30 ms), then the address add and the first gratuitous ARP; the yields
-  come last. The two owner queries could run in parallel (only the adds
-  and announcements need the order); not done yet.
+- **move** 12–41 ms (median 22; 69.6 on 2026-12-02) for both VIPs
+  (outside, then inside). The linux provider no longer waits
+  ` + "`probe_timeout`" + ` on an owner query to a dead holder: a holder the
+  new leader knows is gone (it lost its lease, or the kernel's neighbour
+  entry for the VIP failed) is not asked.
 - After the agent's *active*, the client needs the announcement to reach
   it and one probe interval (10 ms) to see the first echo.
 
 What would remove it, in order of gain:
 
-1. **Agent CPU.** Profiled in the guest (` + "`handoff agent -cpuprofile`" + `,
+1. **Agent CPU.** On 2026-12-07 the failure detector's poll (every
+   ` + "`suspect_stagger`" + `/2, 57 a second in the lab) became a timer set to the
+   moment its election would be due, and an idle agent's CPU over a
+   scenario run went from 6.1–7.8 s to 2.6–3.8 s. Before that, profiled in the guest (` + "`handoff agent -cpuprofile`" + `,
    the scenario's ` + "`-cpuprofile`" + `), an idle leader used 21 % of the CPU,
    57 % of that reading the clock (a system call in UML) for Raft's empty
    AppendEntries every ` + "`commit_timeout`" + ` (2 ms in the lab then) and its
@@ -77,9 +86,7 @@ What would remove it, in order of gain:
 3. **Fewer commits before the move.** The claim phase needs Barrier and the
    claim entry; the membership entry could be skipped when unchanged (it
    is), and the claim could be pipelined with the provider's owner query.
-4. **No owner-query wait for a dead holder.** The query waits the full
-   probe timeout; with ` + "`peers`" + ` configured the neighbour table already shows the
-   holder's MAC unreachable.
+4. **No owner-query wait for a dead holder**: done (move, above).
 
 Outside UML (real hardware, or a host kernel with ESP) system calls are
 ~150× cheaper; whether 100/100/30 then meets 150 ms is not measured here.
