@@ -227,3 +227,20 @@ func TestCheckFailsOnMoreThanTheCalls(t *testing.T) {
 		})
 	}
 }
+
+// TestUnitIsTheCanonicalOne: the unit cloud-init installs is the one
+// `make install` installs (dist/handoff.service); `go generate ./terraform`
+// copies it here.
+func TestUnitIsTheCanonicalOne(t *testing.T) {
+	canonical, err := os.ReadFile("../dist/handoff.service")
+	if err != nil {
+		t.Fatal(err)
+	}
+	copied, err := os.ReadFile(unitPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(canonical) != string(copied) {
+		t.Errorf("%s differs from dist/handoff.service: run go generate ./terraform", unitPath)
+	}
+}
