@@ -139,6 +139,7 @@ func functions() map[string]function.Function {
 		"startswith": prefix(strings.HasPrefix),
 		"endswith":   prefix(strings.HasSuffix),
 		"concat":     stdlib.ConcatFunc,
+		"contains":   stdlib.ContainsFunc,
 		"distinct":   stdlib.DistinctFunc,
 		"flatten":    stdlib.FlattenFunc,
 		"sort":       stdlib.SortFunc,

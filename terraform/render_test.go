@@ -178,6 +178,7 @@ var cloudVars = map[string]map[string]cty.Value{
 		"resources":                  resources("public_ip", "rg-vpn/vpn-vpn", "route", "rg-vpn/rt-inside/vpn-100.64.0.0_16"),
 		"resource_group":             cty.StringVal("rg-vpn"),
 		"managed_identity_client_id": cty.StringVal("00000000-0000-0000-0000-0000000000c1"),
+		"network_interface":          cty.StringVal("rg-vpn/vpn-gw1"),
 	},
 }
 

@@ -40,8 +40,6 @@ locals {
     [for k in sort(keys(local.routes)) : { kind = "route", id = k }],
   )
 
-  role_scopes = distinct(concat([data.azurerm_resource_group.fleet.id], var.role_scopes))
-
   unit = file("${path.module}/../../files/handoff.service")
 
   configs = { for id in local.node_ids : id => templatefile("${path.module}/templates/handoff.hcl.tftpl", {
@@ -60,6 +58,7 @@ locals {
     resources                  = local.resources
     resource_group             = var.resource_group_name
     managed_identity_client_id = azurerm_user_assigned_identity.gateway.client_id
+    network_interface          = "${var.resource_group_name}/${var.name}-${id}"
     dataplane                  = var.dataplane
     api_addr                   = var.api_listen == "private" ? "${local.node_ips[id]}:${var.api_port}" : "127.0.0.1:${var.api_port}"
     api_tls                    = var.api_tls

@@ -42,7 +42,7 @@ variable "create_public_ip" {
 }
 
 variable "route_tables" {
-  description = "Existing route tables whose routes to routed_cidrs point at the active gateway (next hop VirtualAppliance). Terraform creates each route at the first gateway; Handoff rewrites the next hop afterwards. Tables outside resource_group_name also need their resource group in role_scopes."
+  description = "Existing route tables whose routes to routed_cidrs point at the active gateway (next hop VirtualAppliance). Terraform creates each route at the first gateway; Handoff rewrites the next hop afterwards. The gateways' role is assigned on each table."
   type = list(object({
     resource_group_name = string
     name                = string
@@ -51,7 +51,7 @@ variable "route_tables" {
 }
 
 variable "role_scopes" {
-  description = "More scopes (resource group IDs) where the gateways' role is assignable and assigned, e.g. the resource groups of route_tables. The fleet's resource group is always included."
+  description = "More scopes (resource IDs, or resource group IDs) where the gateways' role is assignable and assigned. Not needed for what the module moves: the role is assigned on the public IP, the gateways' NICs, their subnet and each of route_tables."
   type        = list(string)
   default     = []
 }
