@@ -33,7 +33,9 @@ func (s statusOf) OperatorStatus() agent.Status {
 	return agent.Status{Node: s.id}
 }
 
-// stamps reads the lines "<state> <node> <unix ns>" the commands wrote.
+// stamps reads the lines "<state> <node> <unix ns>" the commands wrote,
+// the first of each state and node (a loaded machine may flap leadership
+// later).
 func stamps(t *testing.T, path string) map[string]time.Time {
 	t.Helper()
 	b, _ := os.ReadFile(path)
@@ -47,7 +49,9 @@ func stamps(t *testing.T, path string) map[string]time.Time {
 		if err != nil {
 			t.Fatalf("bad line %q", l)
 		}
-		out[f[0]+" "+f[1]] = time.Unix(0, ns)
+		if _, seen := out[f[0]+" "+f[1]]; !seen {
+			out[f[0]+" "+f[1]] = time.Unix(0, ns)
+		}
 	}
 	return out
 }
@@ -96,7 +100,9 @@ func TestNotifyOnARealTakeoverIsNotInItsPath(t *testing.T) {
 	events := func(e agent.Event) {
 		if e.Kind == "failover.completed" {
 			mu.Lock()
-			completed[e.Node] = e.At
+			if _, seen := completed[e.Node]; !seen {
+				completed[e.Node] = e.At
+			}
 			mu.Unlock()
 		}
 		if n := notifiers[e.Node]; n != nil {
@@ -176,17 +182,28 @@ func TestNotifyOnARealTakeoverIsNotInItsPath(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	activeStart := s["active "+next.Spec.ID]
-	if gap := activeStart.Sub(standbyStart); gap < timeout-100*time.Millisecond || gap > timeout+3*time.Second {
+	if gap := activeStart.Sub(standbyStart); gap < timeout-100*time.Millisecond {
 		t.Errorf("the active command started %s after the standby command: want the standby command killed at its %s timeout first", gap, timeout)
 	}
 	if !activeStart.After(done) {
 		t.Errorf("the active command started before the takeover completed")
 	}
+	// The standby command was killed at its timeout, not let run its 30 s.
 	logMu.Lock()
 	l := logs[next.Spec.ID].String()
 	logMu.Unlock()
-	if !strings.Contains(l, "notify command timed out and was killed") || !strings.Contains(l, "state=standby") {
-		t.Errorf("%s's notifier did not log the standby command's timeout:\n%s", next.Spec.ID, l)
+	var killedAfter time.Duration
+	for _, line := range strings.Split(l, "\n") {
+		if strings.Contains(line, "notify command timed out and was killed") && strings.Contains(line, "state=standby") {
+			for _, f := range strings.Fields(line) {
+				if v, ok := strings.CutPrefix(f, "took="); ok {
+					killedAfter, _ = time.ParseDuration(v)
+				}
+			}
+		}
+	}
+	if killedAfter < timeout || killedAfter > timeout+2*time.Second {
+		t.Errorf("%s's standby command was killed after %s, timeout %s:\n%s", next.Spec.ID, killedAfter, timeout, l)
 	}
 }
 
