@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/handoffvpn/handoff/config"
+	"github.com/handoffvpn/handoff/operator/api"
 	"github.com/handoffvpn/handoff/providers"
 	"github.com/handoffvpn/handoff/providers/azure"
 	"github.com/handoffvpn/handoff/providers/emulator"
@@ -211,4 +212,12 @@ func newFlagSet() *flag.FlagSet {
 	fs := flag.NewFlagSet("agent", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	return fs
+}
+
+// TestAPIDefaultAddressIsTheAPIsOwn: config's default api.addr (config
+// cannot import the API package) is the one the API and the CLI use.
+func TestAPIDefaultAddressIsTheAPIsOwn(t *testing.T) {
+	if got := config.Defaults().API.Addr; got != api.DefaultAddr {
+		t.Errorf("config's default api.addr %q, the API's %q", got, api.DefaultAddr)
+	}
 }
