@@ -47,19 +47,19 @@ func stringsOf(t *testing.T, v cty.Value) []string {
 
 func variableDefault(t *testing.T, m *terraform.Module, name string) cty.Value {
 	t.Helper()
-	for _, b := range m.Find("variable", name) {
-		a, err := b.Attribute("default")
-		if err != nil || a == nil {
-			t.Fatalf("variable %s has no default", name)
-		}
-		v, diags := a.Expr.Value(nil)
-		if diags.HasErrors() {
-			t.Fatal(diags)
-		}
-		return v
+	vs := m.Find("variable", name)
+	if len(vs) != 1 {
+		t.Fatalf("%d variables %s", len(vs), name)
 	}
-	t.Fatalf("no variable %s", name)
-	return cty.NilVal
+	a, err := vs[0].Attribute("default")
+	if err != nil || a == nil {
+		t.Fatalf("variable %s has no default", name)
+	}
+	v, diags := a.Expr.Value(nil)
+	if diags.HasErrors() {
+		t.Fatal(diags)
+	}
+	return v
 }
 
 // attr evaluates an attribute of the first resource block typ.name, or of

@@ -220,8 +220,6 @@ func operatorOf(node string) operatorVars {
 		notifyScript: "#!/bin/sh\nlogger -t handoff-notify \"$HANDOFF_NOTIFY_STATE\"\n"}
 }
 
-func apiToken(node string) string { return operatorOf(node).apiToken }
-
 func notifyValue(n map[string][]string) cty.Value {
 	if len(n) == 0 {
 		return cty.MapValEmpty(cty.List(cty.String))
