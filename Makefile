@@ -74,3 +74,4 @@ lint: ## gofmt, go vet and staticcheck
 -include lab/e2e.mk
 -include operator/operator.mk
 -include perf.mk
+-include dist/install.mk

@@ -26,6 +26,7 @@ import (
 	"github.com/handoffvpn/handoff/internal/pki"
 	"github.com/handoffvpn/handoff/internal/rtsched"
 	"github.com/handoffvpn/handoff/internal/secretfile"
+	"github.com/handoffvpn/handoff/providers"
 	"github.com/handoffvpn/handoff/providers/aws"
 	"github.com/handoffvpn/handoff/providers/azure"
 	"github.com/handoffvpn/handoff/providers/gcp"
@@ -57,6 +58,50 @@ type File struct {
 	Dataplane   *DataplaneBlock   `hcl:"dataplane,block" yaml:"dataplane" json:"dataplane"`
 	Health      *HealthBlock      `hcl:"health,block" yaml:"health" json:"health"`
 	Scheduling  *SchedulingBlock  `hcl:"scheduling,block" yaml:"scheduling" json:"scheduling"`
+	API         *APIBlock         `hcl:"api,block" yaml:"api" json:"api"`
+	Webhook     *WebhookBlock     `hcl:"webhook,block" yaml:"webhook" json:"webhook"`
+	Notify      *NotifyBlock      `hcl:"notify,block" yaml:"notify" json:"notify"`
+
+	// at is where each key was written, when the file came from Load:
+	// errors then name the line as well as the key.
+	at *source
+}
+
+// APIBlock is the operator HTTP API (status, members, promote, drain, the
+// status page and /metrics). The agent's -api-* flags override it.
+type APIBlock struct {
+	// Addr is the listen address; a private address lets the other nodes
+	// and Prometheus reach it, and wants TLS and a token.
+	Addr string `hcl:"addr,optional" yaml:"addr" json:"addr"`
+	// TokenFile holds the accepted bearer tokens, one per line (mode
+	// 0600). Without one (nor HANDOFF_API_TOKEN) the API serves reads only.
+	TokenFile string `hcl:"token_file,optional" yaml:"token_file" json:"token_file"`
+	// TLSCert and TLSKey serve the API over HTTPS; the key is a secret file.
+	TLSCert string `hcl:"tls_cert,optional" yaml:"tls_cert" json:"tls_cert"`
+	TLSKey  string `hcl:"tls_key,optional" yaml:"tls_key" json:"tls_key"`
+}
+
+// WebhookBlock sends operator events as signed JSON POSTs. The agent's
+// -webhook-* flags override it.
+type WebhookBlock struct {
+	URL string `hcl:"url,optional" yaml:"url" json:"url"`
+	// SecretFile holds the signing secret (mode 0600); without it the
+	// secret comes from HANDOFF_WEBHOOK_SECRET.
+	SecretFile string `hcl:"secret_file,optional" yaml:"secret_file" json:"secret_file"`
+}
+
+// NotifyBlock names the commands run when this node changes state, the
+// way keepalived's notify_master and notify_backup scripts are: each is
+// an argument vector (no shell), run after the transition is committed,
+// never in a takeover's path.
+type NotifyBlock struct {
+	Active  []string `hcl:"active,optional" yaml:"active" json:"active"`
+	Standby []string `hcl:"standby,optional" yaml:"standby" json:"standby"`
+	Fenced  []string `hcl:"fenced,optional" yaml:"fenced" json:"fenced"`
+	Faulty  []string `hcl:"faulty,optional" yaml:"faulty" json:"faulty"`
+	// Timeout bounds one command: it is killed (with its process group)
+	// when it runs longer.
+	Timeout string `hcl:"timeout,optional" yaml:"timeout" json:"timeout"`
 }
 
 // SchedulingBlock is the agent's own CPU scheduling. It asks for a realtime
@@ -213,6 +258,10 @@ func Defaults() File {
 		// (docs/architecture.md, "Stable under load").
 		Scheduling: &SchedulingBlock{RealtimePriority: ptr(0), Policy: "rr", LockMemory: ptr(false),
 			GCPercent: ptr(200), MemoryLimit: "0"},
+		// The API's own default (operator/api.DefaultAddr): loopback only.
+		API:     &APIBlock{Addr: "127.0.0.1:7950"},
+		Webhook: &WebhookBlock{},
+		Notify:  &NotifyBlock{Timeout: "30s"},
 	}
 }
 
@@ -261,6 +310,7 @@ func Load(path string) (File, error) {
 	if err != nil {
 		return File{}, err
 	}
+	f.at = locate(path, src)
 	if f.ClusterKey != "" {
 		st, err := os.Stat(path)
 		if err != nil {
@@ -272,29 +322,38 @@ func Load(path string) (File, error) {
 	}
 	out := Defaults()
 	Merge(&out, f)
+	out.at = f.at
 	return out, nil
 }
 
 // Merge overlays every field set in src onto dst: non-empty strings and
 // slices, non-nil pointers; this package's blocks merge field by field, a
-// provider's settings block replaces the earlier one whole.
+// provider's settings block replaces the earlier one whole. A key src sets
+// (a command-line flag) no longer points at dst's line in its file.
 func Merge(dst *File, src File) {
-	merge(reflect.ValueOf(dst).Elem(), reflect.ValueOf(src))
+	merge(reflect.ValueOf(dst).Elem(), reflect.ValueOf(src), "", dst.at.forget)
 }
 
 var ownPkg = reflect.TypeOf(File{}).PkgPath()
 
-func merge(dst, src reflect.Value) {
+func merge(dst, src reflect.Value, prefix string, set func(key string)) {
 	for i := 0; i < src.NumField(); i++ {
+		field := src.Type().Field(i)
+		if !field.IsExported() {
+			continue
+		}
+		key := prefix + tagName(field)
 		sf, df := src.Field(i), dst.Field(i)
 		switch sf.Kind() {
 		case reflect.String:
 			if sf.String() != "" {
 				df.Set(sf)
+				set(key)
 			}
 		case reflect.Slice:
 			if sf.Len() > 0 {
 				df.Set(sf)
+				set(key)
 			}
 		case reflect.Pointer:
 			if sf.IsNil() {
@@ -304,12 +363,22 @@ func merge(dst, src reflect.Value) {
 				if df.IsNil() {
 					df.Set(reflect.New(sf.Elem().Type()))
 				}
-				merge(df.Elem(), sf.Elem())
+				merge(df.Elem(), sf.Elem(), key+".", set)
 			} else {
 				df.Set(sf)
+				set(key)
 			}
 		}
 	}
+}
+
+// tagName is a field's key in HCL.
+func tagName(f reflect.StructField) string {
+	name, _, _ := strings.Cut(f.Tag.Get("hcl"), ",")
+	if name == "" {
+		return strings.ToLower(f.Name)
+	}
+	return name
 }
 
 // Config is the resolved, validated configuration.
@@ -364,6 +433,22 @@ type Config struct {
 	// garbage collector.
 	GCPercent   int
 	MemoryLimit int64
+	// API, Webhook and Notify are the operator surface's blocks, checked
+	// for form; the preflight reads the secret files they name.
+	API     APIBlock
+	Webhook WebhookBlock
+	Notify  Notify
+	// Warnings are what is valid but probably not meant (a gateway that
+	// moves or carries nothing), each naming its key.
+	Warnings []string
+}
+
+// Notify is the resolved notify block.
+type Notify struct {
+	// Commands maps a state (active, standby, fenced, faulty) to the
+	// argument vector run on entering it; states without one are absent.
+	Commands map[string][]string
+	Timeout  time.Duration
 }
 
 // Health is the resolved health block.
@@ -382,7 +467,7 @@ type Health struct {
 func Resolve(f File) (*Config, error) {
 	var errs []error
 	bad := func(key, format string, args ...any) {
-		errs = append(errs, fmt.Errorf("%s: %s", key, fmt.Sprintf(format, args...)))
+		errs = append(errs, fmt.Errorf("%s%s: %s", f.at.where(key), key, fmt.Sprintf(format, args...)))
 	}
 	dur := func(key, v string, min time.Duration) time.Duration {
 		d, err := time.ParseDuration(v)
@@ -397,6 +482,7 @@ func Resolve(f File) (*Config, error) {
 	}
 	def := Defaults()
 	Merge(&def, f)
+	def.at = f.at
 	f = def
 	c := &Config{NodeID: f.NodeID, Role: f.Role, Priority: *f.Priority, DataDir: f.DataDir, BindAddr: f.BindAddr,
 		AdvertiseAddr: f.AdvertiseAddr, Bootstrap: *f.Bootstrap, Join: f.Join, LogLevel: f.LogLevel, LogFormat: f.LogFormat,
@@ -521,23 +607,23 @@ func Resolve(f File) (*Config, error) {
 	c.InstallTimeout = dur("takeover.install_timeout", t.InstallTimeout, time.Millisecond)
 	c.FenceTimeout = dur("takeover.fence_timeout", t.FenceTimeout, time.Millisecond)
 	c.HandoverGrace = dur("takeover.handover_grace", t.HandoverGrace, time.Millisecond)
-	switch c.ProviderType {
-	case "memory":
-	case "aws":
-		c.ProviderSettings = settingsOf(f.Provider.AWS, "provider.aws", bad)
-	case "gcp":
-		c.ProviderSettings = settingsOf(f.Provider.GCP, "provider.gcp", bad)
-	case "azure":
-		c.ProviderSettings = settingsOf(f.Provider.Azure, "provider.azure", bad)
-	case "linux":
-		c.ProviderSettings = settingsOf(f.Provider.Linux, "provider.linux", bad)
-	default:
-		bad("provider.type", "%q is not memory, aws, gcp, azure or linux", c.ProviderType)
-	}
 	for i, r := range c.Resources {
 		if r.Kind == "" || r.ID == "" {
 			bad(fmt.Sprintf("provider.resource[%d]", i), "needs kind and id")
 		}
+	}
+	switch c.ProviderType {
+	case "memory":
+	case "aws":
+		c.ProviderSettings = settingsOf(f.Provider.AWS, "provider.aws", c.Resources, bad)
+	case "gcp":
+		c.ProviderSettings = settingsOf(f.Provider.GCP, "provider.gcp", c.Resources, bad)
+	case "azure":
+		c.ProviderSettings = settingsOf(f.Provider.Azure, "provider.azure", c.Resources, bad)
+	case "linux":
+		c.ProviderSettings = settingsOf(f.Provider.Linux, "provider.linux", c.Resources, bad)
+	default:
+		bad("provider.type", "%q is not memory, aws, gcp, azure or linux", c.ProviderType)
 	}
 	switch c.DataplaneType {
 	case "memory", "strongswan":
@@ -584,6 +670,10 @@ func Resolve(f File) (*Config, error) {
 	} else {
 		c.MemoryLimit = lim
 	}
+	c.API, c.Webhook = *f.API, *f.Webhook
+	resolveOperator(c, bad)
+	c.Notify = resolveNotify(*f.Notify, dur, bad)
+	c.Warnings = warnings(c, f.at)
 	if len(errs) > 0 {
 		return nil, Invalid(errs)
 	}
@@ -663,20 +753,41 @@ func readKeyFile(path string, bad func(string, string, ...any)) []byte {
 	return decodeKey("cluster_key_file", string(b), bad)
 }
 
-// validator is what every provider's Settings offers.
-type validator interface{ Validate() error }
+// validator is what every provider's Settings offers: its own keys
+// checked, and a resource checked against its kinds and ID forms.
+type validator interface {
+	Validate() error
+	ValidateResource(providers.Resource) error
+}
 
-// settingsOf validates a provider's settings block; nil means "all from
-// the instance metadata service".
+// settingsOf validates a provider's settings block and the resources it is
+// to move; nil settings mean "all from the instance metadata service", and
+// the resources are checked against the zero settings. A resource's error
+// names its kind when the provider moves no such kind, its id otherwise.
 func settingsOf[T any, P interface {
 	*T
 	validator
-}](s P, key string, bad func(string, string, ...any)) any {
+}](s P, key string, rs []ResourceBlock, bad func(string, string, ...any)) any {
+	check := s
+	if s == nil {
+		check = new(T)
+	} else if err := s.Validate(); err != nil {
+		bad(key, "%v", err)
+	}
+	for i, r := range rs {
+		if r.Kind == "" || r.ID == "" {
+			continue // reported as such
+		}
+		if err := check.ValidateResource(providers.Resource{Kind: r.Kind, ID: r.ID}); err != nil {
+			field := "id"
+			if errors.Is(err, providers.ErrUnknownKind) {
+				field = "kind"
+			}
+			bad(fmt.Sprintf("provider.resource[%d].%s", i, field), "%v", err)
+		}
+	}
 	if s == nil {
 		return nil
-	}
-	if err := s.Validate(); err != nil {
-		bad(key, "%v", err)
 	}
 	return s
 }

@@ -98,6 +98,10 @@ var (
 	ErrConflict = errors.New("concurrent modification")
 	// ErrUnavailable: a 5xx answer or a timeout. Retried with backoff.
 	ErrUnavailable = errors.New("provider unavailable")
+	// ErrUnknownKind: a resource's kind is not one the provider moves.
+	// Configuration checks (a provider's ValidateResource) wrap it, so that
+	// the error names the resource's kind rather than its ID.
+	ErrUnknownKind = errors.New("not a resource kind this provider moves")
 )
 
 // ResourceError is the outcome of one resource of a claim.

@@ -247,3 +247,42 @@ func TestModuleRaftDefaultsAreTheAgents(t *testing.T) {
 		}
 	}
 }
+
+// TestLinuxProviderDocUsesTheConfigurationsBlockForm: every HCL and YAML
+// example of docs/providers/linux.md is a provider block as the agent reads
+// it (the form docs/configuration.md uses), valid, and each YAML example
+// says what the HCL one before it says.
+func TestLinuxProviderDocUsesTheConfigurationsBlockForm(t *testing.T) {
+	b, err := os.ReadFile("../docs/providers/linux.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	blocks := regexp.MustCompile("(?s)```(hcl|yaml)\\n(.*?)```").FindAllStringSubmatch(string(b), -1)
+	if len(blocks) < 3 {
+		t.Fatalf("only %d examples found", len(blocks))
+	}
+	head := map[string]string{
+		"hcl":  "node_id = \"gw1\"\nadvertise_addr = \"192.0.2.11:7946\"\ncluster_key = \"" + strings.Repeat("ab", 32) + "\"\n",
+		"yaml": "node_id: gw1\nadvertise_addr: 192.0.2.11:7946\ncluster_key: \"" + strings.Repeat("ab", 32) + "\"\n",
+	}
+	var last *config.File
+	for _, m := range blocks {
+		f, err := config.Parse("linux."+m[1], []byte(head[m[1]]+m[2]), m[1])
+		if err != nil {
+			t.Errorf("a %s example is not a provider block the agent reads: %v\n%s", m[1], err, m[2])
+			continue
+		}
+		c, err := config.Resolve(f)
+		if err != nil {
+			t.Errorf("a %s example is not valid: %v\n%s", m[1], err, m[2])
+			continue
+		}
+		if c.ProviderType != "linux" {
+			t.Errorf("a %s example is not the linux provider's:\n%s", m[1], m[2])
+		}
+		if m[1] == "yaml" && last != nil && !reflect.DeepEqual(last.Provider, f.Provider) {
+			t.Errorf("the YAML example differs from the HCL one before it:\n%+v\n%+v", last.Provider, f.Provider)
+		}
+		last = &f
+	}
+}

@@ -189,7 +189,11 @@ func (m *Module) awsGrants(locals map[string]cty.Value) ([]string, error) {
 			if err != nil {
 				return nil, fmt.Errorf("%s: %w", doc.Address(), err)
 			}
-			for _, st := range stmts {
+			dyn, err := dynamicContent(doc.Body, "statement")
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", doc.Address(), err)
+			}
+			for _, st := range append(stmts, dyn...) {
 				if na, _ := attribute(st.Body, "not_actions"); na != nil {
 					return nil, fmt.Errorf("%s: a statement with not_actions grants everything else", doc.Address())
 				}
@@ -215,6 +219,9 @@ func (m *Module) awsGrants(locals map[string]cty.Value) ([]string, error) {
 						return nil, fmt.Errorf("%s: wildcard action %q", doc.Address(), x)
 					}
 				}
+				if err := awsScoped(st.Body, acts); err != nil {
+					return nil, fmt.Errorf("%s: %w", doc.Address(), err)
+				}
 				got = append(got, acts...)
 			}
 		}
@@ -223,6 +230,57 @@ func (m *Module) awsGrants(locals map[string]cty.Value) ([]string, error) {
 		return nil, errNoGrants
 	}
 	return got, nil
+}
+
+// awsScoped refuses a statement that grants an action other than a
+// Describe (which supports no resource-level permissions) on every
+// resource: the role may move only what its module manages.
+func awsScoped(st hcl.Body, acts []string) error {
+	a, err := attribute(st, "resources")
+	if err != nil || a == nil {
+		return errors.New("a statement without resources")
+	}
+	// A literal list is read; one built from the module's resources
+	// (ARNs of its interfaces, its route tables) is scoped by construction.
+	everything := false
+	if v, diags := a.Expr.Value(nil); !diags.HasErrors() && v.CanIterateElements() {
+		for it := v.ElementIterator(); it.Next(); {
+			_, e := it.Element()
+			if e.Type() == cty.String && e.AsString() == "*" {
+				everything = true
+			}
+		}
+	}
+	if !everything {
+		return nil
+	}
+	for _, x := range acts {
+		if !strings.HasPrefix(x, "ec2:Describe") {
+			return fmt.Errorf("grants %s on every resource (\"*\"): scope it to the module's resources", x)
+		}
+	}
+	return nil
+}
+
+// dynamicContent returns the content blocks of the `dynamic "name"`
+// blocks of body: what Terraform generates such blocks from.
+func dynamicContent(body hcl.Body, name string) ([]*hcl.Block, error) {
+	c, _, diags := body.PartialContent(&hcl.BodySchema{Blocks: []hcl.BlockHeaderSchema{{Type: "dynamic", LabelNames: []string{"name"}}}})
+	if diags.HasErrors() {
+		return nil, diags
+	}
+	var out []*hcl.Block
+	for _, d := range c.Blocks {
+		if d.Labels[0] != name {
+			continue
+		}
+		content, err := nested(d.Body, "content")
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, content...)
+	}
+	return out, nil
 }
 
 // gcpGrants: the permissions of every custom role; a binding of any

@@ -139,6 +139,7 @@ func functions() map[string]function.Function {
 		"startswith": prefix(strings.HasPrefix),
 		"endswith":   prefix(strings.HasSuffix),
 		"concat":     stdlib.ConcatFunc,
+		"contains":   stdlib.ContainsFunc,
 		"distinct":   stdlib.DistinctFunc,
 		"flatten":    stdlib.FlattenFunc,
 		"sort":       stdlib.SortFunc,
@@ -304,4 +305,39 @@ func (m *Module) TemplateCalls() ([]TemplateCall, error) {
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Local < out[j].Local })
 	return out, errors.Join(errs...)
+}
+
+// Attribute returns the block's attribute of that name, or nil.
+func (b Block) Attribute(name string) (*hcl.Attribute, error) { return attribute(b.Body, name) }
+
+// Nested returns the block's nested blocks of a type.
+func (b Block) Nested(typ string) ([]*hcl.Block, error) { return nested(b.Body, typ) }
+
+// TemplateArg returns the expression a module passes as key to the
+// templatefile call in local (what `configs` hands the agent's config
+// template as api_addr, say), for a test to evaluate.
+func (m *Module) TemplateArg(local, key string) (hcl.Expression, error) {
+	expr, ok := m.locals[local].(hclsyntax.Expression)
+	if !ok {
+		return nil, fmt.Errorf("module %s has no local %s", m.Dir, local)
+	}
+	var found hcl.Expression
+	hclsyntax.VisitAll(expr, func(n hclsyntax.Node) hcl.Diagnostics {
+		call, ok := n.(*hclsyntax.FunctionCallExpr)
+		if !ok || call.Name != "templatefile" || len(call.Args) != 2 {
+			return nil
+		}
+		if obj, ok := call.Args[1].(*hclsyntax.ObjectConsExpr); ok {
+			for _, item := range obj.Items {
+				if hcl.ExprAsKeyword(item.KeyExpr) == key {
+					found = item.ValueExpr
+				}
+			}
+		}
+		return nil
+	})
+	if found == nil {
+		return nil, fmt.Errorf("module %s: local.%s passes no %s to its template", m.Dir, local, key)
+	}
+	return found, nil
 }

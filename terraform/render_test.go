@@ -4,8 +4,13 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/base64"
+	"encoding/json"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -39,7 +44,8 @@ const (
 // templateFuncs are the Terraform functions the templates call, with
 // Terraform's semantics.
 var templateFuncs = map[string]function.Function{
-	"length": stdlib.LengthFunc,
+	"length":     stdlib.LengthFunc,
+	"jsonencode": stdlib.JSONEncodeFunc,
 	"base64encode": function.New(&function.Spec{
 		Params: []function.Parameter{{Name: "str", Type: cty.String}},
 		Type:   function.StaticReturnType(cty.String),
@@ -172,6 +178,7 @@ var cloudVars = map[string]map[string]cty.Value{
 		"resources":                  resources("public_ip", "rg-vpn/vpn-vpn", "route", "rg-vpn/rt-inside/vpn-100.64.0.0_16"),
 		"resource_group":             cty.StringVal("rg-vpn"),
 		"managed_identity_client_id": cty.StringVal("00000000-0000-0000-0000-0000000000c1"),
+		"network_interface":          cty.StringVal("rg-vpn/vpn-gw1"),
 	},
 }
 
@@ -180,13 +187,48 @@ var (
 	nodeIPs = map[string]string{"gw1": "10.0.1.10", "gw2": "10.0.1.11", "witness": "10.0.2.20"}
 )
 
-// apiToken is the test fleet's operator API token: set on gw1 only, so
-// both branches of the template are rendered.
-func apiToken(node string) string {
-	if node == "gw1" {
-		return "0123456789abcdef0123456789abcdef"
+// operatorVars are a node's operator-surface inputs as its module computes
+// them: gw1 and the witness with the API on their private address over
+// TLS, a token and webhooks (gw1 with notify commands and their script),
+// gw2 with none of it, so that every branch of the templates is rendered.
+type operatorVars struct {
+	apiAddr                   string
+	apiTLS                    bool
+	apiToken                  string
+	webhookURL, webhookSecret string
+	notify                    map[string][]string
+	notifyScript              string
+}
+
+const (
+	testToken         = "0123456789abcdef0123456789abcdef"
+	testWebhookURL    = "https://hooks.example.com/services/T0/B0/x"
+	testWebhookSecret = "fedcba9876543210fedcba9876543210"
+)
+
+func operatorOf(node string) operatorVars {
+	switch node {
+	case "gw2":
+		return operatorVars{apiAddr: "127.0.0.1:7950"}
+	case "witness":
+		return operatorVars{apiAddr: nodeIPs[node] + ":7950", apiTLS: true, apiToken: testToken,
+			webhookURL: testWebhookURL, webhookSecret: testWebhookSecret}
 	}
-	return ""
+	return operatorVars{apiAddr: nodeIPs[node] + ":7950", apiTLS: true, apiToken: testToken,
+		webhookURL: testWebhookURL, webhookSecret: testWebhookSecret,
+		notify:       map[string][]string{"active": {"/usr/local/sbin/handoff-notify", "active"}, "faulty": {"/usr/local/sbin/handoff-notify", "faulty", "a \"quoted\" arg"}},
+		notifyScript: "#!/bin/sh\nlogger -t handoff-notify \"$HANDOFF_NOTIFY_STATE\"\n"}
+}
+
+func notifyValue(n map[string][]string) cty.Value {
+	if len(n) == 0 {
+		return cty.MapValEmpty(cty.List(cty.String))
+	}
+	m := map[string]cty.Value{}
+	for k, v := range n {
+		m[k] = strs(v...)
+	}
+	return cty.MapVal(m)
 }
 
 // renderNode renders a node's agent configuration and cloud-init as the
@@ -197,6 +239,7 @@ func renderNode(t *testing.T, cloud, node string, keys fleetPKI) (configText, cl
 	if node == "witness" {
 		role = "witness"
 	}
+	op := operatorOf(node)
 	var join []string
 	if node != "gw1" {
 		for _, o := range nodeIDs {
@@ -219,6 +262,12 @@ func renderNode(t *testing.T, cloud, node string, keys fleetPKI) (configText, cl
 		"election_timeout":     cty.StringVal("150ms"),
 		"leader_lease_timeout": cty.StringVal("50ms"),
 		"dataplane":            cty.StringVal("strongswan"),
+		"api_addr":             cty.StringVal(op.apiAddr),
+		"api_tls":              cty.BoolVal(op.apiTLS),
+		"has_api_token":        cty.BoolVal(op.apiToken != ""),
+		"webhook_url":          cty.StringVal(op.webhookURL),
+		"notify":               notifyValue(op.notify),
+		"notify_timeout":       cty.StringVal("30s"),
 	}
 	for k, v := range cloudVars[cloud] {
 		vars[k] = v
@@ -248,7 +297,9 @@ func renderNode(t *testing.T, cloud, node string, keys fleetPKI) (configText, cl
 		"key_pem":        cty.StringVal(keys.certs[node][1]),
 		"unit":           cty.StringVal(string(unit)),
 		"swanctl_conf":   cty.StringVal(swanctl),
-		"api_token":      cty.StringVal(apiToken(node)),
+		"api_token":      cty.StringVal(op.apiToken),
+		"webhook_secret": cty.StringVal(op.webhookSecret),
+		"notify_script":  cty.StringVal(op.notifyScript),
 		"local_vips":     vips,
 		"handoff_url":    cty.StringVal("https://downloads.example.com/handoff-linux-amd64"),
 		"handoff_sha256": cty.StringVal(strings.Repeat("0", 64)),
@@ -331,15 +382,28 @@ func TestRenderedNodesAreValid(t *testing.T) {
 						t.Errorf("%s has mode %v, want 0600", p, st.Mode().Perm())
 					}
 				}
-				env, hasEnv := files["/etc/handoff/agent.env"]
-				if want := apiToken(node); hasEnv != (want != "") || hasEnv && string(env) != "HANDOFF_API_TOKEN="+want+"\n" {
-					t.Errorf("agent.env = %q (written: %v), want the token %q", env, hasEnv, want)
+				op := operatorOf(node)
+				for path, want := range map[string]string{"/etc/handoff/api.token": op.apiToken, "/etc/handoff/webhook.secret": op.webhookSecret} {
+					got, written := files[path]
+					if written != (want != "") || written && string(got) != want+"\n" {
+						t.Errorf("%s = %q (written: %v), want %q", path, got, written, want)
+					}
+					if written {
+						if st, err := os.Stat(filepath.Join(root, path)); err != nil {
+							t.Error(err)
+						} else if st.Mode().Perm() != 0o600 {
+							t.Errorf("%s has mode %v, want 0600", path, st.Mode().Perm())
+						}
+					}
 				}
-				if hasEnv {
-					if st, err := os.Stat(filepath.Join(root, "/etc/handoff/agent.env")); err != nil {
-						t.Error(err)
-					} else if st.Mode().Perm() != 0o600 {
-						t.Errorf("agent.env has mode %v, want 0600", st.Mode().Perm())
+				if _, ok := files["/etc/handoff/agent.env"]; ok {
+					t.Error("cloud-init still writes the API token into agent.env")
+				}
+				if script, ok := files["/usr/local/sbin/handoff-notify"]; ok != (op.notifyScript != "") || ok && string(script) != op.notifyScript {
+					t.Errorf("handoff-notify = %q (written: %v), want %q", script, ok, op.notifyScript)
+				} else if ok {
+					if st, err := os.Stat(filepath.Join(root, "/usr/local/sbin/handoff-notify")); err != nil || st.Mode().Perm() != 0o755 {
+						t.Errorf("handoff-notify: %v, %v; want mode 0755", st.Mode(), err)
 					}
 				}
 				if string(files["/etc/handoff/handoff.hcl"]) != cfgText {
@@ -384,6 +448,43 @@ func TestRenderedNodesAreValid(t *testing.T) {
 				}
 				if (node == "gw1") != (len(c.Join) == 0) {
 					t.Errorf("join = %v", c.Join)
+				}
+				// The operator surface's settings reach the agent's config.
+				wantAPI := config.APIBlock{Addr: op.apiAddr}
+				if op.apiToken != "" {
+					wantAPI.TokenFile = root + "/etc/handoff/api.token"
+				}
+				if op.apiTLS {
+					wantAPI.TLSCert, wantAPI.TLSKey = c.TLS.Cert, c.TLS.Key
+				}
+				if c.API != wantAPI {
+					t.Errorf("api = %+v, want %+v", c.API, wantAPI)
+				}
+				wantHook := config.WebhookBlock{}
+				if op.webhookURL != "" {
+					wantHook = config.WebhookBlock{URL: op.webhookURL, SecretFile: root + "/etc/handoff/webhook.secret"}
+				}
+				if c.Webhook != wantHook {
+					t.Errorf("webhook = %+v, want %+v", c.Webhook, wantHook)
+				}
+				if len(c.Notify.Commands) != len(op.notify) {
+					t.Errorf("notify = %v, want %v", c.Notify.Commands, op.notify)
+				}
+				for state, argv := range op.notify {
+					if !slices.Equal(c.Notify.Commands[state], argv) {
+						t.Errorf("notify.%s = %q, want %q", state, c.Notify.Commands[state], argv)
+					}
+				}
+				// And pass the agent's own preflight where cloud-init put
+				// them (token, secret and TLS key private, the notify
+				// program executable).
+				localCfg := filepath.Join(root, "local.hcl")
+				local = strings.ReplaceAll(local, `"/usr/local/sbin/`, `"`+root+`/usr/local/sbin/`)
+				if err := os.WriteFile(localCfg, []byte(local), 0o600); err != nil {
+					t.Fatal(err)
+				}
+				if out, err := exec.Command(handoffBinary(t), "validate", "-config", localCfg).CombinedOutput(); err != nil {
+					t.Errorf("handoff validate of the rendered %s: %v\n%s", node, err, out)
 				}
 				if !gateway {
 					if c.Role != "witness" || c.ProviderType != "memory" || len(c.Resources) != 0 || c.DataplaneType != "memory" {
@@ -523,7 +624,7 @@ func TestUnitMatchesTheBinaryAndCloudInit(t *testing.T) {
 		}
 	}
 	if got := u.one(t, "Service", "EnvironmentFile"); got != "-/etc/handoff/agent.env" {
-		t.Errorf("EnvironmentFile=%s, want the optional file cloud-init writes the API token to", got)
+		t.Errorf("EnvironmentFile=%s, want the optional file for HANDOFF_* settings", got)
 	}
 	for k, want := range map[string]string{"NoNewPrivileges": "yes", "ProtectSystem": "strict",
 		"CapabilityBoundingSet": "CAP_NET_ADMIN CAP_NET_RAW", "ReadWritePaths": "/var/lib/handoff"} {
@@ -581,6 +682,11 @@ func TestUnitMatchesTheBinaryAndCloudInit(t *testing.T) {
 	local := strings.ReplaceAll(cfgText, "\"/etc/handoff/", "\""+root+"/etc/handoff/")
 	local = strings.ReplaceAll(local, `"`+data+`"`, `"`+filepath.Join(root, "data")+`"`)
 	local = strings.ReplaceAll(local, nodeIPs["witness"]+":7946", "127.0.0.1:0")
+	// The API on the private address, as rendered, moved to loopback.
+	if !strings.Contains(local, `addr = "`+nodeIPs["witness"]+`:7950"`) {
+		t.Fatalf("the witness's API is not rendered on its private address:\n%s", local)
+	}
+	local = strings.ReplaceAll(local, nodeIPs["witness"]+":7950", "127.0.0.1:0")
 	local = strings.ReplaceAll(local, `join      = [`, `join      = [] # `)
 	localCfg := filepath.Join(root, cfgPath)
 	if err := os.WriteFile(localCfg, []byte(local), 0o600); err != nil {
@@ -591,10 +697,6 @@ func TestUnitMatchesTheBinaryAndCloudInit(t *testing.T) {
 	out, err := exec.Command(bin, append([]string{"validate"}, args[1:]...)...).CombinedOutput()
 	if err != nil || !strings.Contains(string(out), "configuration valid: node witness (witness") {
 		t.Fatalf("handoff validate %v: %v\n%s", args[1:], err, out)
-	}
-	if strings.Contains(string(help), "  -api-addr ") {
-		// Not the fixed operator API port: other tests may use it.
-		args = append(args, "-api-addr", "127.0.0.1:0")
 	}
 	var logs syncBuffer
 	cmd := exec.Command(bin, args...)
@@ -616,6 +718,7 @@ func TestUnitMatchesTheBinaryAndCloudInit(t *testing.T) {
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
+	checkServedAPI(t, logs.String(), keys)
 	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
@@ -665,5 +768,43 @@ func TestUnitVerifies(t *testing.T) {
 			continue
 		}
 		t.Errorf("systemd-analyze verify: %s", line)
+	}
+}
+
+// checkServedAPI finds the URL the agent's API listens on in its (JSON)
+// log and reads /v1/status and /metrics over HTTPS, verifying the node's
+// certificate with the cluster CA and the node ID as the server name, with
+// the token cloud-init wrote: what Prometheus and an operator do.
+func checkServedAPI(t *testing.T, logs string, keys fleetPKI) {
+	t.Helper()
+	var url string
+	for _, line := range strings.Split(logs, "\n") {
+		var rec struct{ Msg, URL string }
+		if json.Unmarshal([]byte(line), &rec) == nil && rec.Msg == "API listening" {
+			url = rec.URL
+		}
+	}
+	if !strings.HasPrefix(url, "https://127.0.0.1:") {
+		t.Fatalf("the agent's API does not listen over HTTPS where its config says (url %q):\n%s", url, logs)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM([]byte(keys.ca))
+	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
+		TLSClientConfig: &tls.Config{RootCAs: pool, ServerName: "witness", MinVersion: tls.VersionTLS12}}}
+	for path, want := range map[string]string{"/v1/status": `"node": "witness"`, "/metrics": "handoff_"} {
+		req, err := http.NewRequest(http.MethodGet, url+path, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Authorization", "Bearer "+testToken)
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatalf("GET %s: %v", path, err)
+		}
+		body, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), want) {
+			t.Errorf("GET %s: %s, want 200 and %q:\n%.300s", path, resp.Status, want, body)
+		}
 	}
 }

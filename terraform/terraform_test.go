@@ -202,6 +202,7 @@ func TestCheckFailsOnMoreThanTheCalls(t *testing.T) {
 		{"aws", "iam.tf", `actions   = local.handoff_read_actions`, `actions   = concat(local.handoff_read_actions, ["ec2:TerminateInstances"])`, "grants ec2:TerminateInstances"},
 		{"aws", "iam.tf", `actions   = local.handoff_read_actions`, `actions   = ["ec2:*"]`, `wildcard action "ec2:*"`},
 		{"aws", "iam.tf", `policy = data.aws_iam_policy_document.handoff.json`, `policy = "{}"`, "policy must be data.aws_iam_policy_document"},
+		{"aws", "iam.tf", `resources = local.gateway_eni_arns`, `resources = ["*"]`, "ec2:AssignPrivateIpAddresses on every resource"},
 		{"gcp", "iam.tf", `role    = google_project_iam_custom_role.handoff.name`, `role    = "roles/compute.networkAdmin"`, "not this module's custom role"},
 		{"azure", "iam.tf", `role_definition_id = azurerm_role_definition.handoff.role_definition_resource_id`, `role_definition_name = "Network Contributor"`, "built-in role"},
 		{"azure", "iam.tf", `not_actions = []`, `not_actions = ["Microsoft.Network/routeTables/delete"]`, "not_actions must be empty"},
@@ -225,5 +226,22 @@ func TestCheckFailsOnMoreThanTheCalls(t *testing.T) {
 				t.Fatalf("err = %v, want one saying %q", err, c.want)
 			}
 		})
+	}
+}
+
+// TestUnitIsTheCanonicalOne: the unit cloud-init installs is the one
+// `make install` installs (dist/handoff.service); `go generate ./terraform`
+// copies it here.
+func TestUnitIsTheCanonicalOne(t *testing.T) {
+	canonical, err := os.ReadFile("../dist/handoff.service")
+	if err != nil {
+		t.Fatal(err)
+	}
+	copied, err := os.ReadFile(unitPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(canonical) != string(copied) {
+		t.Errorf("%s differs from dist/handoff.service: run go generate ./terraform", unitPath)
 	}
 }

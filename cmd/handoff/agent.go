@@ -21,7 +21,7 @@ import (
 	"github.com/handoffvpn/handoff/ipsec/memdp"
 	"github.com/handoffvpn/handoff/ipsec/vici"
 	"github.com/handoffvpn/handoff/ipsec/xfrm"
-	"github.com/handoffvpn/handoff/providers"
+	"github.com/handoffvpn/handoff/operator/notify"
 	"github.com/handoffvpn/handoff/raftstore"
 )
 
@@ -60,19 +60,28 @@ func loadConfig(fs *flag.FlagSet, args []string) (*config.Config, error) {
 }
 
 // runValidate runs the agent's preflight on the configuration and flags
-// the agent would be started with, and stops there.
-func runValidate(args []string, stdout io.Writer) error {
+// the agent would be started with, and stops there (with -check-cloud,
+// after asking the cloud what the provider may do). Warnings go to stderr.
+func runValidate(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("validate", flag.ContinueOnError)
 	af := addAgentFlags(fs)
+	checkCloud := fs.Bool("check-cloud", false, "also build the provider and run its permission check and a read of every resource (calls the cloud's API; changes nothing)")
 	cfg, err := loadConfig(fs, args)
 	if err != nil {
 		return err
 	}
+	af.op.noteGiven(fs)
 	if _, err := preflight(cfg, af, os.Getenv); err != nil {
 		return err
 	}
+	for _, w := range cfg.Warnings {
+		fmt.Fprintln(stderr, "warning:", w)
+	}
 	fmt.Fprintf(stdout, "configuration valid: node %s (%s, priority %d), provider %s with %d resources, dataplane %s\n",
 		cfg.NodeID, cfg.Role, cfg.Priority, cfg.ProviderType, len(cfg.Resources), cfg.DataplaneType)
+	if *checkCloud {
+		return reportCloudCheck(ctx, cfg, stdout)
+	}
 	return nil
 }
 
@@ -95,6 +104,7 @@ func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	opf.noteGiven(fs)
 	// Everything it reads and checks before Raft opens, as handoff
 	// validate does: a mistake stops it here, naming the key.
 	ready, err := preflight(cfg, af, os.Getenv)
@@ -102,6 +112,9 @@ func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	log := newLogger(stderr, cfg.LogLevel, cfg.LogFormat)
+	for _, w := range cfg.Warnings {
+		log.Warn("configuration: " + w)
+	}
 	// First, before Raft opens: every thread started later (Raft's, the
 	// transport's) inherits the policy from a thread already set.
 	applyScheduling(log, cfg.Scheduling, agentHints(cfg.Scheduling), rtsched.Apply)
@@ -114,6 +127,16 @@ func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
 		defer stop()
 	}
 	mat, sealer, denied := ready.tls, ready.sealer, ready.denied
+	// The provider, and what its credentials may do, before Raft opens: a
+	// node that could never move its resources stops here.
+	resources := resourcesOf(cfg)
+	prov, err := buildProvider(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
+	if err := startupPermissionCheck(ctx, cfg, prov, resources, log); err != nil {
+		return err
+	}
 	// allowed_nodes narrows who may connect; what a node that connects may
 	// do is its membership's business (raftstore).
 	var authorize pki.Authorize
@@ -135,15 +158,23 @@ func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	defer store.Close()
-	prov, err := buildProvider(ctx, cfg, log)
-	if err != nil {
-		return err
-	}
 	surface, apiCfg, err := opf.agentSurface(cfg.NodeID, ready.op, log)
 	if err != nil {
 		return err
 	}
 	defer surface.Close()
+	events := surface.Event
+	notifier, err := newNotifier(cfg, log)
+	if err != nil {
+		return err
+	}
+	if notifier != nil {
+		defer notifier.Close()
+		events = func(e agent.Event) {
+			surface.Event(e)
+			notifier.Event(e)
+		}
+	}
 	prov = surface.Metrics.InstrumentProvider(prov)
 	dp, closeDP, err := buildDataplane(cfg, log)
 	if err != nil {
@@ -155,16 +186,12 @@ func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	defer stopChecks()
-	opts := []agent.Option{agent.WithLogger(log), agent.WithEvents(surface.Event)}
+	opts := []agent.Option{agent.WithLogger(log), agent.WithEvents(events)}
 	if own != nil {
 		opts = append(opts, agent.WithHealth(checkerVerdict{own}))
 	}
 	if observe != nil {
 		opts = append(opts, agent.WithActiveObserver(checkerVerdict{observe}))
-	}
-	var resources []providers.Resource
-	for _, r := range cfg.Resources {
-		resources = append(resources, providers.Resource{Kind: r.Kind, ID: r.ID})
 	}
 	ag, err := agent.New(agent.Config{
 		NodeID: cfg.NodeID, Role: raftstore.Role(cfg.Role), Priority: cfg.Priority, Resources: resources,
@@ -178,12 +205,15 @@ func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	if notifier != nil {
+		notifier.Attach(ag)
+	}
 	if cfg.Bootstrap {
 		if err := store.Bootstrap([]raftstore.Server{{ID: cfg.NodeID, Address: store.Addr()}}); err != nil {
 			return err
 		}
 	}
-	if opf.apiAddr != "" {
+	if apiCfg.Addr != "" {
 		// The operator surface is not worth a failover agent that does not
 		// start: a port in use is logged, and the agent runs without it.
 		if err := surface.Serve(ag, store, apiCfg); err != nil {
@@ -245,4 +275,17 @@ func startCPUProfile(path string) (stop func(), err error) {
 		pprof.StopCPUProfile()
 		f.Close()
 	}, nil
+}
+
+// newNotifier starts the notify block's runner; nil when the block names
+// no command.
+func newNotifier(cfg *config.Config, log *slog.Logger) (*notify.Notifier, error) {
+	if len(cfg.Notify.Commands) == 0 {
+		return nil, nil
+	}
+	n, err := notify.New(notify.Config{Node: cfg.NodeID, Commands: cfg.Notify.Commands, Timeout: cfg.Notify.Timeout, Logger: log})
+	if err != nil {
+		return nil, fmt.Errorf("notify: %w", err)
+	}
+	return n, nil
 }

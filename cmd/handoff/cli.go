@@ -94,7 +94,7 @@ func (f *cliFlags) client() (*api.Client, error) {
 	}
 	token := f.getenv("HANDOFF_TOKEN")
 	if f.tokenFile != "" {
-		toks, err := readTokenFile("token-file", f.tokenFile)
+		toks, err := readTokenFile("-token-file", f.tokenFile)
 		if err != nil {
 			return nil, err
 		}

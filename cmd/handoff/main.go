@@ -22,7 +22,8 @@ commands:
   tls        create a cluster CA (tls ca) or a node certificate (tls cert);
              print a certificate's serial for tls.deny_serials (tls show)
   emulator   serve the built-in cloud emulator (EC2, GCE, ARM + metadata)
-  keygen     create a cluster key file (seals SA keys at rest)
+  keygen     create a cluster key file (seals SA keys at rest), or with
+             -for api-token / webhook-secret an API token or webhook secret
   version    print the version
 
   status, members, history, sa ls, promote, drain, operator raft, snapshot:
@@ -63,7 +64,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	case "agent":
 		return runAgent(ctx, args[1:], stderr)
 	case "validate":
-		return runValidate(args[1:], stdout)
+		return runValidate(ctx, args[1:], stdout, stderr)
 	case "tls":
 		return runTLS(args[1:], stdout)
 	case "emulator":

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"crypto/tls"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -23,7 +22,8 @@ import (
 	"github.com/handoffvpn/handoff/raftstore"
 )
 
-// operatorFlags are the agent's and the demo's operator-surface flags.
+// operatorFlags are the agent's and the demo's operator-surface flags. For
+// the agent they override the configuration's api and webhook blocks.
 type operatorFlags struct {
 	apiAddr, tokenFile, tlsCert, tlsKey string
 	webhookURL, webhookSecretFile       string
@@ -33,6 +33,9 @@ type operatorFlags struct {
 	addrFlag, tokenFileFlag string
 	// token is the demo's removed -token flag.
 	token removedTokenFlag
+	// given holds the flags set on the command line (noteGiven); nil means
+	// every flag counts, as for the demo, which reads no configuration.
+	given map[string]bool
 }
 
 func addOperatorFlags(fs *flag.FlagSet, forDemo bool) *operatorFlags {
@@ -44,102 +47,128 @@ func addOperatorFlags(fs *flag.FlagSet, forDemo bool) *operatorFlags {
 		fs.Var(&f.token, "token", "removed: a token on the command line is visible to every user; use -token-file or HANDOFF_TOKEN")
 	} else {
 		f.addrFlag, f.tokenFileFlag = "api-addr", "api-token-file"
-		fs.StringVar(&f.apiAddr, "api-addr", api.DefaultAddr, "operator HTTP API, status page and /metrics listen address (empty: no API)")
-		fs.StringVar(&f.tokenFile, "api-token-file", "", "file (mode 0600) holding the API token(s), one per line (default $HANDOFF_API_TOKEN; without one, mutating endpoints are disabled)")
-		fs.StringVar(&f.tlsCert, "api-tls-cert", "", "serve the API over HTTPS with this certificate (PEM)")
-		fs.StringVar(&f.tlsKey, "api-tls-key", "", "the key of -api-tls-cert (PEM, mode 0600)")
+		fs.StringVar(&f.apiAddr, "api-addr", api.DefaultAddr, "operator HTTP API, status page and /metrics listen address (overrides api.addr; empty: no API)")
+		fs.StringVar(&f.tokenFile, "api-token-file", "", "file (mode 0600) holding the API token(s), one per line (overrides api.token_file; default $HANDOFF_API_TOKEN; without one, mutating endpoints are disabled)")
+		fs.StringVar(&f.tlsCert, "api-tls-cert", "", "serve the API over HTTPS with this certificate (PEM; overrides api.tls_cert)")
+		fs.StringVar(&f.tlsKey, "api-tls-key", "", "the key of -api-tls-cert (PEM, mode 0600; overrides api.tls_key)")
 		fs.DurationVar(&f.lag, "lag-threshold", 5*time.Second, "raise replication.lag when this follower has not heard from the leader for this long")
 	}
-	fs.StringVar(&f.webhookURL, "webhook-url", "", "POST operator events (failover, health, lag) to this URL")
-	fs.StringVar(&f.webhookSecretFile, "webhook-secret-file", "", "file (mode 0600) holding the webhook signing secret (default $HANDOFF_WEBHOOK_SECRET)")
+	fs.StringVar(&f.webhookURL, "webhook-url", "", "POST operator events (failover, health, lag) to this URL (overrides webhook.url)")
+	fs.StringVar(&f.webhookSecretFile, "webhook-secret-file", "", "file (mode 0600) holding the webhook signing secret (overrides webhook.secret_file; default $HANDOFF_WEBHOOK_SECRET)")
 	return f
+}
+
+// noteGiven records which flags the command line set: those override the
+// configuration file, even when empty (-api-addr "" turns the API off).
+func (f *operatorFlags) noteGiven(fs *flag.FlagSet) {
+	f.given = map[string]bool{}
+	fs.Visit(func(fl *flag.Flag) { f.given[fl.Name] = true })
+}
+
+// pick is a flag's value when the command line set it, else the
+// configuration's, with the name errors give it.
+func (f *operatorFlags) pick(flagName, flagValue, key, configValue string) (value, name string) {
+	if f.given == nil || f.given[flagName] {
+		return flagValue, "-" + flagName
+	}
+	return configValue, key
 }
 
 // operatorSettings is the operator surface's configuration, read and
 // checked before anything starts (preflight).
 type operatorSettings struct {
-	// api has Addr, Tokens and TLS set.
+	// api has Addr, Tokens and TLS set; no Addr: no API.
 	api api.Config
-	// webhook is nil without -webhook-url.
+	// webhook is nil without a webhook URL.
 	webhook *webhook.Config
 }
 
-// settings reads and checks the operator surface's flags and the files
-// they name, reporting every problem, each naming its flag. Tokens come
+// settings reads and checks the operator surface's settings, the flags
+// over the configuration's api and webhook blocks, and the files they
+// name, reporting every problem, each naming its flag or key. Tokens come
 // from the token file or, without one, the environment variable envName.
-func (f *operatorFlags) settings(getenv func(string) string, envName string) (operatorSettings, []error) {
+func (f *operatorFlags) settings(apiBlock config.APIBlock, whBlock config.WebhookBlock, getenv func(string) string, envName string) (operatorSettings, []error) {
 	var errs []error
-	if f.apiAddr != "" {
-		if err := config.CheckHostPort(f.apiAddr, 0); err != nil {
-			errs = append(errs, fmt.Errorf("-%s: %w", f.addrFlag, err))
+	addr, addrName := f.pick(f.addrFlag, f.apiAddr, "api.addr", apiBlock.Addr)
+	if addr != "" {
+		if err := config.CheckHostPort(addr, 0); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", addrName, err))
 		}
 	}
-	toks, err := f.tokens(getenv, envName)
+	tokenFile, tokenName := f.pick(f.tokenFileFlag, f.tokenFile, "api.token_file", apiBlock.TokenFile)
+	var toks []string
+	var err error
+	if tokenFile != "" {
+		toks, err = readTokenFile(tokenName, tokenFile)
+	} else {
+		toks, err = parseTokens(getenv(envName), envName)
+	}
 	if err != nil {
 		errs = append(errs, err)
 	}
-	tc, err := f.tlsConfig()
+	cert, certName := f.pick("api-tls-cert", f.tlsCert, "api.tls_cert", apiBlock.TLSCert)
+	key, keyName := f.pick("api-tls-key", f.tlsKey, "api.tls_key", apiBlock.TLSKey)
+	tc, err := apiTLS(cert, certName, key, keyName)
 	if err != nil {
 		errs = append(errs, err)
 	}
-	wh, err := f.webhook(getenv)
+	url, urlName := f.pick("webhook-url", f.webhookURL, "webhook.url", whBlock.URL)
+	secretFile, secretName := f.pick("webhook-secret-file", f.webhookSecretFile, "webhook.secret_file", whBlock.SecretFile)
+	wh, err := webhookConfig(url, urlName, secretFile, secretName, getenv)
 	if err != nil {
 		errs = append(errs, err)
 	}
-	return operatorSettings{api: api.Config{Addr: f.apiAddr, Tokens: toks, TLS: tc}, webhook: wh}, errs
+	return operatorSettings{api: api.Config{Addr: addr, Tokens: toks, TLS: tc}, webhook: wh}, errs
 }
 
-// tokens reads the API tokens: the token file, or the environment.
-func (f *operatorFlags) tokens(getenv func(string) string, envName string) ([]string, error) {
-	if f.tokenFile != "" {
-		return readTokenFile(f.tokenFileFlag, f.tokenFile)
-	}
-	return parseTokens(getenv(envName), envName)
-}
-
-func (f *operatorFlags) webhook(getenv func(string) string) (*webhook.Config, error) {
-	if f.webhookURL == "" {
+// webhookConfig checks the webhook's URL and reads its signing secret: the
+// secret file, or HANDOFF_WEBHOOK_SECRET. nil without a URL.
+func webhookConfig(url, urlName, secretFile, secretName string, getenv func(string) string) (*webhook.Config, error) {
+	if url == "" {
 		return nil, nil
 	}
 	secret := getenv("HANDOFF_WEBHOOK_SECRET")
-	if f.webhookSecretFile != "" {
-		b, err := secretfile.Read(f.webhookSecretFile)
+	if secretFile != "" {
+		b, err := secretfile.Read(secretFile)
 		if err != nil {
-			return nil, fmt.Errorf("-webhook-secret-file: %w", err)
+			return nil, fmt.Errorf("%s: %w", secretName, err)
 		}
 		secret = strings.TrimSpace(string(b))
+		clear(b)
 	}
 	if secret == "" {
-		return nil, errors.New("-webhook-url: needs a signing secret: -webhook-secret-file or HANDOFF_WEBHOOK_SECRET")
+		return nil, fmt.Errorf("%s: needs a signing secret: webhook.secret_file, -webhook-secret-file or HANDOFF_WEBHOOK_SECRET", urlName)
 	}
-	cfg := &webhook.Config{URL: f.webhookURL, Secret: []byte(secret)}
+	cfg := &webhook.Config{URL: url, Secret: []byte(secret)}
 	if err := cfg.Validate(); err != nil {
-		return nil, fmt.Errorf("-webhook-url: %w", err)
+		return nil, fmt.Errorf("%s: %w", urlName, err)
 	}
 	return cfg, nil
 }
 
-func (f *operatorFlags) tlsConfig() (*tls.Config, error) {
-	if f.tlsCert == "" && f.tlsKey == "" {
+// apiTLS loads the API's certificate and key (a secret file); nil for
+// plain HTTP.
+func apiTLS(cert, certName, key, keyName string) (*tls.Config, error) {
+	if cert == "" && key == "" {
 		return nil, nil
 	}
-	if f.tlsCert == "" || f.tlsKey == "" {
-		return nil, errors.New("-api-tls-cert, -api-tls-key: give both or neither")
+	if cert == "" || key == "" {
+		return nil, fmt.Errorf("%s, %s: give both or neither", certName, keyName)
 	}
-	certPEM, err := os.ReadFile(f.tlsCert)
+	certPEM, err := os.ReadFile(cert)
 	if err != nil {
-		return nil, fmt.Errorf("-api-tls-cert: %w", err)
+		return nil, fmt.Errorf("%s: %w", certName, err)
 	}
-	keyPEM, err := secretfile.Read(f.tlsKey)
+	keyPEM, err := secretfile.Read(key)
 	if err != nil {
-		return nil, fmt.Errorf("-api-tls-key: %w", err)
+		return nil, fmt.Errorf("%s: %w", keyName, err)
 	}
 	defer clear(keyPEM)
-	cert, err := tls.X509KeyPair(certPEM, keyPEM)
+	pair, err := tls.X509KeyPair(certPEM, keyPEM)
 	if err != nil {
-		return nil, fmt.Errorf("-api-tls-cert, -api-tls-key: loading the API's TLS certificate: %w", err)
+		return nil, fmt.Errorf("%s, %s: loading the API's TLS certificate: %w", certName, keyName, err)
 	}
-	return &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}, nil
+	return &tls.Config{Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS12}, nil
 }
 
 // agentSurface builds the agent's operator surface from the checked
@@ -156,8 +185,8 @@ func (f *operatorFlags) agentSurface(node string, op operatorSettings, log *slog
 	if err != nil {
 		return nil, api.Config{}, err
 	}
-	if len(op.api.Tokens) == 0 && f.apiAddr != "" {
-		log.Warn("no API token configured: the API serves reads only (set -api-token-file or HANDOFF_API_TOKEN)")
+	if len(op.api.Tokens) == 0 && op.api.Addr != "" {
+		log.Warn("no API token configured: the API serves reads only (set api.token_file, -api-token-file or HANDOFF_API_TOKEN)")
 	}
 	cfg := op.api
 	cfg.Logger = log
@@ -174,7 +203,7 @@ func (f *operatorFlags) agentSurface(node string, op operatorSettings, log *slog
 // failover the new active's API on -serve, the other survivors' on free
 // loopback ports, until ctx ends.
 func (f *operatorFlags) demoServe(opts *demo.Options, nodes int, stdout io.Writer, getenv func(string) string) (func() error, error) {
-	op, errs := f.settings(getenv, "HANDOFF_TOKEN")
+	op, errs := f.settings(config.APIBlock{}, config.WebhookBlock{}, getenv, "HANDOFF_TOKEN")
 	if len(errs) > 0 {
 		return nil, usageError{config.Invalid(errs).Error()}
 	}

@@ -37,9 +37,10 @@ type checked struct {
 
 // preflight runs every check the agent makes before it opens Raft, on the
 // resolved configuration (config.Resolve has checked values, addresses and
-// ports, and the cluster key's file): the TLS material loaded and matched
-// to node_id and the CA, secret files private, the operator surface's
-// tokens, certificate and webhook secret. `handoff agent` starts from what
+// ports, resource kinds and IDs, and the cluster key's file): the TLS
+// material loaded and matched to node_id and the CA, secret files private,
+// the operator surface's tokens, certificate and webhook secret (the api
+// and webhook blocks under the flags), the notify commands' programs. `handoff agent` starts from what
 // it returns; `handoff validate` runs it and stops, so that the two cannot
 // disagree. Every problem is reported, each naming its key or flag.
 func preflight(cfg *config.Config, f *agentFlags, getenv func(string) string) (*checked, error) {
@@ -60,8 +61,9 @@ func preflight(cfg *config.Config, f *agentFlags, getenv func(string) string) (*
 			errs = append(errs, fmt.Errorf("tls.cert: %s: %w", cfg.TLS.Cert, err))
 		}
 	}
-	op, opErrs := f.op.settings(getenv, "HANDOFF_API_TOKEN")
+	op, opErrs := f.op.settings(cfg.API, cfg.Webhook, getenv, "HANDOFF_API_TOKEN")
 	errs = append(errs, opErrs...)
+	errs = append(errs, checkNotify(cfg.Notify)...)
 	if len(errs) > 0 {
 		return nil, config.Invalid(errs)
 	}
@@ -102,4 +104,25 @@ func loadTLS(nodeID string, t config.TLSBlock) (*pki.Material, error) {
 		return nil, fmt.Errorf("tls.cert: %s is issued to node %q, but node_id is %q", t.Cert, mat.NodeID, nodeID)
 	}
 	return mat, nil
+}
+
+// checkNotify checks that every notify command's program is an executable
+// file on this node: a command that cannot start would fail only at the
+// transition it is for.
+func checkNotify(n config.Notify) []error {
+	var errs []error
+	for _, state := range config.NotifyStates {
+		argv, ok := n.Commands[state]
+		if !ok {
+			continue
+		}
+		st, err := os.Stat(argv[0])
+		switch {
+		case err != nil:
+			errs = append(errs, fmt.Errorf("notify.%s: %w", state, err))
+		case !st.Mode().IsRegular() || st.Mode().Perm()&0o111 == 0:
+			errs = append(errs, fmt.Errorf("notify.%s: %s is not an executable file", state, argv[0]))
+		}
+	}
+	return errs
 }

@@ -31,8 +31,8 @@ func newPreflightFixture(t *testing.T) preflightFixture {
 		{"tls", "ca", "-out", other},
 		{"tls", "cert", "-ca", other, "-node", "gw1", "-out", other},
 		{"keygen", "-out", filepath.Join(dir, "cluster.key")},
-		{"keygen", "-out", filepath.Join(dir, "api.token")},
-		{"keygen", "-out", filepath.Join(dir, "webhook.secret")},
+		{"keygen", "-for", "api-token", "-out", filepath.Join(dir, "api.token")},
+		{"keygen", "-for", "webhook-secret", "-out", filepath.Join(dir, "webhook.secret")},
 	} {
 		var out bytes.Buffer
 		if err := run(context.Background(), args, &out, &out); err != nil {
@@ -153,6 +153,31 @@ func TestValidateAndAgentRefuseTheSameMistakes(t *testing.T) {
 			[]string{"-api-tls-key: ", "readable by others"}},
 		{"API address port 70000", p.config(t, cert, key, ""), []string{"-api-addr", "127.0.0.1:70000"},
 			[]string{"-api-addr: ", `port "70000"`}},
+		// The same secrets named in the configuration's blocks.
+		{"api.token_file readable by others", p.config(t, cert, key, "api {\n  token_file = \""+exposed("api.token")+"\"\n}"), nil,
+			[]string{"api.token_file: ", "readable by others"}},
+		{"api.tls_key readable by others", p.config(t, cert, key, "api {\n  tls_cert = \""+cert+"\"\n  tls_key = \""+exposed("gw1-key.pem")+"\"\n}"), nil,
+			[]string{"api.tls_key: ", "readable by others"}},
+		{"webhook.secret_file readable by others", p.config(t, cert, key, "webhook {\n  url = \"https://hooks.example/x\"\n  secret_file = \""+exposed("webhook.secret")+"\"\n}"), nil,
+			[]string{"webhook.secret_file: ", "readable by others"}},
+		{"webhook without a secret", p.config(t, cert, key, "webhook {\n  url = \"https://hooks.example/x\"\n}"), nil,
+			[]string{"webhook.url: ", "needs a signing secret"}},
+		{"api.addr port 70000", p.config(t, cert, key, "api {\n  addr = \"127.0.0.1:70000\"\n}"), nil,
+			[]string{"gw1.hcl:7: api.addr: ", `port "70000"`}},
+		{"notify program missing", p.config(t, cert, key, "notify {\n  active = [\""+p.path("nowhere.sh")+"\"]\n}"), nil,
+			[]string{"notify.active: ", "no such file"}},
+		// Issue 19: resources a provider does not move, refused naming the
+		// key and the line.
+		{"aws kind bogus", p.config(t, cert, key, provider("aws", "bogus", "x", "")), nil,
+			[]string{"gw1.hcl:9: provider.resource[0].kind: ", `"bogus"`}},
+		{"aws route not-a-route", p.config(t, cert, key, provider("aws", "route", "not-a-route", "")), nil,
+			[]string{"gw1.hcl:10: provider.resource[0].id: ", `"rtb-<id>|<destination CIDR>"`}},
+		{"aws eip without eip_private_ips", p.config(t, cert, key, provider("aws", "eip", "eipalloc-0a1b2c3d4e5f60718", "  aws {\n    region = \"eu-west-1\"\n  }\n")), nil,
+			[]string{"gw1.hcl:10: provider.resource[0].id: ", "provider.aws.eip_private_ips"}},
+		{"gcp kind teleporter", p.config(t, cert, key, provider("gcp", "teleporter", "x", "")), nil,
+			[]string{"gw1.hcl:9: provider.resource[0].kind: ", `"teleporter"`}},
+		{"linux vip not-an-ip", p.config(t, cert, key, provider("linux", "vip", "not-an-ip", "  linux {\n    interface = \"eth0\"\n  }\n")), nil,
+			[]string{"gw1.hcl:10: provider.resource[0].id: ", `VIP "not-an-ip"`}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			args := append([]string{"-config", c.cfg}, c.flags...)
@@ -208,6 +233,12 @@ func TestValidateAndAgentRefuseTheSameMistakes(t *testing.T) {
 	if err := run(context.Background(), good, &out, &out); err != nil || !strings.Contains(out.String(), "configuration valid: node gw1") {
 		t.Errorf("validate of a good configuration: %v\n%s", err, out.String())
 	}
+}
+
+// provider is a provider block (from line 6 of a fixture config: its
+// resource's kind is on line 9, its id on line 10) with one resource.
+func provider(typ, kind, id, settings string) string {
+	return "provider {\n  type = \"" + typ + "\"\n  resource {\n    kind = \"" + kind + "\"\n    id   = \"" + id + "\"\n  }\n" + settings + "}"
 }
 
 func readFile(t *testing.T, path string) string {

@@ -134,12 +134,28 @@ func showCerts(w io.Writer, name string, data []byte) error {
 	return nil
 }
 
+// keygenPurposes are what `handoff keygen -for` makes: 32 random bytes in
+// hex each time, with the file name and the advice that fit the use.
+var keygenPurposes = map[string]struct{ file, advice string }{
+	"cluster-key":    {"cluster.key", "copy it to every node's cluster_key_file"},
+	"api-token":      {"api.token", "point each agent's api.token_file at it, and give operators the same token (-token-file or HANDOFF_TOKEN_FILE)"},
+	"webhook-secret": {"webhook.secret", "point each agent's webhook.secret_file at it, and give the receiver the same secret to verify signatures"},
+}
+
 func runKeygen(args []string, stdout io.Writer) error {
 	fs := flag.NewFlagSet("keygen", flag.ContinueOnError)
-	out := fs.String("out", "cluster.key", "file to write (mode 0600)")
+	purpose := fs.String("for", "cluster-key", "what the secret is for: cluster-key, api-token or webhook-secret (sets the default -out and the advice printed)")
+	out := fs.String("out", "", "file to write (mode 0600; default cluster.key, api.token or webhook.secret after -for)")
 	force := fs.Bool("force", false, "overwrite an existing file")
 	if err := fs.Parse(args); err != nil {
 		return usageError{err.Error()}
+	}
+	p, ok := keygenPurposes[*purpose]
+	if !ok {
+		return usageError{fmt.Sprintf("keygen: -for %q is not cluster-key, api-token or webhook-secret", *purpose)}
+	}
+	if *out == "" {
+		*out = p.file
 	}
 	key := make([]byte, 32)
 	if _, err := rand.Read(key); err != nil {
@@ -148,6 +164,6 @@ func runKeygen(args []string, stdout io.Writer) error {
 	if err := pki.WriteFile(*out, []byte(hex.EncodeToString(key)+"\n"), true, *force); err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "wrote %s: copy it to every node's cluster_key_file\n", *out)
+	fmt.Fprintf(stdout, "wrote %s: %s\n", *out, p.advice)
 	return nil
 }

@@ -49,12 +49,13 @@ func parseTokens(raw, from string) ([]string, error) {
 	return out, nil
 }
 
-// readTokenFile returns the tokens of a secret file named by flag.
-func readTokenFile(flag, path string) ([]string, error) {
+// readTokenFile returns the tokens of a secret file; name is the flag
+// ("-api-token-file") or key ("api.token_file") errors give it.
+func readTokenFile(name, path string) ([]string, error) {
 	b, err := secretfile.Read(path)
 	if err != nil {
-		return nil, fmt.Errorf("-%s: %w", flag, err)
+		return nil, fmt.Errorf("%s: %w", name, err)
 	}
 	defer clear(b)
-	return parseTokens(string(b), "-"+flag)
+	return parseTokens(string(b), name)
 }

@@ -1,6 +1,8 @@
 // Command gen writes each Terraform module's permissions.auto.tf.json from
 // its provider's Permissions(), so the IAM the modules grant comes from the
-// same list the providers' tests check against their calls. Run it with
+// same list the providers' tests check against their calls, and copies the
+// canonical systemd unit (dist/handoff.service) to terraform/files, which
+// the modules read (a module stays self-contained under terraform/). Run it with
 // `go generate ./terraform` (or `go run ./terraform/internal/gen`) from
 // anywhere in the repository.
 package main
@@ -58,8 +60,23 @@ func run(check bool) error {
 		}
 		fmt.Printf("wrote %s (%d permissions)\n", path, len(perms[cloud]))
 	}
+	unit, err := os.ReadFile(filepath.Join(root, "dist", "handoff.service"))
+	if err != nil {
+		return fmt.Errorf("reading the canonical unit: %w", err)
+	}
+	copyPath := filepath.Join(root, "terraform", "files", "handoff.service")
+	if have, err := os.ReadFile(copyPath); err != nil || !bytes.Equal(have, unit) {
+		if check {
+			fmt.Fprintf(os.Stderr, "%s is stale\n", copyPath)
+			stale = true
+		} else if err := os.WriteFile(copyPath, unit, 0o644); err != nil {
+			return fmt.Errorf("writing %s: %w", copyPath, err)
+		} else {
+			fmt.Printf("wrote %s (from dist/handoff.service)\n", copyPath)
+		}
+	}
 	if stale {
-		return errors.New("permission files are stale: run go generate ./terraform")
+		return errors.New("generated files are stale: run go generate ./terraform")
 	}
 	return nil
 }

@@ -57,6 +57,12 @@ locals {
     region               = data.aws_region.current.name
     eip_private_ips      = var.create_eip ? { (aws_eip.vip[0].allocation_id) = local.vip } : {}
     dataplane            = var.dataplane
+    api_addr             = var.api_listen == "private" ? "${local.node_ips[id]}:${var.api_port}" : "127.0.0.1:${var.api_port}"
+    api_tls              = var.api_tls
+    has_api_token        = var.api_token != ""
+    webhook_url          = var.webhook_url
+    notify               = id == "witness" ? {} : var.notify_commands
+    notify_timeout       = var.notify_timeout
   }) }
 
   cloud_init = { for id in local.node_ids : id => templatefile("${path.module}/../../files/cloud-init.yaml.tftpl", {
@@ -71,6 +77,8 @@ locals {
     unit           = local.unit
     swanctl_conf   = id == "witness" ? "" : var.swanctl_conf
     api_token      = var.api_token
+    webhook_secret = var.webhook_secret
+    notify_script  = id == "witness" ? "" : var.notify_script
     local_vips     = id != "witness" && var.create_eip ? ["${local.vip}/32"] : []
     handoff_url    = var.handoff_url
     handoff_sha256 = var.handoff_sha256
@@ -128,6 +136,10 @@ resource "aws_instance" "gateway" {
   tags = merge(local.tags, { Name = "${var.name}-${local.gateway_ids[count.index]}", "handoff:node" = local.gateway_ids[count.index] })
 
   lifecycle {
+    precondition {
+      condition     = var.webhook_url == "" || length(trimspace(var.webhook_secret)) >= 16
+      error_message = "webhook_url needs webhook_secret (at least 16 characters): the agents refuse to send unsigned webhooks."
+    }
     # Handoff moves the VIP between gateways; user data runs once, at first
     # boot, so a changed template applies to replaced instances only.
     ignore_changes = [secondary_private_ips, user_data_base64, ami]

@@ -16,6 +16,19 @@ resource "aws_vpc_security_group_ingress_rule" "raft" {
   description                  = "Handoff nodes to nodes, TCP ${each.value}"
 }
 
+# The operator API from outside the fleet (Prometheus, a bastion): only
+# where api_listen = "private" puts the agents on it.
+resource "aws_vpc_security_group_ingress_rule" "api" {
+  for_each          = toset(var.api_cidrs)
+  security_group_id = aws_security_group.nodes.id
+  cidr_ipv4         = strcontains(each.value, ":") ? null : each.value
+  cidr_ipv6         = strcontains(each.value, ":") ? each.value : null
+  ip_protocol       = "tcp"
+  from_port         = var.api_port
+  to_port           = var.api_port
+  description       = "Handoff operator API and /metrics"
+}
+
 resource "aws_vpc_security_group_ingress_rule" "ssh" {
   for_each          = toset(var.ssh_cidrs)
   security_group_id = aws_security_group.nodes.id

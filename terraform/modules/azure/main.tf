@@ -40,8 +40,6 @@ locals {
     [for k in sort(keys(local.routes)) : { kind = "route", id = k }],
   )
 
-  role_scopes = distinct(concat([data.azurerm_resource_group.fleet.id], var.role_scopes))
-
   unit = file("${path.module}/../../files/handoff.service")
 
   configs = { for id in local.node_ids : id => templatefile("${path.module}/templates/handoff.hcl.tftpl", {
@@ -60,7 +58,14 @@ locals {
     resources                  = local.resources
     resource_group             = var.resource_group_name
     managed_identity_client_id = azurerm_user_assigned_identity.gateway.client_id
+    network_interface          = "${var.resource_group_name}/${var.name}-${id}"
     dataplane                  = var.dataplane
+    api_addr                   = var.api_listen == "private" ? "${local.node_ips[id]}:${var.api_port}" : "127.0.0.1:${var.api_port}"
+    api_tls                    = var.api_tls
+    has_api_token              = var.api_token != ""
+    webhook_url                = var.webhook_url
+    notify                     = id == "witness" ? {} : var.notify_commands
+    notify_timeout             = var.notify_timeout
   }) }
 
   cloud_init = { for id in local.node_ids : id => templatefile("${path.module}/../../files/cloud-init.yaml.tftpl", {
@@ -75,6 +80,8 @@ locals {
     unit           = local.unit
     swanctl_conf   = id == "witness" ? "" : var.swanctl_conf
     api_token      = var.api_token
+    webhook_secret = var.webhook_secret
+    notify_script  = id == "witness" ? "" : var.notify_script
     local_vips     = [] # the public IP is 1:1 NAT to the NIC's own private IP
     handoff_url    = var.handoff_url
     handoff_sha256 = var.handoff_sha256
@@ -173,6 +180,10 @@ resource "azurerm_linux_virtual_machine" "gateway" {
   }
 
   lifecycle {
+    precondition {
+      condition     = var.webhook_url == "" || length(trimspace(var.webhook_secret)) >= 16
+      error_message = "webhook_url needs webhook_secret (at least 16 characters): the agents refuse to send unsigned webhooks."
+    }
     # custom_data runs once, at first boot; a changed template applies to
     # replaced VMs only.
     ignore_changes = [custom_data]

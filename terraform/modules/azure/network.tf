@@ -98,6 +98,24 @@ resource "azurerm_network_security_rule" "ssh" {
   destination_application_security_group_ids = [azurerm_application_security_group.nodes.id]
 }
 
+# The operator API from outside the fleet (Prometheus, a bastion), ahead
+# of the deny below: only where api_listen = "private" puts the agents on it.
+resource "azurerm_network_security_rule" "api" {
+  count                                      = length(var.api_cidrs) > 0 ? 1 : 0
+  name                                       = "handoff-api"
+  description                                = "Handoff operator API and /metrics"
+  resource_group_name                        = var.resource_group_name
+  network_security_group_name                = azurerm_network_security_group.nodes.name
+  priority                                   = 150
+  direction                                  = "Inbound"
+  access                                     = "Allow"
+  protocol                                   = "Tcp"
+  source_port_range                          = "*"
+  destination_port_range                     = tostring(var.api_port)
+  source_address_prefixes                    = var.api_cidrs
+  destination_application_security_group_ids = [azurerm_application_security_group.nodes.id]
+}
+
 # The default rules allow all traffic inside the virtual network: deny the
 # Raft port from anything that is not a node.
 resource "azurerm_network_security_rule" "raft_deny" {

@@ -42,7 +42,7 @@ variable "create_public_ip" {
 }
 
 variable "route_tables" {
-  description = "Existing route tables whose routes to routed_cidrs point at the active gateway (next hop VirtualAppliance). Terraform creates each route at the first gateway; Handoff rewrites the next hop afterwards. Tables outside resource_group_name also need their resource group in role_scopes."
+  description = "Existing route tables whose routes to routed_cidrs point at the active gateway (next hop VirtualAppliance). Terraform creates each route at the first gateway; Handoff rewrites the next hop afterwards. The gateways' role is assigned on each table."
   type = list(object({
     resource_group_name = string
     name                = string
@@ -51,7 +51,7 @@ variable "route_tables" {
 }
 
 variable "role_scopes" {
-  description = "More scopes (resource group IDs) where the gateways' role is assignable and assigned, e.g. the resource groups of route_tables. The fleet's resource group is always included."
+  description = "More scopes (resource IDs, or resource group IDs) where the gateways' role is assignable and assigned. Not needed for what the module moves: the role is assigned on the public IP, the gateways' NICs, their subnet and each of route_tables."
   type        = list(string)
   default     = []
 }
@@ -159,13 +159,13 @@ variable "raft_port" {
 }
 
 variable "api_port" {
-  description = "TCP port of the agent's operator HTTP API (status, members, promote, drain, /metrics), opened between the nodes only. The agent binds it to 127.0.0.1 unless started with -api-addr, so by default it is reachable from the node itself."
+  description = "TCP port of the agent's operator HTTP API (status, members, promote, drain, /metrics), opened between the nodes and to api_cidrs. api_listen decides whether the agent listens on it on the private address or on 127.0.0.1 only."
   type        = number
   default     = 7950
 }
 
 variable "api_token" {
-  description = "Token of the operator API's mutating endpoints (at least 16 characters; e.g. the output of handoff keygen), written as HANDOFF_API_TOKEN to /etc/handoff/agent.env, mode 0600. Empty: the API serves reads only."
+  description = "Token of the operator API (at least 16 characters; e.g. the output of handoff keygen -for api-token), written to /etc/handoff/api.token, mode 0600, as api.token_file. Empty: the API serves reads only, from loopback."
   type        = string
   default     = ""
   sensitive   = true
@@ -173,6 +173,73 @@ variable "api_token" {
     condition     = var.api_token == "" || (length(var.api_token) >= 16 && can(regex("^[A-Za-z0-9._~+/=-]+$", var.api_token)))
     error_message = "api_token must be empty or at least 16 characters of A-Z a-z 0-9 . _ ~ + / = -."
   }
+}
+
+variable "api_listen" {
+  description = "Where each node's operator API (status, members, promote, drain, the status page, /metrics) listens: \"loopback\" (127.0.0.1:api_port, the node itself only) or \"private\" (the node's private IP:api_port, which the api_port rule opens to the other nodes and to api_cidrs, e.g. Prometheus). With \"private\", set api_tls and api_token: the token crosses the network."
+  type        = string
+  default     = "loopback"
+  validation {
+    condition     = contains(["loopback", "private"], var.api_listen)
+    error_message = "api_listen must be loopback or private."
+  }
+}
+
+variable "api_tls" {
+  description = "Serve the operator API over HTTPS with the node's cluster certificate (/etc/handoff/tls/node.pem, whose DNS name is the node ID): clients verify it with the cluster CA and the node ID as server name (handoff -ca-file ca.pem -addr https://NODE:7950; Prometheus tls_config { ca_file, server_name })."
+  type        = bool
+  default     = false
+}
+
+variable "api_cidrs" {
+  description = "Sources (CIDRs) allowed to reach api_port on every node, besides the nodes themselves: a Prometheus server, an operators' bastion. Useful with api_listen = \"private\"."
+  type        = list(string)
+  default     = []
+}
+
+variable "webhook_url" {
+  description = "Receiver of the agents' signed operator events (failover, health, lag), rendered as webhook.url. Empty: no webhooks. Sensitive: incoming-webhook URLs carry their own secret."
+  type        = string
+  default     = ""
+  sensitive   = true
+  validation {
+    condition     = var.webhook_url == "" || (can(regex("^https?://[^\\s\"]+$", var.webhook_url)) && !strcontains(var.webhook_url, "$${") && !strcontains(var.webhook_url, "%%{"))
+    error_message = "webhook_url must be empty or an http(s) URL without spaces, quotes, \"$${\" or \"%%{\"."
+  }
+}
+
+variable "webhook_secret" {
+  description = "Signing secret of the webhooks (at least 16 characters; e.g. the output of handoff keygen -for webhook-secret), written to /etc/handoff/webhook.secret, mode 0600, as webhook.secret_file. Required with webhook_url."
+  type        = string
+  default     = ""
+  sensitive   = true
+  validation {
+    condition     = var.webhook_secret == "" || length(trimspace(var.webhook_secret)) >= 16
+    error_message = "webhook_secret must be empty or at least 16 characters."
+  }
+}
+
+variable "notify_commands" {
+  description = "Commands each gateway's agent runs on becoming active, standby, fenced or faulty (keepalived's notify_master and friends), keyed by state; each an argument vector whose program is an absolute path, e.g. { active = [\"/usr/local/sbin/handoff-notify\", \"active\"] }. They run after the transition, never in a takeover's path."
+  type        = map(list(string))
+  default     = {}
+  validation {
+    condition = alltrue([for k, v in var.notify_commands : contains(["active", "standby", "fenced", "faulty"], k) && length(v) > 0 && startswith(v[0], "/") &&
+    alltrue([for a in v : !strcontains(a, "$${") && !strcontains(a, "%%{")])])
+    error_message = "notify_commands keys must be active, standby, fenced or faulty, each a non-empty list whose first element is an absolute path, without \"$${\" or \"%%{\"."
+  }
+}
+
+variable "notify_script" {
+  description = "A script written to /usr/local/sbin/handoff-notify (mode 0755) on every gateway, for notify_commands to run. Empty: none."
+  type        = string
+  default     = ""
+}
+
+variable "notify_timeout" {
+  description = "notify.timeout: a notify command running longer is killed with its process group."
+  type        = string
+  default     = "30s"
 }
 
 variable "extra_node_ports" {

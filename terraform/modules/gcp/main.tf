@@ -50,6 +50,12 @@ locals {
     route_next_hop       = var.route_next_hop
     alias_zones          = distinct(local.gateway_zones)
     dataplane            = var.dataplane
+    api_addr             = var.api_listen == "private" ? "${local.node_ips[id]}:${var.api_port}" : "127.0.0.1:${var.api_port}"
+    api_tls              = var.api_tls
+    has_api_token        = var.api_token != ""
+    webhook_url          = var.webhook_url
+    notify               = id == "witness" ? {} : var.notify_commands
+    notify_timeout       = var.notify_timeout
   }) }
 
   cloud_init = { for id in local.node_ids : id => templatefile("${path.module}/../../files/cloud-init.yaml.tftpl", {
@@ -64,6 +70,8 @@ locals {
     unit           = local.unit
     swanctl_conf   = id == "witness" ? "" : var.swanctl_conf
     api_token      = var.api_token
+    webhook_secret = var.webhook_secret
+    notify_script  = id == "witness" ? "" : var.notify_script
     local_vips     = id == "witness" ? [] : local.local_vips
     handoff_url    = var.handoff_url
     handoff_sha256 = var.handoff_sha256
@@ -107,6 +115,10 @@ resource "google_compute_instance" "gateway" {
   }
 
   lifecycle {
+    precondition {
+      condition     = var.webhook_url == "" || length(trimspace(var.webhook_secret)) >= 16
+      error_message = "webhook_url needs webhook_secret (at least 16 characters): the agents refuse to send unsigned webhooks."
+    }
     # Handoff moves the alias IP range between NICs and writes its fencing
     # labels (handoff-alias-*); user data runs once, at first boot.
     ignore_changes = [network_interface[0].alias_ip_range, labels, metadata["user-data"]]

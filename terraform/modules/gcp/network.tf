@@ -12,6 +12,23 @@ resource "google_compute_firewall" "raft" {
   }
 }
 
+# The operator API from outside the fleet (Prometheus, a bastion): only
+# where api_listen = "private" puts the agents on it.
+resource "google_compute_firewall" "api" {
+  count         = length(var.api_cidrs) > 0 ? 1 : 0
+  project       = var.project
+  name          = "${var.name}-api"
+  network       = data.google_compute_subnetwork.nodes.network
+  description   = "Handoff operator API and /metrics"
+  direction     = "INGRESS"
+  source_ranges = var.api_cidrs
+  target_tags   = ["${var.name}-node"]
+  allow {
+    protocol = "tcp"
+    ports    = [tostring(var.api_port)]
+  }
+}
+
 resource "google_compute_firewall" "vpn" {
   count         = length(var.client_cidrs) > 0 ? 1 : 0
   project       = var.project
