@@ -92,16 +92,45 @@ func threeNodes(t *testing.T, f *fixture) []*raftstore.Store {
 			t.Fatalf("join %s: %v", s.NodeID(), err)
 		}
 	}
+	// Settled: every node votes (a join is a learner first, then a voter),
+	// and every node's log ends where the leader's does, so that nothing
+	// of the joins lands while a test watches the log.
 	deadline := time.Now().Add(10 * time.Second)
 	for _, s := range stores {
-		for len(voters(t, s)) != 3 || len(memberIDs(s)) != 3 {
+		for !allVote(t, s) || len(memberIDs(s)) != 3 {
 			if time.Now().After(deadline) {
-				t.Fatalf("%s: voters %v, members %v", s.NodeID(), voters(t, s), memberIDs(s))
+				t.Fatalf("%s: voters %v, members %v", s.NodeID(), suffrages(t, s), memberIDs(s))
 			}
 			time.Sleep(10 * time.Millisecond)
 		}
 	}
-	return stores
+	for {
+		want, _ := lastLog(t, stores[0])
+		caughtUp := true
+		for _, s := range stores[1:] {
+			if got, _ := lastLog(t, s); got != want {
+				caughtUp = false
+			}
+		}
+		if caughtUp {
+			return stores
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the followers' logs did not reach the leader's")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func allVote(t *testing.T, s *raftstore.Store) bool {
+	t.Helper()
+	sf := suffrages(t, s)
+	for _, v := range sf {
+		if v != raft.Voter {
+			return false
+		}
+	}
+	return len(sf) == 3
 }
 
 func memberIDs(s *raftstore.Store) []string {
