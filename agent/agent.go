@@ -483,7 +483,7 @@ func (a *Agent) lead(ctx context.Context) {
 		return
 	}
 	a.log.Info("active", "term", term, "sas", len(installed), "detect", t.Detect, "elect", t.Elect,
-		"claim", t.Claim, "move", t.Move, "install", t.Install, "total", t.Total)
+		"claim", t.Claim, "install", t.Install, "move", t.Move, "total", t.Total)
 	a.emit(Event{Kind: "failover.completed", Term: term, Timings: t, SAs: len(installed)})
 	a.runActive(ctx, hashes)
 }

@@ -314,7 +314,7 @@ func (a *Agent) RaftPeers() ([]Peer, error) {
 
 // Promote makes node the active gateway: on the leader it commits fresh
 // replay counters, then transfers Raft leadership to node, whose takeover
-// (claim, move, install, active) follows as after any election. node must
+// (claim, install, move, active) follows as after any election. node must
 // be a voting gateway that a majority of its observers see healthy. On a
 // follower the request is forwarded to the leader.
 //

@@ -106,7 +106,7 @@ func (s *Surface) Event(e agent.Event) {
 func timingsMs(t raftstore.Timings) map[string]float64 {
 	ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 	return map[string]float64{"detect": ms(t.Detect), "elect": ms(t.Elect), "claim": ms(t.Claim),
-		"move": ms(t.Move), "install": ms(t.Install), "total": ms(t.Total)}
+		"install": ms(t.Install), "move": ms(t.Move), "total": ms(t.Total)}
 }
 
 // Backend is what the surface needs from the agent: the API's backend.

@@ -367,7 +367,7 @@ func TestMetricsAndWebhookOfAFailover(t *testing.T) {
 		t.Fatal(err)
 	}
 	ev := rcv.waitKind(t, "failover.completed", next.Spec.ID, act.Term)
-	for _, p := range []string{"detect", "elect", "claim", "move", "install", "total"} {
+	for _, p := range []string{"detect", "elect", "claim", "install", "move", "total"} {
 		if _, ok := ev.TimingsMs[p]; !ok {
 			t.Errorf("failover.completed without %s timing: %+v", p, ev)
 		}

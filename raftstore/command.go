@@ -102,13 +102,14 @@ type ClaimCmd struct {
 	From   string    `json:"from,omitempty"`
 }
 
-// Timings of one takeover, per phase.
+// Timings of one takeover, per phase, in the order the phases run:
+// detect, elect, claim, install, move (see agent.lead).
 type Timings struct {
 	Detect  time.Duration `json:"detect"`
 	Elect   time.Duration `json:"elect"`
 	Claim   time.Duration `json:"claim"`
-	Move    time.Duration `json:"move"`
 	Install time.Duration `json:"install"`
+	Move    time.Duration `json:"move"`
 	Total   time.Duration `json:"total"`
 }
 

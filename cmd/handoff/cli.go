@@ -305,7 +305,7 @@ func cliHistory(ctx context.Context, args []string, env cliEnv) error {
 		return nil
 	}
 	tw := table(env.stdout)
-	fmt.Fprintln(tw, "TERM\tFROM\tTO\tRESULT\tDETECT\tELECT\tCLAIM\tMOVE\tINSTALL\tTOTAL\tSAS\tCLAIMED\tREASON")
+	fmt.Fprintln(tw, "TERM\tFROM\tTO\tRESULT\tDETECT\tELECT\tCLAIM\tINSTALL\tMOVE\tTOTAL\tSAS\tCLAIMED\tREASON")
 	for _, e := range h {
 		t := e.Timings
 		res := e.Result
@@ -313,7 +313,7 @@ func cliHistory(ctx context.Context, args []string, env cliEnv) error {
 			res += " (" + e.Error + ")"
 		}
 		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\n", e.Term, orDash(e.From), e.To, res,
-			msd(t.Detect), msd(t.Elect), msd(t.Claim), msd(t.Move), msd(t.Install), msd(t.Total), e.SAs,
+			msd(t.Detect), msd(t.Elect), msd(t.Claim), msd(t.Install), msd(t.Move), msd(t.Total), e.SAs,
 			e.ClaimedAt.Format(time.RFC3339), e.Reason)
 	}
 	return tw.Flush()
@@ -406,8 +406,8 @@ func cliPromote(ctx context.Context, args []string, env cliEnv, drain bool) erro
 		h.From, h.To, h.Term, h.ReplaySynced)
 	if result.Assignment != nil {
 		a := result.Assignment
-		fmt.Fprintf(env.stdout, "%s is active at term %d: claim %s, move %s, install %s\n", a.Node, a.Term,
-			msd(a.Timings.Claim), msd(a.Timings.Move), msd(a.Timings.Install))
+		fmt.Fprintf(env.stdout, "%s is active at term %d: claim %s, install %s, move %s\n", a.Node, a.Term,
+			msd(a.Timings.Claim), msd(a.Timings.Install), msd(a.Timings.Move))
 	}
 	return nil
 }

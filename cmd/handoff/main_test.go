@@ -48,7 +48,7 @@ func TestDemoJSON(t *testing.T) {
 	if rep.SAsBefore < 1000 || rep.SAsAfter != rep.SAsBefore {
 		t.Errorf("sas before %d, after %d", rep.SAsBefore, rep.SAsAfter)
 	}
-	for _, p := range []string{"detect", "elect", "claim", "move", "install"} {
+	for _, p := range []string{"detect", "elect", "claim", "install", "move"} {
 		if _, ok := rep.PhasesMs[p]; !ok {
 			t.Errorf("phase %s missing", p)
 		}

@@ -63,8 +63,8 @@ type Phases struct {
 	Detect  float64 `json:"detect"`
 	Elect   float64 `json:"elect"`
 	Claim   float64 `json:"claim"`
-	Move    float64 `json:"move"`
 	Install float64 `json:"install"`
+	Move    float64 `json:"move"`
 }
 
 // Report is the demo's result; its JSON is the `--json` line.
@@ -213,7 +213,7 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	rep.ObservedMs = ms(time.Since(killedAt))
 	rep.NewActive, rep.Term = next.Spec.ID, act2.Term
 	t := act2.Timings
-	rep.Phases = Phases{Detect: ms(t.Detect), Elect: ms(t.Elect), Claim: ms(t.Claim), Move: ms(t.Move), Install: ms(t.Install)}
+	rep.Phases = Phases{Detect: ms(t.Detect), Elect: ms(t.Elect), Claim: ms(t.Claim), Install: ms(t.Install), Move: ms(t.Move)}
 	rep.TotalMs = ms(t.Total)
 	// Keep traffic on the new active for a while, then audit whoever is
 	// active then: a new leader that lost its lease right after committing

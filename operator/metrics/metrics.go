@@ -161,7 +161,7 @@ func (m *Metrics) ObserveEvent(e agent.Event) {
 		m.failovers.WithLabelValues("completed").Inc()
 		t := e.Timings
 		for phase, d := range map[string]time.Duration{"detect": t.Detect, "elect": t.Elect, "claim": t.Claim,
-			"move": t.Move, "install": t.Install, "total": t.Total} {
+			"install": t.Install, "move": t.Move, "total": t.Total} {
 			m.phases.WithLabelValues(phase).Observe(d.Seconds())
 		}
 	}

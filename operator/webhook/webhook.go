@@ -365,7 +365,7 @@ func Summary(e Event) string {
 		fmt.Fprintf(&b, "%s is active (term %d, %d SAs)", e.Node, e.Term, e.SAs)
 		if len(e.TimingsMs) > 0 {
 			fmt.Fprintf(&b, " after %.0f ms:", e.TimingsMs["total"])
-			for _, p := range []string{"detect", "elect", "claim", "move", "install"} {
+			for _, p := range []string{"detect", "elect", "claim", "install", "move"} {
 				fmt.Fprintf(&b, " %s %.0f", p, e.TimingsMs[p])
 			}
 			b.WriteString(" ms")

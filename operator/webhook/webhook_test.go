@@ -102,7 +102,7 @@ func TestDeliverySignedAndRetriedAfter5xx(t *testing.T) {
 	if e.Kind != "failover.completed" || e.Node != "gw2" || e.TimingsMs["move"] != 80 || e.ID == "" || e.At.IsZero() {
 		t.Errorf("event = %+v", e)
 	}
-	want := "handoff: gw2 is active (term 9, 1000 SAs) after 419 ms: detect 210 elect 95 claim 4 move 80 install 30 ms"
+	want := "handoff: gw2 is active (term 9, 1000 SAs) after 419 ms: detect 210 elect 95 claim 4 install 30 move 80 ms"
 	if e.Text != want {
 		t.Errorf("text = %q\nwant   %q", e.Text, want)
 	}

@@ -69,7 +69,7 @@
       cell(tr, h.to);
       cell(tr, h.reason || "");
       cell(tr, h.result + (h.error ? ": " + h.error : ""), h.result === "completed" ? "ok" : (h.result === "failed" ? "bad" : ""));
-      for (const p of ["detect", "elect", "claim", "move", "install", "total"]) cell(tr, ms(t[p]), "num");
+      for (const p of ["detect", "elect", "claim", "install", "move", "total"]) cell(tr, ms(t[p]), "num");
       cell(tr, h.sas, "num");
       cell(tr, h.claimed_at ? new Date(h.claimed_at).toISOString() : "");
       body.appendChild(tr);
