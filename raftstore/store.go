@@ -1,12 +1,10 @@
 package raftstore
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -15,7 +13,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
 
 	"github.com/handoffvpn/handoff/internal/bulk"
@@ -144,8 +141,7 @@ func Open(cfg Config) (*Store, error) {
 		cfg.TLS.ServerConfig(policy), cfg.TLS.ClientConfig(policy), s.authz, refusals, log)
 	s.layer.rpc = s.handleRPC
 
-	hl := hclog.New(&hclog.LoggerOptions{Name: "raft", Level: hclog.LevelFromString(orDefault(cfg.RaftLogLevel, "warn")),
-		Output: &slogWriter{log: log}, DisableTime: true})
+	hl := newRaftLogger(log, cfg.RaftLogLevel)
 	s.transport = newBoundTransport(s.layer, s.authz, refusals, hl, 2*time.Second)
 
 	s.logs, err = openLogStore(cfg.DataDir, cfg.NoSync, hl)
@@ -902,24 +898,3 @@ func (s *privateSink) Close() error {
 	}
 	return os.Chmod(dir, 0o700)
 }
-
-// slogWriter carries hashicorp/raft's hclog lines into slog: hclog stays
-// at the Raft boundary.
-type slogWriter struct{ log *slog.Logger }
-
-func (w *slogWriter) Write(p []byte) (int, error) {
-	line := string(bytes.TrimSpace(p))
-	level := slog.LevelInfo
-	switch {
-	case bytes.Contains(p, []byte("[ERROR]")):
-		level = slog.LevelError
-	case bytes.Contains(p, []byte("[WARN]")):
-		level = slog.LevelWarn
-	case bytes.Contains(p, []byte("[DEBUG]")), bytes.Contains(p, []byte("[TRACE]")):
-		level = slog.LevelDebug
-	}
-	w.log.Log(context.Background(), level, line, "component", "raft")
-	return len(p), nil
-}
-
-var _ io.Writer = (*slogWriter)(nil)
