@@ -17,6 +17,7 @@ import (
 
 	"github.com/hashicorp/raft"
 
+	"github.com/handoffvpn/handoff/internal/buildinfo"
 	"github.com/handoffvpn/handoff/internal/bulk"
 	"github.com/handoffvpn/handoff/providers"
 	"github.com/handoffvpn/handoff/raftstore"
@@ -74,6 +75,10 @@ type Config struct {
 	// its successor takes over. The sequence number jump covers it, so it
 	// must be the same on every node.
 	HandoverGrace time.Duration
+
+	// Build is this node's build, shown in its status and recorded in its
+	// member entry (default: buildinfo.Read()).
+	Build buildinfo.Info
 }
 
 // Defaults fills unset fields.
@@ -108,6 +113,9 @@ func (c *Config) Defaults() {
 	}
 	if c.Role == "" {
 		c.Role = raftstore.RoleGateway
+	}
+	if c.Build.Version == "" {
+		c.Build = buildinfo.Read()
 	}
 }
 
@@ -257,6 +265,12 @@ func (a *Agent) Run(ctx context.Context) error {
 		a.reportHealth(ctx)
 	}()
 	defer func() { <-reportDone }()
+	recordDone := make(chan struct{})
+	go func() {
+		defer close(recordDone)
+		a.keepOwnRecord(ctx)
+	}()
+	defer func() { <-recordDone }()
 	detectDone := make(chan struct{})
 	go func() {
 		defer close(detectDone)
@@ -708,14 +722,14 @@ func SeqStart(lastOSeq uint64, appliedAt, now time.Time, interval time.Duration,
 // ensureMember records this node's own metadata when the state lacks it or
 // it changed (first leader after bootstrap, changed priority in config).
 func (a *Agent) ensureMember(ctx context.Context) error {
-	want := raftstore.Member{ID: a.cfg.NodeID, Address: a.store.Addr(), Role: a.cfg.Role, Priority: a.cfg.Priority}
+	want := a.ownRecord()
 	var have raftstore.Member
 	var ok bool
 	a.store.FSM().View(func(st *raftstore.State) { have, ok = st.Members[a.cfg.NodeID] })
 	if ok && have == want {
 		return nil
 	}
-	_, err := a.store.Apply(ctx, &raftstore.MemberCmd{ID: want.ID, Address: want.Address, Role: want.Role, Priority: want.Priority})
+	_, err := a.store.Apply(ctx, &raftstore.MemberCmd{ID: want.ID, Address: want.Address, Role: want.Role, Priority: want.Priority, Version: want.Version})
 	return err
 }
 

@@ -15,6 +15,7 @@ import (
 
 	"github.com/hashicorp/raft"
 
+	"github.com/handoffvpn/handoff/internal/buildinfo"
 	"github.com/handoffvpn/handoff/ipsec/sa"
 	"github.com/handoffvpn/handoff/raftstore"
 )
@@ -64,7 +65,11 @@ func (e *NotLeaderError) Unwrap() error { return raftstore.ErrNotLeader }
 
 // Status is a snapshot of one node's view of the cluster.
 type Status struct {
-	Node       string         `json:"node"`
+	Node string `json:"node"`
+	// Version is this node's build version (Build.Version), the value
+	// `handoff version` prints and members compare.
+	Version    string         `json:"version"`
+	Build      buildinfo.Info `json:"build"`
 	Role       raftstore.Role `json:"role"`
 	RaftState  string         `json:"raft_state"`
 	Term       uint64         `json:"term"`
@@ -158,7 +163,7 @@ type SnapshotInfo struct {
 func (a *Agent) OperatorStatus() Status {
 	r := a.store.Raft()
 	leader, leaderAddr := a.store.Leader()
-	st := Status{Node: a.cfg.NodeID, Role: a.cfg.Role, RaftState: r.State().String(), Term: a.store.Term(),
+	st := Status{Node: a.cfg.NodeID, Version: a.cfg.Build.Version, Build: a.cfg.Build, Role: a.cfg.Role, RaftState: r.State().String(), Term: a.store.Term(),
 		Leader: leader, LeaderAddr: leaderAddr, LastIndex: r.LastIndex(), CommitIndex: r.CommitIndex(),
 		AppliedIndex: r.AppliedIndex(), At: time.Now()}
 	if r.State() != raft.Leader {

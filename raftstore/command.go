@@ -85,6 +85,9 @@ type MemberCmd struct {
 	Address  string `json:"address"`
 	Role     Role   `json:"role"`
 	Priority int    `json:"priority"`
+	// Version is the member's build (buildinfo), so that a rolling upgrade
+	// can be followed; an older node's record has none.
+	Version string `json:"version,omitempty"`
 }
 
 // RemoveMemberCmd removes a member.

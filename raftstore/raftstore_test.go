@@ -53,7 +53,7 @@ func TestSealRoundTripAndRefusals(t *testing.T) {
 func sampleCommands() []any {
 	at := time.Date(2026, 11, 25, 4, 0, 0, 0, time.UTC)
 	return []any{
-		&MemberCmd{ID: "gw1", Address: "192.0.2.1:7946", Role: RoleGateway, Priority: 100},
+		&MemberCmd{ID: "gw1", Address: "192.0.2.1:7946", Role: RoleGateway, Priority: 100, Version: "v1.2.0"},
 		&RemoveMemberCmd{ID: "gw3"},
 		&ClaimCmd{Node: "gw1", At: at, Reason: "leader elected", From: "gw2"},
 		&ActiveCmd{Node: "gw1", At: at, SAs: 3, Timings: Timings{Detect: time.Millisecond, Total: time.Second}},
@@ -201,7 +201,7 @@ func sampleState(t testing.TB) *State {
 	st := NewState()
 	at := time.Date(2026, 11, 25, 4, 0, 0, 0, time.UTC)
 	for i, p := range []any{
-		&MemberCmd{ID: "gw1", Address: "192.0.2.1:7946", Role: RoleGateway, Priority: 100},
+		&MemberCmd{ID: "gw1", Address: "192.0.2.1:7946", Role: RoleGateway, Priority: 100, Version: "v1.2.0"},
 		&MemberCmd{ID: "gw2", Address: "192.0.2.2:7946", Role: RoleGateway, Priority: 90},
 		&HealthCmd{Observer: "gw2", Subject: "gw1", Healthy: true, At: at},
 		&ClaimCmd{Node: "gw1", At: at},

@@ -18,6 +18,10 @@ type Member struct {
 	Address  string `json:"address"`
 	Role     Role   `json:"role"`
 	Priority int    `json:"priority"`
+	// Version is the build the member last reported (joining, or through
+	// the leader when it changed); "" for a member that runs a build from
+	// before versions were recorded.
+	Version string `json:"version,omitempty"`
 }
 
 // Observation is what one observer last reported about one subject.
@@ -158,7 +162,7 @@ func (s *State) applyMember(p *MemberCmd) error {
 	if p.Role == RoleWitness && s.Active.Node == p.ID {
 		return fmt.Errorf("%w: member %s is the active gateway and cannot become a witness", ErrRefused, p.ID)
 	}
-	s.Members[p.ID] = Member{ID: p.ID, Address: p.Address, Role: p.Role, Priority: p.Priority}
+	s.Members[p.ID] = Member{ID: p.ID, Address: p.Address, Role: p.Role, Priority: p.Priority, Version: p.Version}
 	return nil
 }
 

@@ -15,6 +15,7 @@ import (
 
 	"github.com/hashicorp/raft"
 
+	"github.com/handoffvpn/handoff/internal/buildinfo"
 	"github.com/handoffvpn/handoff/internal/bulk"
 	"github.com/handoffvpn/handoff/internal/pki"
 )
@@ -54,6 +55,9 @@ type Config struct {
 	Logger *slog.Logger
 	// RaftLogLevel is the level of hashicorp/raft's own logs ("warn").
 	RaftLogLevel string
+	// Version is this node's build, recorded in its member entry when it
+	// joins (default: buildinfo.Read's).
+	Version string
 }
 
 // logCacheEntries is how many recent log entries the leader keeps in
@@ -106,6 +110,9 @@ func Open(cfg Config) (*Store, error) {
 	}
 	if cfg.Network == nil {
 		cfg.Network = TCP{}
+	}
+	if cfg.Version == "" {
+		cfg.Version = buildinfo.Read().Version
 	}
 	log := cfg.Logger.With("node", cfg.NodeID)
 	if err := cfg.Denied.Check(cfg.TLS.Cert.Leaf); err != nil {
@@ -622,7 +629,7 @@ func (s *Store) handleRPC(ctx context.Context, peer string, req *RPCRequest) *RP
 		if req.Learner {
 			join = s.JoinAsLearner
 		}
-		if err := join(ctx, MemberCmd{ID: req.ID, Address: req.Address, Role: req.Role, Priority: req.Priority}); err != nil {
+		if err := join(ctx, MemberCmd{ID: req.ID, Address: req.Address, Role: req.Role, Priority: req.Priority, Version: req.Version}); err != nil {
 			return fail(err)
 		}
 		// Index: the learner is a voter's match once it has applied this.
@@ -786,7 +793,7 @@ func (s *Store) askMember(ctx context.Context, id, addr, peer string) (string, b
 // JoinAsLearner); a leader that predates learners adds it as a voter at
 // once, and the second request changes nothing.
 func (s *Store) JoinCluster(ctx context.Context, addrs []string, role Role, priority int) error {
-	req := RPCRequest{Op: opJoin, ID: s.cfg.NodeID, Address: s.Addr(), Role: role, Priority: priority, Learner: true}
+	req := RPCRequest{Op: opJoin, ID: s.cfg.NodeID, Address: s.Addr(), Role: role, Priority: priority, Learner: true, Version: s.cfg.Version}
 	resp, err := s.callAny(ctx, addrs, &req)
 	if err != nil {
 		return err
@@ -796,6 +803,17 @@ func (s *Store) JoinCluster(ctx context.Context, addrs []string, role Role, prio
 	}
 	req.Learner = false
 	return s.Call(ctx, addrs, &req)
+}
+
+// UpdateMember asks the leader to record m, this node's own member entry
+// with new metadata (a new build or priority). It is the join RPC's
+// metadata refresh: for a voter at an unchanged address the leader only
+// commits the entry.
+func (s *Store) UpdateMember(ctx context.Context, m MemberCmd) error {
+	if m.ID != s.cfg.NodeID {
+		return fmt.Errorf("updating member %s: only this node's own entry (%s) can be", m.ID, s.cfg.NodeID)
+	}
+	return s.CallLeader(ctx, &RPCRequest{Op: opJoin, ID: m.ID, Address: m.Address, Role: m.Role, Priority: m.Priority, Version: m.Version})
 }
 
 // waitCaughtUp waits until this node has applied index and hears from a

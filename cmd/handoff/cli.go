@@ -226,6 +226,7 @@ func cliStatus(ctx context.Context, args []string, env cliEnv) error {
 	}
 	tw := table(env.stdout)
 	fmt.Fprintf(tw, "Node\t%s (%s, %s)\n", st.Node, st.Role, st.RaftState)
+	fmt.Fprintf(tw, "Version\t%s\n", st.Build)
 	fmt.Fprintf(tw, "Term\t%d\n", st.Term)
 	fmt.Fprintf(tw, "Leader\t%s %s\n", orDash(st.Leader), st.LeaderAddr)
 	act := orDash(st.Active)
@@ -250,7 +251,7 @@ func cliStatus(ctx context.Context, args []string, env cliEnv) error {
 
 func writeMembers(w io.Writer, members []agent.MemberStatus) error {
 	tw := table(w)
-	fmt.Fprintln(tw, "NODE\tROLE\tPRIORITY\tVOTER\tLEADER\tACTIVE\tHEALTH\tOBSERVERS\tADDRESS")
+	fmt.Fprintln(tw, "NODE\tROLE\tPRIORITY\tVOTER\tLEADER\tACTIVE\tHEALTH\tOBSERVERS\tVERSION\tADDRESS")
 	for _, m := range members {
 		var obs []string
 		for _, o := range m.Observations {
@@ -260,8 +261,8 @@ func writeMembers(w io.Writer, members []agent.MemberStatus) error {
 			}
 			obs = append(obs, s)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\n", m.ID, orDash(string(m.Role)), m.Priority, yes(m.Voter),
-			yes(m.Leader), yes(m.Active), health(m), orDash(strings.Join(obs, ",")), m.Address)
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", m.ID, orDash(string(m.Role)), m.Priority, yes(m.Voter),
+			yes(m.Leader), yes(m.Active), health(m), orDash(strings.Join(obs, ",")), orDash(m.Version), m.Address)
 	}
 	return tw.Flush()
 }

@@ -23,16 +23,13 @@ commands:
              print a certificate's serial for tls.deny_serials (tls show)
   emulator   serve the built-in cloud emulator (EC2, GCE, ARM + metadata)
   keygen     create a cluster key file (seals SA keys at rest)
-  version    print the version
+  version    print the build: version, VCS revision, Go version (-json)
 
   status, members, history, sa ls, promote, drain, operator raft, snapshot:
              operator commands over the agent's HTTP API ('handoff help' lists them)
 
 Run 'handoff <command> -h' for a command's flags.
 `
-
-// version is set at build time with -ldflags "-X main.version=...".
-var version = "dev"
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -71,8 +68,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	case "keygen":
 		return runKeygen(args[1:], stdout)
 	case "version", "-v", "--version":
-		fmt.Fprintln(stdout, "handoff", version)
-		return nil
+		return runVersion(args[1:], stdout)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		fmt.Fprint(stdout, "\n"+cliUsage)

@@ -9,6 +9,7 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -26,6 +27,11 @@ var raftStates = []string{"Follower", "Candidate", "Leader", "Shutdown"}
 type Metrics struct {
 	reg *prometheus.Registry
 
+	build *prometheus.GaugeVec
+	// buildMu guards built, the labels build carries: replaced only when
+	// the agent's build changes, so that no scrape finds the series gone.
+	buildMu       sync.Mutex
+	built         [3]string
 	raftState     *prometheus.GaugeVec
 	raftTerm      prometheus.Gauge
 	raftIndex     *prometheus.GaugeVec
@@ -54,6 +60,9 @@ func New(node string) *Metrics {
 		ConstLabels: prometheus.Labels{"node": node}})
 	info.Set(1)
 	f(info)
+	m.build = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "handoff_build_info",
+		Help: "Always 1; the labels name the build this agent runs (as handoff version and /v1/status do)."},
+		[]string{"version", "revision", "goversion"})
 	m.raftState = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "handoff_raft_state",
 		Help: "1 for the Raft state this node is in, 0 for the others."}, []string{"state"})
 	m.raftTerm = prometheus.NewGauge(prometheus.GaugeOpts{Name: "handoff_raft_term", Help: "Current Raft term."})
@@ -88,7 +97,7 @@ func New(node string) *Metrics {
 		Help: "Takeovers this node started, completed or failed."}, []string{"result"})
 	m.events = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "handoff_events_total",
 		Help: "Operator events this node emitted, by kind."}, []string{"kind"})
-	for _, c := range []prometheus.Collector{m.raftState, m.raftTerm, m.raftIndex, m.commitLatency, m.commitErrors, m.carrying,
+	for _, c := range []prometheus.Collector{m.build, m.raftState, m.raftTerm, m.raftIndex, m.commitLatency, m.commitErrors, m.carrying,
 		m.sas, m.replayStates, m.lag, m.members, m.health, m.observations, m.providerCalls, m.providerErrs, m.phases,
 		m.failovers, m.events, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})} {
 		f(c)
@@ -109,6 +118,7 @@ func (m *Metrics) Handler() http.Handler {
 
 // ObserveStatus updates the gauges from a status snapshot.
 func (m *Metrics) ObserveStatus(st agent.Status) {
+	m.observeBuild(st)
 	for _, s := range raftStates {
 		v := 0.0
 		if s == st.RaftState {
@@ -139,6 +149,18 @@ func (m *Metrics) ObserveStatus(st agent.Status) {
 	for r, n := range roles {
 		m.members.WithLabelValues(r).Set(n)
 	}
+}
+
+func (m *Metrics) observeBuild(st agent.Status) {
+	labels := [3]string{st.Build.Version, st.Build.Revision, st.Build.GoVersion}
+	m.buildMu.Lock()
+	defer m.buildMu.Unlock()
+	if labels[0] == "" || labels == m.built {
+		return
+	}
+	m.build.Reset()
+	m.build.WithLabelValues(labels[:]...).Set(1)
+	m.built = labels
 }
 
 func b2f(b bool) float64 {
