@@ -360,7 +360,7 @@ func (a *Agent) RemovePeer(ctx context.Context, node string) error {
 func (a *Agent) local(ctx context.Context, req *raftstore.RPCRequest) (any, error) {
 	switch req.Op {
 	case opPromote:
-		return a.promoteLocal(ctx, req.ID)
+		return a.promoteLocal(ctx, req.ID, raftstore.ReasonPromote, "operator promote of "+req.ID)
 	case opDrain:
 		// The best one that answers: a drain must not hand the tunnels to
 		// a gateway that died since its last health report.
@@ -371,27 +371,9 @@ func (a *Agent) local(ctx context.Context, req *raftstore.RPCRequest) (any, erro
 		if reason := a.ineligible(target.ID); reason != "" {
 			return nil, fmt.Errorf("drain of %s: %w (best candidate %s: %s)", a.cfg.NodeID, ErrNoTarget, target.ID, reason)
 		}
-		return a.promoteLocal(ctx, target.ID)
+		return a.promoteLocal(ctx, target.ID, raftstore.ReasonDrain, "operator drain of "+a.cfg.NodeID)
 	case opTransfer:
-		h := Handover{From: a.cfg.NodeID, To: req.ID, Term: a.store.Term()}
-		addr := ""
-		if req.ID != "" {
-			p, err := a.voter(req.ID)
-			if err != nil {
-				return nil, fmt.Errorf("transfer leadership: %w", err)
-			}
-			if req.ID == a.cfg.NodeID {
-				return nil, fmt.Errorf("transfer leadership to %s: %w already", req.ID, ErrIsLeader)
-			}
-			addr = string(p.Address)
-		}
-		if err := a.store.TransferLeadership(req.ID, addr); err != nil {
-			return nil, err
-		}
-		if h.To == "" {
-			h.To, _ = a.store.Leader()
-		}
-		return h, nil
+		return a.transferLocal(ctx, req.ID)
 	case opRemove:
 		if req.ID == a.cfg.NodeID {
 			return nil, fmt.Errorf("remove peer %s: %w; transfer leadership first", req.ID, ErrIsLeader)
@@ -477,7 +459,8 @@ func (a *Agent) RestoreSnapshot(ctx context.Context, r io.Reader) (SnapshotInfo,
 	if a.IsActive() {
 		term := a.store.Term()
 		now := time.Now()
-		if _, err := a.store.Apply(ctx, &raftstore.ClaimCmd{Node: a.cfg.NodeID, At: now, Reason: "re-asserted after snapshot restore"}); err != nil {
+		if _, err := a.store.Apply(ctx, &raftstore.ClaimCmd{Node: a.cfg.NodeID, At: now, Reason: raftstore.ReasonRestore,
+			Detail: "re-asserted after a snapshot restore (snapshot index " + fmt.Sprint(st.LastIndex) + ")"}); err != nil {
 			return info, fmt.Errorf("re-asserting the active claim after restore: %w", err)
 		}
 		carried, err := a.dp.Export(ctx)
@@ -507,8 +490,9 @@ func (a *Agent) notLeader() error {
 	return &NotLeaderError{Leader: id, Address: addr}
 }
 
-// promoteLocal runs on the leader.
-func (a *Agent) promoteLocal(ctx context.Context, node string) (Handover, error) {
+// promoteLocal runs on the leader; reason and detail say whose request it
+// is (promote, drain) and go into the log before the transfer.
+func (a *Agent) promoteLocal(ctx context.Context, node string, reason raftstore.Reason, detail string) (Handover, error) {
 	if node == "" {
 		return Handover{}, fmt.Errorf("promote: %w: no node named", ErrUnknownNode)
 	}
@@ -536,11 +520,48 @@ func (a *Agent) promoteLocal(ctx context.Context, node string) (Handover, error)
 		}
 		h.ReplaySynced = n
 	}
-	a.log.Info("operator promote: transferring leadership", "to", node, "replay_synced", h.ReplaySynced)
+	a.log.Info("operator "+string(reason)+": transferring leadership", "to", node, "replay_synced", h.ReplaySynced)
+	a.announceHandover(ctx, node, reason, detail)
 	if err := a.transferPlanned(ctx, h.Term, node, string(p.Address)); err != nil {
-		return h, fmt.Errorf("promote %s: %w", node, err)
+		a.withdrawHandover(ctx)
+		return h, fmt.Errorf("%s %s: %w", reason, node, err)
 	}
-	a.emit(Event{Kind: "leadership.transferred", Detail: "operator promote → " + node})
+	a.emit(Event{Kind: "leadership.transferred", Reason: reason, Detail: detail + " → " + node})
+	return h, nil
+}
+
+// transferLocal is operator raft transfer-leadership on the leader: to
+// node, or to the voter Raft picks when node is "". The answer names the
+// node that leads afterwards, as far as this node learns it in time.
+func (a *Agent) transferLocal(ctx context.Context, node string) (Handover, error) {
+	h := Handover{From: a.cfg.NodeID, To: node, Term: a.store.Term()}
+	addr := ""
+	if node != "" {
+		p, err := a.voter(node)
+		if err != nil {
+			return h, fmt.Errorf("transfer leadership: %w", err)
+		}
+		if node == a.cfg.NodeID {
+			return h, fmt.Errorf("transfer leadership to %s: %w already", node, ErrIsLeader)
+		}
+		addr = string(p.Address)
+	}
+	detail := "operator transfer-leadership from " + a.cfg.NodeID
+	a.announceHandover(ctx, node, raftstore.ReasonTransfer, detail)
+	if err := a.store.TransferLeadership(node, addr); err != nil {
+		a.withdrawHandover(ctx)
+		return h, err
+	}
+	if h.To == "" {
+		// Raft chose; its choice shows once the new leader is heard from.
+		waitUntil(ctx, leaderWait, func() bool {
+			if id, _ := a.store.Leader(); id != "" && id != a.cfg.NodeID {
+				h.To = id
+			}
+			return h.To != ""
+		})
+	}
+	a.emit(Event{Kind: "leadership.transferred", Reason: raftstore.ReasonTransfer, Detail: detail + " → " + orLeader(h.To)})
 	return h, nil
 }
 

@@ -93,7 +93,8 @@ func (s *Surface) Event(e agent.Event) {
 	if s.Webhook == nil {
 		return
 	}
-	we := webhook.Event{Kind: e.Kind, Node: e.Node, Term: e.Term, At: e.At.UTC(), Source: s.opts.Node, SAs: e.SAs, Detail: e.Detail}
+	we := webhook.Event{Kind: e.Kind, Node: e.Node, Term: e.Term, At: e.At.UTC(), Source: s.opts.Node, Reason: string(e.Reason),
+		SAs: e.SAs, Detail: e.Detail}
 	if e.Err != nil {
 		we.Error = e.Err.Error()
 	}

@@ -266,7 +266,10 @@ func apiHandler(t *testing.T, e *env) http.Handler {
 }
 
 func TestPromoteThroughFollowerAndDrain(t *testing.T) {
-	e := start(t, []string{"gw1", "gw2", "gw3"}, fleet.Options{})
+	rcv := newReceiver(t, 0)
+	e := start(t, []string{"gw1", "gw2", "gw3"}, fleet.Options{Webhook: func(string) *webhook.Config {
+		return &webhook.Config{URL: rcv.srv.URL, Secret: []byte(rcv.secret), MinBackoff: 10 * time.Millisecond, MaxBackoff: 50 * time.Millisecond}
+	}})
 	var target *cluster.Node
 	for _, n := range e.c.Nodes() {
 		if n.Spec.ID != e.first.Spec.ID {
@@ -337,6 +340,24 @@ func TestPromoteThroughFollowerAndDrain(t *testing.T) {
 	call(t, "GET", e.f.URL(third.Spec.ID)+"/v1/history", "", "", &hist)
 	if len(hist) < 3 || hist[len(hist)-1].Term != act3.Term || hist[len(hist)-1].Result != "completed" {
 		t.Errorf("history = %+v", hist)
+	}
+	// Each takeover's webhooks say why: the drain's are a drain's, not a
+	// promote's (they once said "operator promote").
+	for _, c := range []struct {
+		node, from, reason string
+		term               uint64
+	}{{target.Spec.ID, e.first.Spec.ID, "promote", act.Term}, {third.Spec.ID, target.Spec.ID, "drain", act3.Term}} {
+		done := rcv.waitKind(t, "failover.completed", c.node, c.term)
+		if done.Reason != c.reason || !strings.Contains(done.Text, strings.ReplaceAll(c.reason, "_", " ")) {
+			t.Errorf("failover.completed at term %d: reason %q, text %q; want %s", c.term, done.Reason, done.Text, c.reason)
+		}
+		moved := rcv.waitKind(t, "leadership.transferred", c.from, 0)
+		if c.reason == "drain" {
+			moved = rcv.lastKind(t, "leadership.transferred", c.from)
+		}
+		if moved.Reason != c.reason || strings.Contains(moved.Text, map[string]string{"promote": "drain", "drain": "promote"}[c.reason]) {
+			t.Errorf("leadership.transferred by %s: reason %q, text %q; want %s", c.from, moved.Reason, moved.Text, c.reason)
+		}
 	}
 }
 
@@ -491,6 +512,20 @@ func (r *receiver) waitKind(t *testing.T, kind, node string, term uint64) webhoo
 		t.Errorf("receiver refused deliveries: %v", r.bad)
 	}
 	return *found
+}
+
+// lastKind is the last event of kind about node received so far.
+func (r *receiver) lastKind(t *testing.T, kind, node string) webhook.Event {
+	t.Helper()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for i := len(r.events) - 1; i >= 0; i-- {
+		if e := r.events[i]; e.Kind == kind && e.Node == node {
+			return e
+		}
+	}
+	t.Fatalf("no %s about %s received", kind, node)
+	return webhook.Event{}
 }
 
 func TestMonitorRaisesHealthAndLagEvents(t *testing.T) {

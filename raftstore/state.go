@@ -35,9 +35,11 @@ type Observation struct {
 
 // Active is the active assignment.
 type Active struct {
-	Node      string    `json:"node"`
-	Term      uint64    `json:"term"`
-	Phase     Phase     `json:"phase"`
+	Node  string `json:"node"`
+	Term  uint64 `json:"term"`
+	Phase Phase  `json:"phase"`
+	// Reason is why the node claimed (see Reason).
+	Reason    Reason    `json:"reason,omitempty"`
 	ClaimedAt time.Time `json:"claimed_at"`
 	ActiveAt  time.Time `json:"active_at,omitzero"`
 	Timings   Timings   `json:"timings"`
@@ -57,7 +59,8 @@ type HistoryEntry struct {
 	Term        uint64    `json:"term"`
 	From        string    `json:"from,omitempty"`
 	To          string    `json:"to"`
-	Reason      string    `json:"reason,omitempty"`
+	Reason      Reason    `json:"reason,omitempty"`
+	Detail      string    `json:"detail,omitempty"`
 	Result      string    `json:"result"`
 	ClaimedAt   time.Time `json:"claimed_at"`
 	CompletedAt time.Time `json:"completed_at,omitzero"`
@@ -76,6 +79,8 @@ type State struct {
 	// Health is subject → observer → observation.
 	Health  map[string]map[string]Observation
 	History []HistoryEntry
+	// Handover is the hand-over announced and not yet followed by a claim.
+	Handover Handover
 	// LastIndex is the index of the last applied entry.
 	LastIndex uint64
 }
@@ -105,6 +110,7 @@ func (s *State) Clone() *State {
 		Replay:    maps.Clone(s.Replay),
 		Health:    make(map[string]map[string]Observation, len(s.Health)),
 		History:   slices.Clone(s.History),
+		Handover:  s.Handover,
 		LastIndex: s.LastIndex,
 	}
 	for k, v := range s.Health {
@@ -139,6 +145,8 @@ func (s *State) apply(index, term uint64, c Command) error {
 		err = s.applyFailed(term, p)
 	case *HealthCmd:
 		err = s.applyHealth(p)
+	case *HandoverCmd:
+		err = s.applyHandover(term, p)
 	case *SABatchCmd:
 		err = s.applySABatch(index, term, p)
 	case *ReplayBatchCmd:
@@ -186,8 +194,11 @@ func (s *State) applyClaim(term uint64, p *ClaimCmd) error {
 	if from == p.Node {
 		from = ""
 	}
-	s.Active = Active{Node: p.Node, Term: term, Phase: PhaseClaiming, ClaimedAt: p.At}
-	s.pushHistory(HistoryEntry{Term: term, From: from, To: p.Node, Reason: p.Reason, Result: "claiming", ClaimedAt: p.At})
+	s.Active = Active{Node: p.Node, Term: term, Phase: PhaseClaiming, Reason: p.Reason, ClaimedAt: p.At}
+	// A claim answers the hand-over announced before it, if any: it must
+	// not explain a later election.
+	s.Handover = Handover{}
+	s.pushHistory(HistoryEntry{Term: term, From: from, To: p.Node, Reason: p.Reason, Detail: p.Detail, Result: "claiming", ClaimedAt: p.At})
 	return nil
 }
 

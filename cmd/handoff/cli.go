@@ -306,16 +306,16 @@ func cliHistory(ctx context.Context, args []string, env cliEnv) error {
 		return nil
 	}
 	tw := table(env.stdout)
-	fmt.Fprintln(tw, "TERM\tFROM\tTO\tRESULT\tDETECT\tELECT\tCLAIM\tINSTALL\tMOVE\tTOTAL\tSAS\tCLAIMED\tREASON")
+	fmt.Fprintln(tw, "TERM\tFROM\tTO\tREASON\tRESULT\tDETECT\tELECT\tCLAIM\tINSTALL\tMOVE\tTOTAL\tSAS\tCLAIMED\tDETAIL")
 	for _, e := range h {
 		t := e.Timings
 		res := e.Result
 		if e.Error != "" {
 			res += " (" + e.Error + ")"
 		}
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\n", e.Term, orDash(e.From), e.To, res,
-			msd(t.Detect), msd(t.Elect), msd(t.Claim), msd(t.Install), msd(t.Move), msd(t.Total), e.SAs,
-			e.ClaimedAt.Format(time.RFC3339), e.Reason)
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\n", e.Term, orDash(e.From), e.To,
+			orDash(string(e.Reason)), res, msd(t.Detect), msd(t.Elect), msd(t.Claim), msd(t.Install), msd(t.Move), msd(t.Total), e.SAs,
+			e.ClaimedAt.Format(time.RFC3339), orDash(e.Detail))
 	}
 	return tw.Flush()
 }

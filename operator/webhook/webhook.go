@@ -55,6 +55,10 @@ type Event struct {
 	At   time.Time `json:"at"`
 	// Source is the node that sent the event.
 	Source string `json:"source"`
+	// Reason is why the active role moved or the node fenced (first_election,
+	// leader_silent, lease_lost, unhealthy, promote, drain, transfer,
+	// restore, takeover_failed, unknown); Detail has the particulars.
+	Reason string `json:"reason,omitempty"`
 	// TimingsMs are the takeover's per-phase timings in milliseconds.
 	TimingsMs map[string]float64 `json:"timings_ms,omitempty"`
 	SAs       int                `json:"sas,omitempty"`
@@ -358,11 +362,15 @@ func newID() string {
 func Summary(e Event) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "handoff: ")
+	why := ""
+	if e.Reason != "" {
+		why = ", " + strings.ReplaceAll(e.Reason, "_", " ")
+	}
 	switch e.Kind {
 	case "failover.started":
-		fmt.Fprintf(&b, "%s is taking over the active role (term %d)", e.Node, e.Term)
+		fmt.Fprintf(&b, "%s is taking over the active role (term %d%s)", e.Node, e.Term, why)
 	case "failover.completed":
-		fmt.Fprintf(&b, "%s is active (term %d, %d SAs)", e.Node, e.Term, e.SAs)
+		fmt.Fprintf(&b, "%s is active (term %d, %d SAs%s)", e.Node, e.Term, e.SAs, why)
 		if len(e.TimingsMs) > 0 {
 			fmt.Fprintf(&b, " after %.0f ms:", e.TimingsMs["total"])
 			for _, p := range []string{"detect", "elect", "claim", "install", "move"} {
@@ -371,7 +379,17 @@ func Summary(e Event) string {
 			b.WriteString(" ms")
 		}
 	case "failover.failed":
-		fmt.Fprintf(&b, "takeover by %s failed (term %d)", e.Node, e.Term)
+		fmt.Fprintf(&b, "takeover by %s failed (term %d%s)", e.Node, e.Term, why)
+	case "node.fenced":
+		fmt.Fprintf(&b, "%s fenced itself", e.Node)
+		if e.Reason != "" {
+			fmt.Fprintf(&b, " (%s)", why[2:])
+		}
+	case "leadership.transferred":
+		fmt.Fprintf(&b, "%s handed leadership on", e.Node)
+		if e.Reason != "" {
+			fmt.Fprintf(&b, " (%s)", why[2:])
+		}
 	case "node.unhealthy":
 		fmt.Fprintf(&b, "%s is unhealthy", e.Node)
 	case "node.recovered":

@@ -67,7 +67,8 @@
       cell(tr, h.term, "num");
       cell(tr, h.from || "–");
       cell(tr, h.to);
-      cell(tr, h.reason || "");
+      const why = cell(tr, (h.reason || "").replaceAll("_", " "), "reason");
+      if (h.detail) why.title = h.detail;
       cell(tr, h.result + (h.error ? ": " + h.error : ""), h.result === "completed" ? "ok" : (h.result === "failed" ? "bad" : ""));
       for (const p of ["detect", "elect", "claim", "install", "move", "total"]) cell(tr, ms(t[p]), "num");
       cell(tr, h.sas, "num");
