@@ -9,6 +9,7 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"slices"
 	"sync"
 	"time"
 
@@ -18,6 +19,7 @@ import (
 
 	"github.com/handoffvpn/handoff/agent"
 	"github.com/handoffvpn/handoff/providers"
+	"github.com/handoffvpn/handoff/raftstore"
 )
 
 // Raft states exported as handoff_raft_state{state}.
@@ -48,6 +50,8 @@ type Metrics struct {
 	providerErrs  *prometheus.CounterVec
 	phases        *prometheus.HistogramVec
 	failovers     *prometheus.CounterVec
+	elections     *prometheus.CounterVec
+	fences        *prometheus.CounterVec
 	events        *prometheus.CounterVec
 }
 
@@ -95,15 +99,25 @@ func New(node string) *Metrics {
 		Buckets: []float64{.001, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30}}, []string{"phase"})
 	m.failovers = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "handoff_failovers_total",
 		Help: "Takeovers this node started, completed or failed."}, []string{"result"})
+	m.elections = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "handoff_elections_total",
+		Help: "Takeovers this node started after winning an election, by why the active role moved."}, []string{"reason"})
+	m.fences = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "handoff_fences_total",
+		Help: "Times this node fenced itself while it carried the tunnels, by why it gave the role up."}, []string{"reason"})
 	m.events = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "handoff_events_total",
 		Help: "Operator events this node emitted, by kind."}, []string{"kind"})
 	for _, c := range []prometheus.Collector{m.build, m.raftState, m.raftTerm, m.raftIndex, m.commitLatency, m.commitErrors, m.carrying,
 		m.sas, m.replayStates, m.lag, m.members, m.health, m.observations, m.providerCalls, m.providerErrs, m.phases,
-		m.failovers, m.events, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})} {
+		m.failovers, m.elections, m.fences, m.events, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})} {
 		f(c)
 	}
 	for _, r := range []string{"started", "completed", "failed"} {
 		m.failovers.WithLabelValues(r)
+	}
+	// Every reason's series exists from the start, so that rate() and
+	// increase() see the first election of a kind.
+	for _, r := range raftstore.Reasons() {
+		m.elections.WithLabelValues(string(r))
+		m.fences.WithLabelValues(string(r))
 	}
 	return m
 }
@@ -177,6 +191,9 @@ func (m *Metrics) ObserveEvent(e agent.Event) {
 	switch e.Kind {
 	case "failover.started":
 		m.failovers.WithLabelValues("started").Inc()
+		m.elections.WithLabelValues(reasonLabel(e.Reason)).Inc()
+	case "node.fenced":
+		m.fences.WithLabelValues(reasonLabel(e.Reason)).Inc()
 	case "failover.failed":
 		m.failovers.WithLabelValues("failed").Inc()
 	case "failover.completed":
@@ -187,6 +204,15 @@ func (m *Metrics) ObserveEvent(e agent.Event) {
 			m.phases.WithLabelValues(phase).Observe(d.Seconds())
 		}
 	}
+}
+
+// reasonLabel keeps the reason label to the known vocabulary: anything
+// else (an older node's free text) counts as unknown.
+func reasonLabel(r raftstore.Reason) string {
+	if slices.Contains(raftstore.Reasons(), r) {
+		return string(r)
+	}
+	return string(raftstore.ReasonUnknown)
 }
 
 // ObserveCommit records one Apply's commit latency (see
