@@ -77,8 +77,8 @@ type Status struct {
 	LeaderAddr string         `json:"leader_addr"`
 	// Active is the node the replicated state says carries the tunnels
 	// (phase active), "" while none does.
-	Active     string           `json:"active"`
-	Assignment raftstore.Active `json:"assignment"`
+	Active     string     `json:"active"`
+	Assignment Assignment `json:"assignment"`
 	// Carrying says whether this node carries the tunnels now.
 	Carrying     bool      `json:"carrying"`
 	FencedAt     time.Time `json:"fenced_at,omitzero"`
@@ -88,10 +88,15 @@ type Status struct {
 	CommitIndex  uint64    `json:"commit_index"`
 	AppliedIndex uint64    `json:"applied_index"`
 	// LeaderContact is how long ago this node last heard from the leader:
-	// 0 on the leader, the replication lag on a follower.
-	LeaderContact time.Duration  `json:"leader_contact_ns"`
-	Members       []MemberStatus `json:"members"`
-	At            time.Time      `json:"at"`
+	// 0 on the leader, the replication lag on a follower. In JSON it is
+	// leader_contact_ms; leader_contact_ns is the same in nanoseconds,
+	// kept for older scripts.
+	LeaderContact   time.Duration `json:"leader_contact_ns"`
+	LeaderContactMs float64       `json:"leader_contact_ms"`
+	// Flap says whether the active role keeps moving (see Flap).
+	Flap    Flap           `json:"flap"`
+	Members []MemberStatus `json:"members"`
+	At      time.Time      `json:"at"`
 }
 
 // MemberStatus is one member with its Raft standing and observed health.
@@ -171,16 +176,18 @@ func (a *Agent) OperatorStatus() Status {
 			st.LeaderContact = time.Since(lc)
 		}
 	}
+	st.LeaderContactMs = ms(st.LeaderContact)
 	a.mu.Lock()
 	st.Carrying, st.FencedAt = a.active, a.fencedAt
 	a.mu.Unlock()
 	st.Members = a.members(leader)
 	a.store.FSM().View(func(s *raftstore.State) {
-		st.Assignment = s.Active
+		st.Assignment = Assignment{Active: s.Active, TimingsMs: PhasesOf(s.Active.Timings)}
 		if s.Active.Phase == raftstore.PhaseActive {
 			st.Active = s.Active.Node
 		}
 		st.SAs, st.ReplayStates = len(s.SAs), len(s.Replay)
+		st.Flap = flapOf(s.History, st.At)
 	})
 	return st
 }
@@ -218,9 +225,14 @@ func (a *Agent) members(leader string) []MemberStatus {
 }
 
 // History returns the failover history, oldest first.
-func (a *Agent) History() []raftstore.HistoryEntry {
-	var out []raftstore.HistoryEntry
-	a.store.FSM().View(func(s *raftstore.State) { out = append(out, s.History...) })
+func (a *Agent) History() []HistoryEntry {
+	var out []HistoryEntry
+	a.store.FSM().View(func(s *raftstore.State) {
+		out = make([]HistoryEntry, len(s.History))
+		for i, h := range s.History {
+			out[i] = HistoryEntry{HistoryEntry: h, TimingsMs: PhasesOf(h.Timings)}
+		}
+	})
 	return out
 }
 

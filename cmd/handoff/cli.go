@@ -7,8 +7,10 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -231,11 +233,16 @@ func cliStatus(ctx context.Context, args []string, env cliEnv) error {
 	fmt.Fprintf(tw, "Leader\t%s %s\n", orDash(st.Leader), st.LeaderAddr)
 	act := orDash(st.Active)
 	if st.Active != "" {
-		act += fmt.Sprintf(" (term %d, since %s, takeover %s)", st.Assignment.Term, st.Assignment.ActiveAt.Format(time.RFC3339), msd(st.Assignment.Timings.Total))
+		act += fmt.Sprintf(" (term %d, since %s, takeover %s, reason %s)", st.Assignment.Term, st.Assignment.ActiveAt.Format(time.RFC3339),
+			msd(st.Assignment.Timings.Total), orDash(string(st.Assignment.Reason)))
 	} else if st.Assignment.Node != "" {
 		act += fmt.Sprintf(" (%s %s at term %d)", st.Assignment.Node, st.Assignment.Phase, st.Assignment.Term)
 	}
 	fmt.Fprintf(tw, "Active\t%s\n", act)
+	if f := st.Flap; f.Flapping {
+		fmt.Fprintf(tw, "FLAPPING\t%d unplanned takeovers in the last %s (%s), since %s\n", f.Unplanned,
+			time.Duration(f.WindowMs*float64(time.Millisecond)), reasonCounts(f.Reasons), f.Since.Format(time.RFC3339))
+	}
 	fmt.Fprintf(tw, "Carrying tunnels\t%s\n", yes(st.Carrying))
 	fmt.Fprintf(tw, "SAs\t%d (replay states %d)\n", st.SAs, st.ReplayStates)
 	fmt.Fprintf(tw, "Raft log\tlast %d, commit %d, applied %d\n", st.LastIndex, st.CommitIndex, st.AppliedIndex)
@@ -247,6 +254,22 @@ func cliStatus(ctx context.Context, args []string, env cliEnv) error {
 	}
 	fmt.Fprintln(env.stdout)
 	return writeMembers(env.stdout, st.Members)
+}
+
+// reasonCounts is "leader_silent 5, lease_lost 2", most frequent first.
+func reasonCounts(m map[raftstore.Reason]int) string {
+	keys := slices.Collect(maps.Keys(m))
+	slices.SortFunc(keys, func(a, b raftstore.Reason) int {
+		if m[a] != m[b] {
+			return m[b] - m[a]
+		}
+		return strings.Compare(string(a), string(b))
+	})
+	parts := make([]string, len(keys))
+	for i, k := range keys {
+		parts[i] = fmt.Sprintf("%s %d", k, m[k])
+	}
+	return strings.Join(parts, ", ")
 }
 
 func writeMembers(w io.Writer, members []agent.MemberStatus) error {
@@ -297,7 +320,7 @@ func cliHistory(ctx context.Context, args []string, env cliEnv) error {
 	}
 	if f.json {
 		if h == nil {
-			h = []raftstore.HistoryEntry{}
+			h = []agent.HistoryEntry{}
 		}
 		return printJSON(env.stdout, h)
 	}
@@ -391,7 +414,7 @@ func cliPromote(ctx context.Context, args []string, env cliEnv, drain bool) erro
 	result := struct {
 		agent.Handover
 		Active     string            `json:"active,omitempty"`
-		Assignment *raftstore.Active `json:"assignment,omitempty"`
+		Assignment *agent.Assignment `json:"assignment,omitempty"`
 	}{Handover: h}
 	if *wait {
 		st, err := waitActive(ctx, c, h.To, h.Term)

@@ -19,7 +19,6 @@ import (
 	"time"
 
 	"github.com/handoffvpn/handoff/agent"
-	"github.com/handoffvpn/handoff/raftstore"
 )
 
 // Client errors, matched with errors.Is.
@@ -193,8 +192,8 @@ func (c *Client) Members(ctx context.Context) ([]agent.MemberStatus, error) {
 }
 
 // History returns the failover history, oldest first.
-func (c *Client) History(ctx context.Context) ([]raftstore.HistoryEntry, error) {
-	var h []raftstore.HistoryEntry
+func (c *Client) History(ctx context.Context) ([]agent.HistoryEntry, error) {
+	var h []agent.HistoryEntry
 	return h, c.getJSON(ctx, "/v1/history", &h)
 }
 

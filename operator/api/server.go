@@ -43,7 +43,7 @@ const DefaultAddr = "127.0.0.1:7950"
 // Backend is what the API needs from the agent (*agent.Agent).
 type Backend interface {
 	OperatorStatus() agent.Status
-	History() []raftstore.HistoryEntry
+	History() []agent.HistoryEntry
 	SAs() []agent.SAInfo
 	RaftPeers() ([]agent.Peer, error)
 	Promote(ctx context.Context, node string) (agent.Handover, error)
@@ -563,7 +563,7 @@ func (s *Server) members(w http.ResponseWriter, r *http.Request) error {
 func (s *Server) history(w http.ResponseWriter, r *http.Request) error {
 	h := s.b.History()
 	if h == nil {
-		h = []raftstore.HistoryEntry{}
+		h = []agent.HistoryEntry{}
 	}
 	writeJSON(w, http.StatusOK, h)
 	return nil

@@ -60,13 +60,24 @@ type Event struct {
 	// restore, takeover_failed, unknown); Detail has the particulars.
 	Reason string `json:"reason,omitempty"`
 	// TimingsMs are the takeover's per-phase timings in milliseconds.
-	TimingsMs map[string]float64 `json:"timings_ms,omitempty"`
-	SAs       int                `json:"sas,omitempty"`
-	Detail    string             `json:"detail,omitempty"`
-	Error     string             `json:"error,omitempty"`
+	TimingsMs *Timings `json:"timings_ms,omitempty"`
+	SAs       int      `json:"sas,omitempty"`
+	Detail    string   `json:"detail,omitempty"`
+	Error     string   `json:"error,omitempty"`
 	// Text is a one-line summary: Slack's and Mattermost's incoming
 	// webhooks display it as the message.
 	Text string `json:"text"`
+}
+
+// Timings are a takeover's phase timings in milliseconds, in the order the
+// phases run.
+type Timings struct {
+	Detect  float64 `json:"detect"`
+	Elect   float64 `json:"elect"`
+	Claim   float64 `json:"claim"`
+	Install float64 `json:"install"`
+	Move    float64 `json:"move"`
+	Total   float64 `json:"total"`
 }
 
 // Config configures a Notifier.
@@ -371,12 +382,9 @@ func Summary(e Event) string {
 		fmt.Fprintf(&b, "%s is taking over the active role (term %d%s)", e.Node, e.Term, why)
 	case "failover.completed":
 		fmt.Fprintf(&b, "%s is active (term %d, %d SAs%s)", e.Node, e.Term, e.SAs, why)
-		if len(e.TimingsMs) > 0 {
-			fmt.Fprintf(&b, " after %.0f ms:", e.TimingsMs["total"])
-			for _, p := range []string{"detect", "elect", "claim", "install", "move"} {
-				fmt.Fprintf(&b, " %s %.0f", p, e.TimingsMs[p])
-			}
-			b.WriteString(" ms")
+		if t := e.TimingsMs; t != nil {
+			fmt.Fprintf(&b, " after %.0f ms: detect %.0f elect %.0f claim %.0f install %.0f move %.0f ms",
+				t.Total, t.Detect, t.Elect, t.Claim, t.Install, t.Move)
 		}
 	case "failover.failed":
 		fmt.Fprintf(&b, "takeover by %s failed (term %d%s)", e.Node, e.Term, why)
