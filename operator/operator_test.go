@@ -478,6 +478,7 @@ type receiver struct {
 	fail     int
 	attempts int
 	events   []webhook.Event
+	arrived  []time.Time // of each of events
 	bad      []string
 }
 
@@ -505,6 +506,7 @@ func newReceiver(t *testing.T, failFirst int) *receiver {
 			return
 		}
 		r.events = append(r.events, e)
+		r.arrived = append(r.arrived, time.Now())
 	}))
 	t.Cleanup(r.srv.Close)
 	return r
@@ -593,5 +595,76 @@ func TestMonitorRaisesHealthAndLagEvents(t *testing.T) {
 	}
 	if kinds["node.unhealthy"] != 1 || kinds["node.recovered"] != 1 || kinds["replication.lag"] != 1 {
 		t.Errorf("events by kind: %v", kinds)
+	}
+}
+
+// TestFlappingClusterIsSummarised: a cluster whose active role moves eight
+// times in a few seconds with nobody saying why (as lost leases do) sends
+// each receiver at most Limit+1 webhooks per window from each node, then a
+// cluster.flapping summary that counts what it held back; /v1/status, and
+// so the status page's banner, says it is flapping.
+func TestFlappingClusterIsSummarised(t *testing.T) {
+	rcv := newReceiver(t, 0)
+	const limit, window = 3, 2 * time.Second
+	e := start(t, []string{"gw1", "gw2", "gw3"}, fleet.Options{Webhook: func(string) *webhook.Config {
+		return &webhook.Config{URL: rcv.srv.URL, Secret: []byte(rcv.secret), Limit: limit, Window: window, MinBackoff: 10 * time.Millisecond}
+	}})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	act := e.act
+	for i := 0; i < 8; i++ {
+		if err := e.c.Node(act.Node).Store.TransferLeadership("", ""); err != nil {
+			t.Fatalf("moving leadership (round %d): %v", i+1, err)
+		}
+		var err error
+		if _, act, err = e.c.WaitActive(ctx, act.Term); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var st agent.Status
+	call(t, "GET", e.f.URL(act.Node)+"/v1/status", "", "", &st)
+	if !st.Flap.Flapping || st.Flap.Unplanned < 8 || st.Flap.Reasons[raftstore.ReasonUnknown] < 8 || st.Flap.WindowMs != 300000 {
+		t.Errorf("status flap = %+v, want flapping with 8 unplanned takeovers of unknown reason", st.Flap)
+	}
+	var summary webhook.Event
+	waitFor(t, "a cluster.flapping summary", func() bool {
+		rcv.mu.Lock()
+		defer rcv.mu.Unlock()
+		for _, ev := range rcv.events {
+			if ev.Kind == webhook.KindFlapping {
+				summary = ev
+				return true
+			}
+		}
+		return false
+	})
+	total := 0
+	for _, n := range summary.Counts {
+		total += n
+	}
+	if summary.Held == 0 || total != summary.Held || !strings.Contains(summary.Text, "flapping") || summary.Term == 0 {
+		t.Errorf("summary = %+v", summary)
+	}
+	rcv.mu.Lock()
+	defer rcv.mu.Unlock()
+	bySource := map[string][]time.Time{}
+	for i, ev := range rcv.events {
+		bySource[ev.Source] = append(bySource[ev.Source], rcv.arrived[i])
+	}
+	for src, at := range bySource {
+		for i := range at {
+			n := 0
+			for _, b := range at[i:] {
+				if b.Sub(at[i]) < window {
+					n++
+				}
+			}
+			if n > limit+1 {
+				t.Errorf("%s: %d webhooks within %s, want at most %d", src, n, window, limit+1)
+			}
+		}
+	}
+	if len(rcv.bad) > 0 {
+		t.Errorf("receiver refused deliveries: %v", rcv.bad)
 	}
 }

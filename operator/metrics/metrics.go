@@ -247,6 +247,11 @@ func (m *Metrics) RegisterWebhook(w WebhookStats) {
 		counter("handoff_webhook_dropped_total", "Webhook events dropped because the delivery queue was full.",
 			func(_, _, _, dr uint64) uint64 { return dr }),
 	)
+	if h, ok := w.(interface{ Held() uint64 }); ok {
+		m.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "handoff_webhook_held_total",
+			Help: "Webhook events held back while the cluster flapped, summarised in cluster.flapping events instead."},
+			func() float64 { return float64(h.Held()) }))
+	}
 }
 
 // errorKind names a provider error for the errors counter.

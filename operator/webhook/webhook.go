@@ -64,6 +64,11 @@ type Event struct {
 	SAs       int      `json:"sas,omitempty"`
 	Detail    string   `json:"detail,omitempty"`
 	Error     string   `json:"error,omitempty"`
+	// Held, Counts and Reasons are a KindFlapping summary's: how many
+	// events were held back, by kind and by reason.
+	Held    int            `json:"held,omitempty"`
+	Counts  map[string]int `json:"counts,omitempty"`
+	Reasons map[string]int `json:"reasons,omitempty"`
 	// Text is a one-line summary: Slack's and Mattermost's incoming
 	// webhooks display it as the message.
 	Text string `json:"text"`
@@ -92,6 +97,12 @@ type Config struct {
 	QueueSize int
 	// MaxAttempts per event (default 6).
 	MaxAttempts int
+	// Limit is how many events one Window may send; the rest are held
+	// back and summarised in one KindFlapping event (see coalescer).
+	// Defaults DefaultLimit and DefaultWindow; a negative Limit sends
+	// everything.
+	Limit  int
+	Window time.Duration
 	// MinBackoff and MaxBackoff bound the jittered exponential backoff
 	// (defaults 200ms and 30s).
 	MinBackoff, MaxBackoff time.Duration
@@ -107,7 +118,10 @@ type Notifier struct {
 	log   *slog.Logger
 	queue chan Event
 
-	delivered, retried, dead, dropped atomic.Uint64
+	delivered, retried, dead, dropped, held atomic.Uint64
+
+	mu sync.Mutex // guards co
+	co *coalescer // nil: every event goes out
 
 	cancel    context.CancelFunc
 	done      chan struct{}
@@ -150,6 +164,12 @@ func New(cfg Config) (*Notifier, error) {
 	if cfg.Timeout <= 0 {
 		cfg.Timeout = 10 * time.Second
 	}
+	if cfg.Limit == 0 {
+		cfg.Limit = DefaultLimit
+	}
+	if cfg.Window <= 0 {
+		cfg.Window = DefaultWindow
+	}
 	if cfg.Client == nil {
 		cfg.Client = &http.Client{}
 	}
@@ -159,6 +179,9 @@ func New(cfg Config) (*Notifier, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	n := &Notifier{cfg: cfg, log: cfg.Logger.With("component", "webhook", "url", redactURL(cfg.URL)),
 		queue: make(chan Event, cfg.QueueSize), cancel: cancel, done: make(chan struct{})}
+	if cfg.Limit > 0 {
+		n.co = newCoalescer(cfg.Limit, cfg.Window)
+	}
 	go n.run(ctx)
 	return n, nil
 }
@@ -173,20 +196,56 @@ func redactURL(raw string) string {
 	return u.Scheme + "://" + u.Host + "/…"
 }
 
-// Notify queues e. It fills in ID, At and Text when empty. A full queue
-// drops the event and counts it; a filtered kind is ignored.
+// Notify queues e, or holds it back when its window has sent Limit events
+// already (see coalescer). It fills in ID, At and Text when empty. A full
+// queue drops the event and counts it; a filtered kind is ignored.
 func (n *Notifier) Notify(e Event) {
 	if len(n.cfg.Kinds) > 0 && !slices.Contains(n.cfg.Kinds, e.Kind) {
 		return
 	}
-	if e.ID == "" {
-		e.ID = newID()
-	}
 	if e.At.IsZero() {
 		e.At = time.Now().UTC()
 	}
+	send, summary := true, (*Event)(nil)
+	if n.co != nil {
+		n.mu.Lock()
+		send, summary = n.co.admit(time.Now(), e)
+		n.mu.Unlock()
+	}
+	if summary != nil {
+		n.enqueue(*summary)
+	}
+	if !send {
+		n.held.Add(1)
+		return
+	}
+	n.enqueue(e)
+}
+
+// flush sends the summary of a window that has ended, if one is due: a
+// cluster that stops flapping must not keep its last summary until the
+// next event.
+func (n *Notifier) flush(now time.Time) {
+	if n.co == nil {
+		return
+	}
+	n.mu.Lock()
+	summary := n.co.tick(now)
+	n.mu.Unlock()
+	if summary != nil {
+		n.enqueue(*summary)
+	}
+}
+
+func (n *Notifier) enqueue(e Event) {
+	if e.ID == "" {
+		e.ID = newID()
+	}
 	if e.Text == "" {
 		e.Text = Summary(e)
+	}
+	if e.Kind == KindFlapping {
+		n.log.Warn("the cluster is flapping: webhook events held back", "held", e.Held, "detail", e.Detail)
 	}
 	select {
 	case n.queue <- e:
@@ -201,6 +260,9 @@ func (n *Notifier) Notify(e Event) {
 func (n *Notifier) Counts() (delivered, retried, deadLetters, dropped uint64) {
 	return n.delivered.Load(), n.retried.Load(), n.dead.Load(), n.dropped.Load()
 }
+
+// Held reports events held back by coalescing (and summarised instead).
+func (n *Notifier) Held() uint64 { return n.held.Load() }
 
 // Close stops delivering: an attempt in flight is cancelled and what is
 // still queued is counted as dead letters. Safe twice.
@@ -222,10 +284,15 @@ func (n *Notifier) Close() error {
 
 func (n *Notifier) run(ctx context.Context) {
 	defer close(n.done)
+	// Windows close on this tick when no event arrives to close them.
+	tick := time.NewTicker(max(n.cfg.Window/6, 10*time.Millisecond))
+	defer tick.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
+		case now := <-tick.C:
+			n.flush(now)
 		case e := <-n.queue:
 			n.deliver(ctx, e)
 		}
@@ -406,6 +473,8 @@ func Summary(e Event) string {
 		fmt.Fprintf(&b, "%s is lagging behind the leader", e.Node)
 	case "replication.recovered":
 		fmt.Fprintf(&b, "%s caught up with the leader", e.Node)
+	case KindFlapping:
+		fmt.Fprintf(&b, "the cluster is flapping: %d events held back; latest: %s at term %d", e.Held, e.Node, e.Term)
 	default:
 		fmt.Fprintf(&b, "%s on %s", e.Kind, e.Node)
 	}
