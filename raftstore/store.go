@@ -676,30 +676,39 @@ func (s *Store) CallLeader(ctx context.Context, req *RPCRequest) error {
 // Call sends an RPC to the first of addrs that answers, following the
 // leader hint a follower returns, until ctx ends.
 func (s *Store) Call(ctx context.Context, addrs []string, req *RPCRequest) error {
-	_, err := s.callAny(ctx, addrs, req)
+	_, err := s.callAny(ctx, addrs, req, nil)
 	return err
 }
 
-// callAny is Call returning the answer that succeeded.
-func (s *Store) callAny(ctx context.Context, addrs []string, req *RPCRequest) (*RPCResponse, error) {
+// callAny is Call returning the answer that succeeded. failed, if set, is
+// told of every attempt that did not (the address asked and why).
+func (s *Store) callAny(ctx context.Context, addrs []string, req *RPCRequest, failed func(addr string, err error)) (*RPCResponse, error) {
 	var lastErr error
+	fail := func(addr string, err error) {
+		lastErr = err
+		if failed != nil {
+			failed(addr, err)
+		}
+	}
 	backoff := 50 * time.Millisecond
 	for {
 		for _, addr := range addrs {
 			resp, err := s.call(ctx, addr, req)
 			if err != nil {
-				lastErr = err
+				fail(addr, err)
 				continue
 			}
 			if resp.Error == "" {
 				return resp, nil
 			}
-			lastErr = fmt.Errorf("%s at %s: %s", req.Op, addr, resp.Error)
+			fail(addr, fmt.Errorf("%s at %s: %s", req.Op, addr, resp.Error))
 			if resp.Leader != "" && resp.Leader != addr {
 				if resp2, err := s.call(ctx, resp.Leader, req); err == nil && resp2.Error == "" {
 					return resp2, nil
 				} else if err == nil {
-					lastErr = fmt.Errorf("%s at leader %s: %s", req.Op, resp.Leader, resp2.Error)
+					fail(resp.Leader, fmt.Errorf("%s at leader %s: %s", req.Op, resp.Leader, resp2.Error))
+				} else {
+					fail(resp.Leader, err)
 				}
 			}
 		}
@@ -791,18 +800,35 @@ func (s *Store) askMember(ctx context.Context, id, addr, peer string) (string, b
 // ends. Joining a cluster this node is already in is a no-op. The node
 // joins as a learner, catches up, and only then asks to vote (see
 // JoinAsLearner); a leader that predates learners adds it as a voter at
-// once, and the second request changes nothing.
+// once, and the second request changes nothing. Every attempt that fails
+// is logged with its error (at warn: a node outside its cluster carries
+// nothing), and each step that succeeds at info: a join that cannot reach
+// its peers must not be silent until it gives up.
 func (s *Store) JoinCluster(ctx context.Context, addrs []string, role Role, priority int) error {
 	req := RPCRequest{Op: opJoin, ID: s.cfg.NodeID, Address: s.Addr(), Role: role, Priority: priority, Learner: true, Version: s.cfg.Version}
-	resp, err := s.callAny(ctx, addrs, &req)
-	if err != nil {
-		return err
+	start := time.Now()
+	attempts := 0
+	logFailed := func(step string) func(addr string, err error) {
+		return func(addr string, err error) {
+			attempts++
+			s.log.Warn("join attempt failed", "step", step, "attempt", attempts, "peer", addr, "since", time.Since(start).Round(time.Millisecond), "err", err)
+		}
 	}
+	s.log.Info("joining the cluster", "via", addrs, "role", role)
+	resp, err := s.callAny(ctx, addrs, &req, logFailed("learner"))
+	if err != nil {
+		return fmt.Errorf("joining as a learner via %v after %d failed attempts: %w", addrs, attempts, err)
+	}
+	s.log.Info("joined as a learner; catching up", "leader_index", resp.Index)
 	if err := s.waitCaughtUp(ctx, resp.Index); err != nil {
 		return fmt.Errorf("joining as a learner: %w", err)
 	}
 	req.Learner = false
-	return s.Call(ctx, addrs, &req)
+	if _, err := s.callAny(ctx, addrs, &req, logFailed("voter")); err != nil {
+		return fmt.Errorf("asking to vote via %v after %d failed attempts: %w", addrs, attempts, err)
+	}
+	s.log.Info("joined the cluster as a voter", "took", time.Since(start).Round(time.Millisecond))
+	return nil
 }
 
 // UpdateMember asks the leader to record m, this node's own member entry
