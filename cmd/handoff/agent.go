@@ -26,7 +26,7 @@ import (
 )
 
 // loadConfig layers defaults, the file and the flags, then validates.
-func loadConfig(fs *flag.FlagSet, args []string) (*config.Config, error) {
+func loadConfig(fs *flag.FlagSet, args []string, stdout io.Writer) (*config.Config, error) {
 	path := fs.String("config", "", "configuration file (.hcl, .yaml or .yml)")
 	var over config.File
 	fs.StringVar(&over.NodeID, "node-id", "", "node ID (overrides node_id)")
@@ -36,8 +36,8 @@ func loadConfig(fs *flag.FlagSet, args []string) (*config.Config, error) {
 	fs.StringVar(&over.LogLevel, "log-level", "", "debug, info, warn or error (overrides log_level)")
 	join := fs.String("join", "", "comma-separated addresses of cluster members to join (overrides join)")
 	bootstrap := fs.Bool("bootstrap", false, "bootstrap a new cluster with this node (overrides bootstrap)")
-	if err := fs.Parse(args); err != nil {
-		return nil, usageError{err.Error()}
+	if err := parseFlags(fs, args, stdout); err != nil {
+		return nil, err
 	}
 	file := config.Defaults()
 	if *path != "" {
@@ -64,7 +64,7 @@ func loadConfig(fs *flag.FlagSet, args []string) (*config.Config, error) {
 func runValidate(args []string, stdout io.Writer) error {
 	fs := flag.NewFlagSet("validate", flag.ContinueOnError)
 	af := addAgentFlags(fs)
-	cfg, err := loadConfig(fs, args)
+	cfg, err := loadConfig(fs, args, stdout)
 	if err != nil {
 		return err
 	}
@@ -86,12 +86,11 @@ func newLogger(w io.Writer, level, format string) *slog.Logger {
 	return slog.New(slog.NewTextHandler(w, opts))
 }
 
-func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
+func runAgent(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("agent", flag.ContinueOnError)
-	fs.SetOutput(stderr)
 	af := addAgentFlags(fs)
 	opf := af.op
-	cfg, err := loadConfig(fs, args)
+	cfg, err := loadConfig(fs, args, stdout)
 	if err != nil {
 		return err
 	}

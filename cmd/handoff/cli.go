@@ -58,7 +58,6 @@ type cliFlags struct {
 
 func (e cliEnv) flags(name string) (*flag.FlagSet, *cliFlags) {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
-	fs.SetOutput(e.stderr)
 	f := &cliFlags{getenv: e.getenv}
 	addr := e.getenv("HANDOFF_ADDR")
 	if addr == "" {
@@ -75,11 +74,11 @@ func (e cliEnv) flags(name string) (*flag.FlagSet, *cliFlags) {
 
 // parseInterspersed parses flags wherever they appear among the positional
 // arguments ("promote gw2 -json" as well as "promote -json gw2").
-func parseInterspersed(fs *flag.FlagSet, args []string) ([]string, error) {
+func parseInterspersed(fs *flag.FlagSet, args []string, stdout io.Writer) ([]string, error) {
 	var pos []string
 	for {
-		if err := fs.Parse(args); err != nil {
-			return nil, usageError{err.Error()}
+		if err := parseFlags(fs, args, stdout); err != nil {
+			return nil, err
 		}
 		args = fs.Args()
 		if len(args) == 0 {
@@ -130,8 +129,11 @@ func runCLI(ctx context.Context, verb string, args []string, env cliEnv) error {
 	case "history":
 		return cliHistory(ctx, args, env)
 	case "sa":
+		if groupHelp("sa", args, env.stdout) {
+			return nil
+		}
 		if len(args) == 0 || (args[0] != "ls" && args[0] != "list") {
-			return usageError{"usage: handoff sa ls [-json]"}
+			return usageError{"usage: handoff sa ls [flags] (handoff sa ls -h lists them)"}
 		}
 		return cliSAs(ctx, args[1:], env)
 	case "promote":
@@ -139,11 +141,17 @@ func runCLI(ctx context.Context, verb string, args []string, env cliEnv) error {
 	case "drain":
 		return cliPromote(ctx, args, env, true)
 	case "operator":
+		if groupHelp("operator", args, env.stdout) || len(args) > 0 && args[0] == "raft" && groupHelp("operator raft", args[1:], env.stdout) {
+			return nil
+		}
 		if len(args) < 2 || args[0] != "raft" {
 			return usageError{"usage: handoff operator raft list-peers | remove-peer NODE | transfer-leadership [NODE]"}
 		}
 		return cliRaft(ctx, args[1], args[2:], env)
 	case "snapshot":
+		if groupHelp("snapshot", args, env.stdout) {
+			return nil
+		}
 		if len(args) == 0 || (args[0] != "save" && args[0] != "restore") {
 			return usageError{"usage: handoff snapshot save FILE | restore FILE"}
 		}
@@ -156,7 +164,7 @@ func runCLI(ctx context.Context, verb string, args []string, env cliEnv) error {
 // (-1: zero or one).
 func setup(name string, args []string, env cliEnv, nargs int, argName string) (*cliFlags, []string, *api.Client, error) {
 	fs, f := env.flags(name)
-	pos, err := parseInterspersed(fs, args)
+	pos, err := parseInterspersed(fs, args, env.stdout)
 	if err != nil {
 		return nil, nil, nil, err
 	}
@@ -386,7 +394,7 @@ func cliPromote(ctx context.Context, args []string, env cliEnv, drain bool) erro
 	}
 	fs, f := env.flags(name)
 	wait := fs.Bool("wait", true, "wait until the new node is active")
-	pos, err := parseInterspersed(fs, args)
+	pos, err := parseInterspersed(fs, args, env.stdout)
 	if err != nil {
 		return err
 	}

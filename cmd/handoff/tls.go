@@ -20,6 +20,9 @@ func runTLS(args []string, stdout io.Writer) error {
 	if len(args) == 0 {
 		return usageError{"usage: handoff tls ca|cert|show [flags]"}
 	}
+	if groupHelp("tls", args, stdout) {
+		return nil
+	}
 	switch args[0] {
 	case "ca":
 		fs := flag.NewFlagSet("tls ca", flag.ContinueOnError)
@@ -27,8 +30,8 @@ func runTLS(args []string, stdout io.Writer) error {
 		name := fs.String("name", "handoff cluster CA", "CA common name")
 		days := fs.Int("days", 3650, "validity in days")
 		force := fs.Bool("force", false, "overwrite existing files")
-		if err := fs.Parse(args[1:]); err != nil {
-			return usageError{err.Error()}
+		if err := parseFlags(fs, args[1:], stdout); err != nil {
+			return err
 		}
 		ca, err := pki.NewCA(*name, time.Duration(*days)*24*time.Hour)
 		if err != nil {
@@ -54,8 +57,8 @@ func runTLS(args []string, stdout io.Writer) error {
 		dir := fs.String("out", ".", "directory for <node>.pem and <node>-key.pem")
 		days := fs.Int("days", 825, "validity in days")
 		force := fs.Bool("force", false, "overwrite existing files")
-		if err := fs.Parse(args[1:]); err != nil {
-			return usageError{err.Error()}
+		if err := parseFlags(fs, args[1:], stdout); err != nil {
+			return err
 		}
 		if *node == "" {
 			return usageError{"tls cert: -node is required"}
@@ -87,8 +90,8 @@ func runTLS(args []string, stdout io.Writer) error {
 		return showCerts(stdout, cert, nc.CertPEM)
 	case "show":
 		fs := flag.NewFlagSet("tls show", flag.ContinueOnError)
-		if err := fs.Parse(args[1:]); err != nil {
-			return usageError{err.Error()}
+		if err := parseFlags(fs, args[1:], stdout); err != nil {
+			return err
 		}
 		if fs.NArg() == 0 {
 			return usageError{"usage: handoff tls show CERT.pem... (prints node ID, serial, expiry, SHA-256 fingerprint)"}
@@ -138,8 +141,8 @@ func runKeygen(args []string, stdout io.Writer) error {
 	fs := flag.NewFlagSet("keygen", flag.ContinueOnError)
 	out := fs.String("out", "cluster.key", "file to write (mode 0600)")
 	force := fs.Bool("force", false, "overwrite an existing file")
-	if err := fs.Parse(args); err != nil {
-		return usageError{err.Error()}
+	if err := parseFlags(fs, args, stdout); err != nil {
+		return err
 	}
 	key := make([]byte, 32)
 	if _, err := rand.Read(key); err != nil {
