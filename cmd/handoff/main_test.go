@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -23,7 +24,6 @@ func TestDemoJSON(t *testing.T) {
 	if err := run(context.Background(), []string{"demo", "--json", "-tunnels", "1000", "-realtime-priority", "0"}, &out, &errOut); err != nil {
 		t.Fatalf("demo: %v\n%s", err, errOut.String())
 	}
-	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
 	var rep struct {
 		Nodes     int    `json:"nodes"`
 		Killed    string `json:"killed"`
@@ -36,8 +36,14 @@ func TestDemoJSON(t *testing.T) {
 		PhasesMs  map[string]float64 `json:"phases_ms"`
 		TotalMs   float64            `json:"total_ms"`
 	}
-	if err := json.Unmarshal([]byte(lines[len(lines)-1]), &rep); err != nil {
-		t.Fatalf("last line is not the JSON report: %v\n%s", err, out.String())
+	// stdout is exactly one JSON value: the report, nothing before or
+	// after it (the timeline and progress go to stderr).
+	dec := json.NewDecoder(bytes.NewReader(out.Bytes()))
+	if err := dec.Decode(&rep); err != nil {
+		t.Fatalf("stdout is not the JSON report: %v\n%s", err, out.String())
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		t.Fatalf("stdout holds more than the JSON report (%v):\n%s", err, out.String())
 	}
 	if rep.Nodes != 3 || rep.Killed == "" || rep.NewActive == "" || rep.NewActive == rep.Killed {
 		t.Errorf("report = %+v", rep)
@@ -53,8 +59,8 @@ func TestDemoJSON(t *testing.T) {
 			t.Errorf("phase %s missing", p)
 		}
 	}
-	if rep.TotalMs <= 0 || !strings.Contains(out.String(), "install") {
-		t.Errorf("no timeline: %s", out.String())
+	if rep.TotalMs <= 0 || !strings.Contains(errOut.String(), "install") || !strings.Contains(errOut.String(), "t=") {
+		t.Errorf("no timeline on stderr: %s", errOut.String())
 	}
 }
 
