@@ -163,7 +163,15 @@ func runCLI(ctx context.Context, verb string, args []string, env cliEnv) error {
 // setup parses the flags and wants exactly nargs positional arguments
 // (-1: zero or one).
 func setup(name string, args []string, env cliEnv, nargs int, argName string) (*cliFlags, []string, *api.Client, error) {
+	return setupWith(name, args, env, nargs, argName, nil)
+}
+
+// setupWith is setup for a verb with flags of its own, which more adds.
+func setupWith(name string, args []string, env cliEnv, nargs int, argName string, more func(*flag.FlagSet)) (*cliFlags, []string, *api.Client, error) {
 	fs, f := env.flags(name)
+	if more != nil {
+		more(fs)
+	}
 	pos, err := parseInterspersed(fs, args, env.stdout)
 	if err != nil {
 		return nil, nil, nil, err
@@ -352,13 +360,21 @@ func cliHistory(ctx context.Context, args []string, env cliEnv) error {
 }
 
 func cliSAs(ctx context.Context, args []string, env cliEnv) error {
-	f, _, c, err := setup("sa ls", args, env, 0, "")
+	var q api.SAQuery
+	f, _, c, err := setupWith("sa ls", args, env, 0, "", func(fs *flag.FlagSet) {
+		fs.IntVar(&q.Limit, "limit", 0, "show at most N SAs (0: all)")
+		fs.StringVar(&q.Peer, "peer", "", "only SAs with this remote address (with or without port) or remote identity")
+		fs.StringVar(&q.IKE, "ike", "", "only SAs of this IKE_SA or CHILD_SA name")
+	})
 	if err != nil {
 		return err
 	}
+	if q.Limit < 0 {
+		return usageError{fmt.Sprintf("handoff sa ls: -limit %d: want 0 or more", q.Limit)}
+	}
 	ctx, cancel := context.WithTimeout(ctx, f.timeout)
 	defer cancel()
-	list, err := c.SAs(ctx)
+	list, total, err := c.SAs(ctx, q)
 	if err != nil {
 		return explain(err)
 	}
@@ -381,7 +397,11 @@ func cliSAs(ctx context.Context, args []string, env cliEnv) error {
 	if err := tw.Flush(); err != nil {
 		return err
 	}
-	fmt.Fprintf(env.stdout, "%d SAs\n", len(list))
+	if total > len(list) {
+		fmt.Fprintf(env.stdout, "%d of %d SAs (-limit %d)\n", len(list), total, q.Limit)
+	} else {
+		fmt.Fprintf(env.stdout, "%d SAs\n", len(list))
+	}
 	return nil
 }
 

@@ -8,10 +8,10 @@ import (
 	"github.com/handoffvpn/handoff/raftstore"
 )
 
-// TestHistorySaysWhyEachTakeover: after a promote, a drain and a kill of
-// the active, `handoff history` names a different reason for each
-// takeover (and for the cluster's first), in the table and in -json, with
-// the detail the reason came with. Before reasons, every entry said
+// TestHistorySaysWhyEachTakeover: after a promote, a drain, a kill of the
+// active and a transfer, `handoff history` names a different reason for
+// each takeover (and for the cluster's first), in the table and in -json,
+// with the detail the reason came with. Before reasons, every entry said
 // "leader elected".
 func TestHistorySaysWhyEachTakeover(t *testing.T) {
 	if testing.Short() {
@@ -35,8 +35,20 @@ func TestHistorySaysWhyEachTakeover(t *testing.T) {
 	if err := cc.c.Kill(killed); err != nil {
 		t.Fatal(err)
 	}
-	n, _ := cc.activeNode(t, act.Term)
+	n, act := cc.activeNode(t, act.Term)
 	addr = cc.f.URL(n.Spec.ID)
+	var survivor string
+	for _, o := range cc.c.Nodes() {
+		if o != n {
+			survivor = o.Spec.ID
+		}
+	}
+	// A transfer with no node named: the answer names the node Raft
+	// chose (it said "to -"), and the takeover there says transfer.
+	if out := mustCLI(t, "operator", "raft", "transfer-leadership", "-addr", addr); !strings.Contains(out, "from "+n.Spec.ID+" to "+survivor+" ") {
+		t.Errorf("transfer-leadership with no node: %q, want it to name %s", out, survivor)
+	}
+	cc.activeNode(t, act.Term)
 
 	var h []raftstore.HistoryEntry
 	waitUntil(t, "the last takeover completed in the history", func() bool {
@@ -44,7 +56,7 @@ func TestHistorySaysWhyEachTakeover(t *testing.T) {
 		if err := json.Unmarshal([]byte(mustCLI(t, "history", "-json", "-addr", addr)), &h); err != nil {
 			t.Fatal(err)
 		}
-		return len(h) >= 4 && h[len(h)-1].Result == "completed"
+		return len(h) >= 5 && h[len(h)-1].Result == "completed"
 	})
 	want := []struct {
 		reason raftstore.Reason
@@ -55,6 +67,7 @@ func TestHistorySaysWhyEachTakeover(t *testing.T) {
 		{raftstore.ReasonPromote, target, "operator promote of " + target},
 		{raftstore.ReasonDrain, "", "operator drain of " + drained},
 		{raftstore.ReasonLeaderSilent, n.Spec.ID, killed + " silent for "},
+		{raftstore.ReasonTransfer, survivor, "operator transfer-leadership from " + n.Spec.ID},
 	}
 	last := h[len(h)-len(want):]
 	for i, w := range want {
