@@ -35,6 +35,7 @@ func TestDemoJSON(t *testing.T) {
 		Phases    map[string]float64
 		PhasesMs  map[string]float64 `json:"phases_ms"`
 		TotalMs   float64            `json:"total_ms"`
+		Reason    string             `json:"reason"`
 	}
 	// stdout is exactly one JSON value: the report, nothing before or
 	// after it (the timeline and progress go to stderr).
@@ -45,7 +46,7 @@ func TestDemoJSON(t *testing.T) {
 	if _, err := dec.Token(); err != io.EOF {
 		t.Fatalf("stdout holds more than the JSON report (%v):\n%s", err, out.String())
 	}
-	if rep.Nodes != 3 || rep.Killed == "" || rep.NewActive == "" || rep.NewActive == rep.Killed {
+	if rep.Nodes != 3 || rep.Killed == "" || rep.NewActive == "" || rep.NewActive == rep.Killed || rep.Reason != "leader_silent" {
 		t.Errorf("report = %+v", rep)
 	}
 	if rep.LostSAs == nil || *rep.LostSAs != 0 || rep.SeqReused == nil || *rep.SeqReused {
