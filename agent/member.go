@@ -42,8 +42,7 @@ func (a *Agent) keepOwnRecord(ctx context.Context) {
 			continue
 		}
 		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		err := a.store.UpdateMember(rctx, raftstore.MemberCmd{ID: want.ID, Address: want.Address,
-			Role: want.Role, Priority: want.Priority, Version: want.Version})
+		err := a.store.UpdateMember(rctx, raftstore.MemberCmd(want))
 		cancel()
 		if err != nil {
 			a.log.Debug("updating own member entry", "version", want.Version, "err", err)

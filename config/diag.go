@@ -95,7 +95,7 @@ func yamlPaths(src []byte) map[int]string {
 }
 
 var (
-	yamlUnknown   = regexp.MustCompile("^line (\\d+): field (\\S+) not found in type \\S+$")
+	yamlUnknown   = regexp.MustCompile(`^line (\d+): field (\S+) not found in type \S+$`)
 	yamlType      = regexp.MustCompile("^line (\\d+): cannot unmarshal !!(\\w+)(?: `(.*)`)? into (\\S+)$")
 	yamlDuplicate = regexp.MustCompile(`^line (\d+): mapping key "(.*)" already defined at line (\d+)$`)
 )
