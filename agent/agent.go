@@ -375,7 +375,7 @@ func (a *Agent) fence(reason raftstore.Reason, detail string) {
 		a.log.Warn("fenced", "reason", reason, "detail", detail)
 	}
 	if wasActive {
-		a.emit(Event{Kind: "node.fenced", Reason: reason, Detail: detail, Err: err})
+		a.emit(Event{Kind: "node.fenced", Term: a.store.Term(), Reason: reason, Detail: detail, Err: err})
 	}
 }
 

@@ -127,7 +127,12 @@ func (c *coalescer) summary(end time.Time) *Event {
 		detail += fmt.Sprintf("; terms %d-%d", c.minTerm, c.maxTerm)
 	}
 	l := c.latest
-	detail += fmt.Sprintf("; latest: %s on %s at term %d", l.Kind, l.Node, l.Term)
-	return &Event{Kind: KindFlapping, Node: l.Node, Term: l.Term, Source: l.Source, At: end.UTC(), Held: c.held,
+	detail += fmt.Sprintf("; latest: %s on %s", l.Kind, l.Node)
+	if l.Term != 0 {
+		detail += fmt.Sprintf(" at term %d", l.Term)
+	}
+	// The summary's term is the highest it saw: an event without one (a
+	// monitor's) must not make the cluster look as if it went back.
+	return &Event{Kind: KindFlapping, Node: l.Node, Term: c.maxTerm, Source: l.Source, At: end.UTC(), Held: c.held,
 		Counts: maps.Clone(c.kinds), Reasons: maps.Clone(c.reasons), Detail: detail}
 }
