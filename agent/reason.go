@@ -58,7 +58,7 @@ func (a *Agent) takeoverReason(term uint64) (cur raftstore.Active, reason raftst
 		quiet = a.cfg.SuspectAfter / 2
 	}
 	if t.Detect < quiet {
-		return cur, raftstore.ReasonUnknown, fmt.Sprintf("elected %s after %s; no hand-over was announced", fmtDur(t.Detect), cur.Node)
+		return cur, raftstore.ReasonUnknown, fmt.Sprintf("elected %s after last hearing %s, and no hand-over was announced", fmtDur(t.Detect), cur.Node)
 	}
 	how := "Raft's heartbeat timeout"
 	if !sus.at.IsZero() && !candidateAt.IsZero() && candidateAt.Sub(sus.at) < a.store.HeartbeatTimeout() && sus.at.Sub(candidateAt) < time.Second {
