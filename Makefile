@@ -13,9 +13,15 @@ TEST_TIMEOUT ?= 25m
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  %-18s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
+# The version `handoff version`, /v1/status, `members` and
+# handoff_build_info report: the nearest tag, else the commit, marked when
+# the tree has changes (the toolchain adds the full revision itself).
+VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS   ?= -X github.com/handoffvpn/handoff/internal/buildinfo.stamped=$(VERSION)
+
 .PHONY: build
-build: ## build bin/handoff
-	$(GO) build -o $(BIN) ./cmd/handoff
+build: ## build bin/handoff, stamped with VERSION (git describe)
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/handoff
 
 .PHONY: demo
 demo: ## run the in-process failover demo (no cloud account, no root)

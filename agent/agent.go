@@ -17,6 +17,7 @@ import (
 
 	"github.com/hashicorp/raft"
 
+	"github.com/handoffvpn/handoff/internal/buildinfo"
 	"github.com/handoffvpn/handoff/internal/bulk"
 	"github.com/handoffvpn/handoff/providers"
 	"github.com/handoffvpn/handoff/raftstore"
@@ -74,6 +75,10 @@ type Config struct {
 	// its successor takes over. The sequence number jump covers it, so it
 	// must be the same on every node.
 	HandoverGrace time.Duration
+
+	// Build is this node's build, shown in its status and recorded in its
+	// member entry (default: buildinfo.Read()).
+	Build buildinfo.Info
 }
 
 // Defaults fills unset fields.
@@ -109,6 +114,9 @@ func (c *Config) Defaults() {
 	if c.Role == "" {
 		c.Role = raftstore.RoleGateway
 	}
+	if c.Build.Version == "" {
+		c.Build = buildinfo.Read()
+	}
 }
 
 // DefaultMaxBatch is the default cap on the SAs of one log entry. About
@@ -121,10 +129,13 @@ const DefaultMaxBatch = 256
 
 // Event is something operators and alerting care about.
 type Event struct {
-	Kind    string // failover.started, failover.completed, failover.failed, node.fenced, leadership.transferred
-	Node    string
-	Term    uint64
-	At      time.Time
+	Kind string // failover.started, failover.completed, failover.failed, node.fenced, node.unhealthy, leadership.transferred
+	Node string
+	Term uint64
+	At   time.Time
+	// Reason is why the role moved (failover.*, leadership.transferred),
+	// why the node fenced (node.fenced), or unhealthy (node.unhealthy).
+	Reason  raftstore.Reason
 	Timings raftstore.Timings
 	SAs     int
 	Detail  string
@@ -164,6 +175,11 @@ type Agent struct {
 	active       bool // this node carries the tunnels
 	// handover is the planned hand-over this active node started, if any.
 	handover plannedHandover
+	// leaving is the reason of the hand-over this leader announced, for
+	// its fence (see fenceReason); suspected is what the detector saw
+	// when it last started an election here.
+	leaving   raftstore.Reason
+	suspected suspicion
 }
 
 // plannedHandover is an operator's promote or drain in progress on the
@@ -250,13 +266,19 @@ func (a *Agent) FencedAt() time.Time {
 // its dataplane still carries from an earlier life is fenced first.
 func (a *Agent) Run(ctx context.Context) error {
 	a.store.SetRPCHandler(a.handleRPC)
-	a.fence("starting as a standby")
+	a.fence("", "starting as a standby")
 	reportDone := make(chan struct{})
 	go func() {
 		defer close(reportDone)
 		a.reportHealth(ctx)
 	}()
 	defer func() { <-reportDone }()
+	recordDone := make(chan struct{})
+	go func() {
+		defer close(recordDone)
+		a.keepOwnRecord(ctx)
+	}()
+	defer func() { <-recordDone }()
 	detectDone := make(chan struct{})
 	go func() {
 		defer close(detectDone)
@@ -302,17 +324,18 @@ func (a *Agent) Run(ctx context.Context) error {
 				// no claim in between re-installs (from its staged copy
 				// where it has one) and skips re-initiating IKE (see lead).
 				cancelLead()
+				why := a.fenceReason()
 				if !leader {
 					a.awaitSuccessor(ctx)
 				}
-				a.fence("lost leadership")
+				a.fence(why, "lost leadership")
 				<-leadDone
 				// The takeover may have been inside a provider call or an
 				// install when its context ended, and added a VIP or SAs
 				// after the fence (seen in the lab: a node that lost
 				// leadership mid-move kept the VIP, since nobody asked it
 				// to yield again). Now that it has stopped, fence again.
-				a.fence("lost leadership, takeover stopped")
+				a.fence(why, "lost leadership, takeover stopped")
 				cancelLead = nil
 			}
 			if leader {
@@ -329,8 +352,9 @@ func (a *Agent) Run(ctx context.Context) error {
 }
 
 // fence stops this node from sending with any SA another node may now use,
-// and drops floating resources that live on the node itself.
-func (a *Agent) fence(reason string) {
+// and drops floating resources that live on the node itself. reason is
+// why the node gave the role up, detail what happened.
+func (a *Agent) fence(reason raftstore.Reason, detail string) {
 	ctx, cancel := context.WithTimeout(context.Background(), a.cfg.FenceTimeout)
 	defer cancel()
 	a.mu.Lock()
@@ -346,12 +370,12 @@ func (a *Agent) fence(reason string) {
 	a.fencedAt = now
 	a.mu.Unlock()
 	if err != nil {
-		a.log.Error("fencing failed", "reason", reason, "err", err)
+		a.log.Error("fencing failed", "reason", reason, "detail", detail, "err", err)
 	} else if wasActive {
-		a.log.Warn("fenced", "reason", reason)
+		a.log.Warn("fenced", "reason", reason, "detail", detail)
 	}
 	if wasActive {
-		a.emit(Event{Kind: "node.fenced", Detail: reason, Err: err})
+		a.emit(Event{Kind: "node.fenced", Term: a.store.Term(), Reason: reason, Detail: detail, Err: err})
 	}
 }
 
@@ -404,38 +428,34 @@ func (a *Agent) lead(ctx context.Context) {
 	if err != nil {
 		if ctx.Err() == nil {
 			a.log.Error("barrier after winning the election failed; handing leadership over", "err", err)
-			a.handOver(ctx, "barrier failed")
+			a.handOver(ctx, raftstore.ReasonTakeoverFailed, "barrier failed on "+a.cfg.NodeID+": "+err.Error())
 		}
 		return
 	}
-	if reason := a.unfit(); reason != "" {
-		a.handOver(ctx, reason)
+	term := a.store.Term()
+	cur, reason, detail := a.takeoverReason(term)
+	if why := a.unfit(); why != "" {
+		// Passed on, the takeover keeps the reason that caused it.
+		a.handOver(ctx, reason, detail+"; passed on by "+a.cfg.NodeID+": "+why)
 		return
 	}
 	if err := a.ensureMember(ctx); err != nil {
 		a.log.Error("recording own membership", "err", err)
 	}
-	term := a.store.Term()
-	var cur raftstore.Active
-	a.store.FSM().View(func(st *raftstore.State) { cur = st.Active })
 	if cur.Node == a.cfg.NodeID && cur.Term == term && cur.Phase == raftstore.PhaseActive {
 		a.setActive()
 		a.runActive(ctx, nil)
 		return
 	}
 	t := a.electionTimings()
-	reason := "leader elected"
-	if cur.Node == a.cfg.NodeID {
-		reason = "re-elected"
-	}
-	a.emit(Event{Kind: "failover.started", Term: term, Detail: reason})
-	a.log.Info("taking over", "term", term, "previous", cur.Node, "previous_term", cur.Term)
+	a.emit(Event{Kind: "failover.started", Term: term, Reason: reason, Detail: detail})
+	a.log.Info("taking over", "term", term, "previous", cur.Node, "previous_term", cur.Term, "reason", reason, "detail", detail)
 
-	if _, err := a.store.Apply(ctx, &raftstore.ClaimCmd{Node: a.cfg.NodeID, At: time.Now(), Reason: reason, From: cur.Node}); err != nil {
+	if _, err := a.store.Apply(ctx, &raftstore.ClaimCmd{Node: a.cfg.NodeID, At: time.Now(), Reason: reason, Detail: detail, From: cur.Node}); err != nil {
 		// Refused by the state machine or not leader any more: either way
 		// no resource was touched, and a new leadership round starts over.
 		a.log.Error("committing claim", "term", term, "err", err)
-		a.handOver(ctx, "claim refused")
+		a.handOver(ctx, raftstore.ReasonTakeoverFailed, "claim refused on "+a.cfg.NodeID+": "+err.Error())
 		return
 	}
 	t.Claim = time.Since(gained)
@@ -451,7 +471,7 @@ func (a *Agent) lead(ctx context.Context) {
 	installStart := time.Now()
 	installed, hashes, err := a.installReplicated(ctx)
 	if err != nil {
-		a.failed(ctx, term, "install", err)
+		a.failed(ctx, term, reason, "install", err)
 		return
 	}
 	t.Install = time.Since(installStart)
@@ -459,7 +479,7 @@ func (a *Agent) lead(ctx context.Context) {
 	moveStart := time.Now()
 	a.declareGone(term, cur)
 	if err := a.claimResources(ctx, term); err != nil {
-		a.failed(ctx, term, "move", err)
+		a.failed(ctx, term, reason, "move", err)
 		return
 	}
 	t.Move = time.Since(moveStart)
@@ -482,9 +502,9 @@ func (a *Agent) lead(ctx context.Context) {
 		a.log.Error("committing active", "term", term, "err", err)
 		return
 	}
-	a.log.Info("active", "term", term, "sas", len(installed), "detect", t.Detect, "elect", t.Elect,
-		"claim", t.Claim, "move", t.Move, "install", t.Install, "total", t.Total)
-	a.emit(Event{Kind: "failover.completed", Term: term, Timings: t, SAs: len(installed)})
+	a.log.Info("active", "term", term, "reason", reason, "sas", len(installed), "detect", t.Detect, "elect", t.Elect,
+		"claim", t.Claim, "install", t.Install, "move", t.Move, "total", t.Total)
+	a.emit(Event{Kind: "failover.completed", Term: term, Reason: reason, Detail: detail, Timings: t, SAs: len(installed)})
 	a.runActive(ctx, hashes)
 }
 
@@ -497,6 +517,10 @@ func (a *Agent) setActive() {
 func (a *Agent) electionTimings() raftstore.Timings {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	return a.electionTimingsLocked()
+}
+
+func (a *Agent) electionTimingsLocked() raftstore.Timings {
 	var t raftstore.Timings
 	if !a.candidateAt.IsZero() {
 		if !a.contactAt.IsZero() && a.candidateAt.After(a.contactAt) {
@@ -522,9 +546,9 @@ func (a *Agent) unfit() string {
 	return ""
 }
 
-func (a *Agent) failed(ctx context.Context, term uint64, phase string, err error) {
-	a.log.Error("takeover failed", "term", term, "phase", phase, "err", err)
-	a.emit(Event{Kind: "failover.failed", Term: term, Detail: phase, Err: err})
+func (a *Agent) failed(ctx context.Context, term uint64, reason raftstore.Reason, phase string, err error) {
+	a.log.Error("takeover failed", "term", term, "reason", reason, "phase", phase, "err", err)
+	a.emit(Event{Kind: "failover.failed", Term: term, Reason: reason, Detail: phase, Err: err})
 	if ctx.Err() != nil {
 		return
 	}
@@ -537,7 +561,7 @@ func (a *Agent) failed(ctx context.Context, term uint64, phase string, err error
 		// A newer term holds the resources: this node is behind, not broken.
 		return
 	}
-	a.handOver(ctx, phase+" failed")
+	a.handOver(ctx, raftstore.ReasonTakeoverFailed, phase+" failed on "+a.cfg.NodeID+": "+err.Error())
 }
 
 // handOver transfers leadership to the best other gateway that answers,
@@ -546,17 +570,20 @@ func (a *Agent) failed(ctx context.Context, term uint64, phase string, err error
 // until every candidate has had its turn: after the active dies, the
 // state still ranks it first (its last health reports were good), and a
 // transfer to a dead node blocks the next ones for the whole dial timeout.
-func (a *Agent) handOver(ctx context.Context, reason string) {
+// Each transfer is announced first with its reason and detail (see
+// announceHandover), for the successor's takeover to carry.
+func (a *Agent) handOver(ctx context.Context, reason raftstore.Reason, detail string) {
 	backoff := 100 * time.Millisecond
 	passed := map[string]bool{}
 	for ctx.Err() == nil {
 		target, ok := a.reachableGateway(ctx, passed)
 		switch {
 		case ok:
-			a.log.Info("handing leadership over", "to", target.ID, "reason", reason)
+			a.log.Info("handing leadership over", "to", target.ID, "reason", reason, "detail", detail)
+			a.announceHandover(ctx, target.ID, reason, detail)
 			err := a.store.TransferLeadership(target.ID, target.Address)
 			if err == nil {
-				a.emit(Event{Kind: "leadership.transferred", Detail: reason + " → " + target.ID})
+				a.emit(Event{Kind: "leadership.transferred", Reason: reason, Detail: detail + " → " + target.ID})
 				<-ctx.Done()
 				return
 			}
@@ -565,7 +592,7 @@ func (a *Agent) handOver(ctx context.Context, reason string) {
 		case len(passed) > 0:
 			clear(passed) // every candidate had its turn: start over
 		default:
-			a.log.Warn("no gateway to hand leadership to", "reason", reason)
+			a.log.Warn("no gateway to hand leadership to", "reason", reason, "detail", detail)
 		}
 		select {
 		case <-ctx.Done():
@@ -708,14 +735,14 @@ func SeqStart(lastOSeq uint64, appliedAt, now time.Time, interval time.Duration,
 // ensureMember records this node's own metadata when the state lacks it or
 // it changed (first leader after bootstrap, changed priority in config).
 func (a *Agent) ensureMember(ctx context.Context) error {
-	want := raftstore.Member{ID: a.cfg.NodeID, Address: a.store.Addr(), Role: a.cfg.Role, Priority: a.cfg.Priority}
+	want := a.ownRecord()
 	var have raftstore.Member
 	var ok bool
 	a.store.FSM().View(func(st *raftstore.State) { have, ok = st.Members[a.cfg.NodeID] })
 	if ok && have == want {
 		return nil
 	}
-	_, err := a.store.Apply(ctx, &raftstore.MemberCmd{ID: want.ID, Address: want.Address, Role: want.Role, Priority: want.Priority})
+	_, err := a.store.Apply(ctx, &raftstore.MemberCmd{ID: want.ID, Address: want.Address, Role: want.Role, Priority: want.Priority, Version: want.Version})
 	return err
 }
 

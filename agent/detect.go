@@ -95,6 +95,7 @@ func (a *Agent) checkLeaderSilence(lowered *bool, restore func(), after, stagger
 		return poll
 	}
 	*lowered = true
+	a.noteSuspicion(leader, silent)
 	a.log.Warn("leader silent; starting an election", "leader", leader, "silent", silent.Round(time.Millisecond))
 	return poll
 }

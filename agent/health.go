@@ -85,15 +85,15 @@ func (a *Agent) guardActive(ctx context.Context) {
 		}
 		if a.health != nil {
 			if ok, detail := a.health.Healthy(); !ok {
-				a.emit(Event{Kind: "node.unhealthy", Detail: "own checks: " + detail})
-				a.handOver(ctx, "own checks failed: "+detail)
+				a.emit(Event{Kind: "node.unhealthy", Reason: raftstore.ReasonUnhealthy, Detail: "own checks: " + detail})
+				a.handOver(ctx, raftstore.ReasonUnhealthy, "own checks failed on "+a.cfg.NodeID+": "+detail)
 				return
 			}
 		}
 		d := a.quorumDecision(policy)
 		if d.Failover {
-			a.emit(Event{Kind: "node.unhealthy", Detail: d.String()})
-			a.handOver(ctx, "observers: "+d.Reason)
+			a.emit(Event{Kind: "node.unhealthy", Reason: raftstore.ReasonUnhealthy, Detail: d.String()})
+			a.handOver(ctx, raftstore.ReasonUnhealthy, "observers: "+d.Reason)
 			return
 		}
 	}

@@ -1,6 +1,7 @@
 package agent_test
 
 import (
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -80,6 +81,7 @@ func TestQuorumOneObserverNeverFailsOverAMajorityDoes(t *testing.T) {
 	if first.Agent.IsActive() || len(first.DP.Outbound()) != 0 {
 		t.Error("the old active still carries traffic")
 	}
+	e.saysWhy(first, next, act2, raftstore.ReasonUnhealthy, "observers: ")
 }
 
 func TestOwnChecksFailingHandsOver(t *testing.T) {
@@ -91,6 +93,36 @@ func TestOwnChecksFailingHandsOver(t *testing.T) {
 	v.mu.Unlock()
 	next, act2 := e.waitActive(act.Term, first.Spec.ID)
 	e.carries(next, ids, act2.Term)
+	e.saysWhy(first, next, act2, raftstore.ReasonUnhealthy, "own checks failed on "+first.Spec.ID+": charon does not answer VICI")
+}
+
+// saysWhy checks that the takeover from old by next at act carries reason
+// (in the assignment, the history with detail, and next's events) and
+// that old fenced for the same reason: the successor learnt it from the
+// hand-over old announced.
+func (e *env) saysWhy(old, next *cluster.Node, act raftstore.Active, reason raftstore.Reason, detail string) {
+	e.t.Helper()
+	var h raftstore.HistoryEntry
+	next.Store.FSM().View(func(st *raftstore.State) {
+		for _, x := range st.History {
+			if x.Term == act.Term && x.To == next.Spec.ID {
+				h = x
+			}
+		}
+	})
+	if act.Reason != reason || h.Reason != reason || !strings.Contains(h.Detail, detail) {
+		e.t.Errorf("takeover at term %d: assignment reason %q, history %q (%s); want %s with %q", act.Term, act.Reason, h.Reason, h.Detail, reason, detail)
+	}
+	waitFor(e.t, "the events of the takeover and the fence", func() bool {
+		e.audit.mu.Lock()
+		defer e.audit.mu.Unlock()
+		var started, fenced bool
+		for _, ev := range e.audit.events {
+			started = started || ev.Kind == "failover.started" && ev.Node == next.Spec.ID && ev.Term == act.Term && ev.Reason == reason
+			fenced = fenced || ev.Kind == "node.fenced" && ev.Node == old.Spec.ID && ev.Reason == reason
+		}
+		return started && fenced
+	})
 }
 
 // waitReported waits until the leader's state holds observer's report

@@ -15,6 +15,7 @@ import (
 
 	"github.com/hashicorp/raft"
 
+	"github.com/handoffvpn/handoff/internal/buildinfo"
 	"github.com/handoffvpn/handoff/ipsec/sa"
 	"github.com/handoffvpn/handoff/raftstore"
 )
@@ -64,7 +65,11 @@ func (e *NotLeaderError) Unwrap() error { return raftstore.ErrNotLeader }
 
 // Status is a snapshot of one node's view of the cluster.
 type Status struct {
-	Node       string         `json:"node"`
+	Node string `json:"node"`
+	// Version is this node's build version (Build.Version), the value
+	// `handoff version` prints and members compare.
+	Version    string         `json:"version"`
+	Build      buildinfo.Info `json:"build"`
 	Role       raftstore.Role `json:"role"`
 	RaftState  string         `json:"raft_state"`
 	Term       uint64         `json:"term"`
@@ -72,8 +77,8 @@ type Status struct {
 	LeaderAddr string         `json:"leader_addr"`
 	// Active is the node the replicated state says carries the tunnels
 	// (phase active), "" while none does.
-	Active     string           `json:"active"`
-	Assignment raftstore.Active `json:"assignment"`
+	Active     string     `json:"active"`
+	Assignment Assignment `json:"assignment"`
 	// Carrying says whether this node carries the tunnels now.
 	Carrying     bool      `json:"carrying"`
 	FencedAt     time.Time `json:"fenced_at,omitzero"`
@@ -83,10 +88,15 @@ type Status struct {
 	CommitIndex  uint64    `json:"commit_index"`
 	AppliedIndex uint64    `json:"applied_index"`
 	// LeaderContact is how long ago this node last heard from the leader:
-	// 0 on the leader, the replication lag on a follower.
-	LeaderContact time.Duration  `json:"leader_contact_ns"`
-	Members       []MemberStatus `json:"members"`
-	At            time.Time      `json:"at"`
+	// 0 on the leader, the replication lag on a follower. In JSON it is
+	// leader_contact_ms; leader_contact_ns is the same in nanoseconds,
+	// kept for older scripts.
+	LeaderContact   time.Duration `json:"leader_contact_ns"`
+	LeaderContactMs float64       `json:"leader_contact_ms"`
+	// Flap says whether the active role keeps moving (see Flap).
+	Flap    Flap           `json:"flap"`
+	Members []MemberStatus `json:"members"`
+	At      time.Time      `json:"at"`
 }
 
 // MemberStatus is one member with its Raft standing and observed health.
@@ -158,7 +168,7 @@ type SnapshotInfo struct {
 func (a *Agent) OperatorStatus() Status {
 	r := a.store.Raft()
 	leader, leaderAddr := a.store.Leader()
-	st := Status{Node: a.cfg.NodeID, Role: a.cfg.Role, RaftState: r.State().String(), Term: a.store.Term(),
+	st := Status{Node: a.cfg.NodeID, Version: a.cfg.Build.Version, Build: a.cfg.Build, Role: a.cfg.Role, RaftState: r.State().String(), Term: a.store.Term(),
 		Leader: leader, LeaderAddr: leaderAddr, LastIndex: r.LastIndex(), CommitIndex: r.CommitIndex(),
 		AppliedIndex: r.AppliedIndex(), At: time.Now()}
 	if r.State() != raft.Leader {
@@ -166,16 +176,18 @@ func (a *Agent) OperatorStatus() Status {
 			st.LeaderContact = time.Since(lc)
 		}
 	}
+	st.LeaderContactMs = ms(st.LeaderContact)
 	a.mu.Lock()
 	st.Carrying, st.FencedAt = a.active, a.fencedAt
 	a.mu.Unlock()
 	st.Members = a.members(leader)
 	a.store.FSM().View(func(s *raftstore.State) {
-		st.Assignment = s.Active
+		st.Assignment = Assignment{Active: s.Active, TimingsMs: PhasesOf(s.Active.Timings)}
 		if s.Active.Phase == raftstore.PhaseActive {
 			st.Active = s.Active.Node
 		}
 		st.SAs, st.ReplayStates = len(s.SAs), len(s.Replay)
+		st.Flap = flapOf(s.History, st.At)
 	})
 	return st
 }
@@ -213,9 +225,14 @@ func (a *Agent) members(leader string) []MemberStatus {
 }
 
 // History returns the failover history, oldest first.
-func (a *Agent) History() []raftstore.HistoryEntry {
-	var out []raftstore.HistoryEntry
-	a.store.FSM().View(func(s *raftstore.State) { out = append(out, s.History...) })
+func (a *Agent) History() []HistoryEntry {
+	var out []HistoryEntry
+	a.store.FSM().View(func(s *raftstore.State) {
+		out = make([]HistoryEntry, len(s.History))
+		for i, h := range s.History {
+			out[i] = HistoryEntry{HistoryEntry: h, TimingsMs: PhasesOf(h.Timings)}
+		}
+	})
 	return out
 }
 
@@ -314,7 +331,7 @@ func (a *Agent) RaftPeers() ([]Peer, error) {
 
 // Promote makes node the active gateway: on the leader it commits fresh
 // replay counters, then transfers Raft leadership to node, whose takeover
-// (claim, move, install, active) follows as after any election. node must
+// (claim, install, move, active) follows as after any election. node must
 // be a voting gateway that a majority of its observers see healthy. On a
 // follower the request is forwarded to the leader.
 //
@@ -355,7 +372,7 @@ func (a *Agent) RemovePeer(ctx context.Context, node string) error {
 func (a *Agent) local(ctx context.Context, req *raftstore.RPCRequest) (any, error) {
 	switch req.Op {
 	case opPromote:
-		return a.promoteLocal(ctx, req.ID)
+		return a.promoteLocal(ctx, req.ID, raftstore.ReasonPromote, "operator promote of "+req.ID)
 	case opDrain:
 		// The best one that answers: a drain must not hand the tunnels to
 		// a gateway that died since its last health report.
@@ -366,27 +383,9 @@ func (a *Agent) local(ctx context.Context, req *raftstore.RPCRequest) (any, erro
 		if reason := a.ineligible(target.ID); reason != "" {
 			return nil, fmt.Errorf("drain of %s: %w (best candidate %s: %s)", a.cfg.NodeID, ErrNoTarget, target.ID, reason)
 		}
-		return a.promoteLocal(ctx, target.ID)
+		return a.promoteLocal(ctx, target.ID, raftstore.ReasonDrain, "operator drain of "+a.cfg.NodeID)
 	case opTransfer:
-		h := Handover{From: a.cfg.NodeID, To: req.ID, Term: a.store.Term()}
-		addr := ""
-		if req.ID != "" {
-			p, err := a.voter(req.ID)
-			if err != nil {
-				return nil, fmt.Errorf("transfer leadership: %w", err)
-			}
-			if req.ID == a.cfg.NodeID {
-				return nil, fmt.Errorf("transfer leadership to %s: %w already", req.ID, ErrIsLeader)
-			}
-			addr = string(p.Address)
-		}
-		if err := a.store.TransferLeadership(req.ID, addr); err != nil {
-			return nil, err
-		}
-		if h.To == "" {
-			h.To, _ = a.store.Leader()
-		}
-		return h, nil
+		return a.transferLocal(ctx, req.ID)
 	case opRemove:
 		if req.ID == a.cfg.NodeID {
 			return nil, fmt.Errorf("remove peer %s: %w; transfer leadership first", req.ID, ErrIsLeader)
@@ -472,7 +471,8 @@ func (a *Agent) RestoreSnapshot(ctx context.Context, r io.Reader) (SnapshotInfo,
 	if a.IsActive() {
 		term := a.store.Term()
 		now := time.Now()
-		if _, err := a.store.Apply(ctx, &raftstore.ClaimCmd{Node: a.cfg.NodeID, At: now, Reason: "re-asserted after snapshot restore"}); err != nil {
+		if _, err := a.store.Apply(ctx, &raftstore.ClaimCmd{Node: a.cfg.NodeID, At: now, Reason: raftstore.ReasonRestore,
+			Detail: "re-asserted after a snapshot restore (snapshot index " + fmt.Sprint(st.LastIndex) + ")"}); err != nil {
 			return info, fmt.Errorf("re-asserting the active claim after restore: %w", err)
 		}
 		carried, err := a.dp.Export(ctx)
@@ -502,8 +502,9 @@ func (a *Agent) notLeader() error {
 	return &NotLeaderError{Leader: id, Address: addr}
 }
 
-// promoteLocal runs on the leader.
-func (a *Agent) promoteLocal(ctx context.Context, node string) (Handover, error) {
+// promoteLocal runs on the leader; reason and detail say whose request it
+// is (promote, drain) and go into the log before the transfer.
+func (a *Agent) promoteLocal(ctx context.Context, node string, reason raftstore.Reason, detail string) (Handover, error) {
 	if node == "" {
 		return Handover{}, fmt.Errorf("promote: %w: no node named", ErrUnknownNode)
 	}
@@ -531,11 +532,48 @@ func (a *Agent) promoteLocal(ctx context.Context, node string) (Handover, error)
 		}
 		h.ReplaySynced = n
 	}
-	a.log.Info("operator promote: transferring leadership", "to", node, "replay_synced", h.ReplaySynced)
+	a.log.Info("operator "+string(reason)+": transferring leadership", "to", node, "replay_synced", h.ReplaySynced)
+	a.announceHandover(ctx, node, reason, detail)
 	if err := a.transferPlanned(ctx, h.Term, node, string(p.Address)); err != nil {
-		return h, fmt.Errorf("promote %s: %w", node, err)
+		a.withdrawHandover(ctx)
+		return h, fmt.Errorf("%s %s: %w", reason, node, err)
 	}
-	a.emit(Event{Kind: "leadership.transferred", Detail: "operator promote → " + node})
+	a.emit(Event{Kind: "leadership.transferred", Reason: reason, Detail: detail + " → " + node})
+	return h, nil
+}
+
+// transferLocal is operator raft transfer-leadership on the leader: to
+// node, or to the voter Raft picks when node is "". The answer names the
+// node that leads afterwards, as far as this node learns it in time.
+func (a *Agent) transferLocal(ctx context.Context, node string) (Handover, error) {
+	h := Handover{From: a.cfg.NodeID, To: node, Term: a.store.Term()}
+	addr := ""
+	if node != "" {
+		p, err := a.voter(node)
+		if err != nil {
+			return h, fmt.Errorf("transfer leadership: %w", err)
+		}
+		if node == a.cfg.NodeID {
+			return h, fmt.Errorf("transfer leadership to %s: %w already", node, ErrIsLeader)
+		}
+		addr = string(p.Address)
+	}
+	detail := "operator transfer-leadership from " + a.cfg.NodeID
+	a.announceHandover(ctx, node, raftstore.ReasonTransfer, detail)
+	if err := a.store.TransferLeadership(node, addr); err != nil {
+		a.withdrawHandover(ctx)
+		return h, err
+	}
+	if h.To == "" {
+		// Raft chose; its choice shows once the new leader is heard from.
+		waitUntil(ctx, leaderWait, func() bool {
+			if id, _ := a.store.Leader(); id != "" && id != a.cfg.NodeID {
+				h.To = id
+			}
+			return h.To != ""
+		})
+	}
+	a.emit(Event{Kind: "leadership.transferred", Reason: raftstore.ReasonTransfer, Detail: detail + " → " + orLeader(h.To)})
 	return h, nil
 }
 

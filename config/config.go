@@ -20,7 +20,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/hashicorp/hcl/v2/hclsimple"
 	"go.yaml.in/yaml/v3"
 
 	"github.com/handoffvpn/handoff/internal/pki"
@@ -283,14 +282,14 @@ func Parse(name string, src []byte, format string) (File, error) {
 	var f File
 	switch format {
 	case "hcl":
-		if err := hclsimple.Decode(name+".hcl", src, nil, &f); err != nil {
+		if err := decodeHCL(name, src, &f); err != nil {
 			return File{}, fmt.Errorf("config %s: %w", name, err)
 		}
 	case "yaml":
 		dec := yaml.NewDecoder(bytes.NewReader(src))
 		dec.KnownFields(true)
 		if err := dec.Decode(&f); err != nil && !errors.Is(err, io.EOF) {
-			return File{}, fmt.Errorf("config %s: %w", name, err)
+			return File{}, fmt.Errorf("config %s:\n  %w", name, yamlError(src, err))
 		}
 	default:
 		return File{}, fmt.Errorf("config %s: unknown format %q", name, format)

@@ -317,3 +317,43 @@ func TestAddressesNeedPortsInRange(t *testing.T) {
 		t.Errorf("bind_addr on any free port: %v", err)
 	}
 }
+
+// TestParseErrorsNameEveryProblem: an HCL file's every problem is shown
+// with its line and source snippet under the file's own name (not the
+// first one and "and 2 other diagnostic(s)", nor x.hcl.hcl); a YAML file's
+// type errors name the line and key path and say what the key wants, not
+// a Go type such as config.ResourceBlock.
+func TestParseErrorsNameEveryProblem(t *testing.T) {
+	_, err := Parse("gw1.hcl", []byte("node_id = \"a\"\nnode_idd = \"b\"\nraft {\n  bogus = 1\n}\nprovider {\n  resource \"x\" {}\n}\n"), "")
+	if err == nil {
+		t.Fatal("broken HCL accepted")
+	}
+	for _, want := range []string{"3 problems", "on gw1.hcl line 2:", `2: node_idd = "b"`, "on gw1.hcl line 4, in raft:", "4:   bogus = 1",
+		"on gw1.hcl line 7, in provider:", "No labels are expected for resource blocks"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("HCL error lacks %q:\n%v", want, err)
+		}
+	}
+	if strings.Contains(err.Error(), ".hcl.hcl") || strings.Contains(err.Error(), "other diagnostic") {
+		t.Errorf("HCL error:\n%v", err)
+	}
+
+	_, err = Parse("gw1.yaml", []byte("node_id: a\nraft:\n  heartbeat: 1s\nprovider:\n  resources:\n    - kind: eip\n      id: [1]\n    - x\npriority: high\ntls: 5\njoin: [a, b]\n"), "")
+	if err == nil {
+		t.Fatal("broken YAML accepted")
+	}
+	for _, want := range []string{
+		`line 3: raft.heartbeat: unknown key "heartbeat"`,
+		"line 7: provider.resources[0].id: want a string, got a list",
+		"line 8: provider.resources[1]: want a block of keys, got a string (x)",
+		"line 9: priority: want an integer, got a string (high)",
+		"line 10: tls: want a block of keys, got an integer (5)",
+	} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("YAML error lacks %q:\n%v", want, err)
+		}
+	}
+	if strings.Contains(err.Error(), "config.") || strings.Contains(err.Error(), "!!") {
+		t.Errorf("YAML error names Go types or YAML tags:\n%v", err)
+	}
+}

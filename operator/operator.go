@@ -23,7 +23,6 @@ import (
 	"github.com/handoffvpn/handoff/operator/metrics"
 	"github.com/handoffvpn/handoff/operator/statuspage"
 	"github.com/handoffvpn/handoff/operator/webhook"
-	"github.com/handoffvpn/handoff/raftstore"
 )
 
 // Options configure a Surface.
@@ -93,20 +92,16 @@ func (s *Surface) Event(e agent.Event) {
 	if s.Webhook == nil {
 		return
 	}
-	we := webhook.Event{Kind: e.Kind, Node: e.Node, Term: e.Term, At: e.At.UTC(), Source: s.opts.Node, SAs: e.SAs, Detail: e.Detail}
+	we := webhook.Event{Kind: e.Kind, Node: e.Node, Term: e.Term, At: e.At.UTC(), Source: s.opts.Node, Reason: string(e.Reason),
+		SAs: e.SAs, Detail: e.Detail}
 	if e.Err != nil {
 		we.Error = e.Err.Error()
 	}
 	if e.Kind == "failover.completed" {
-		we.TimingsMs = timingsMs(e.Timings)
+		p := agent.PhasesOf(e.Timings)
+		we.TimingsMs = &webhook.Timings{Detect: p.Detect, Elect: p.Elect, Claim: p.Claim, Install: p.Install, Move: p.Move, Total: p.Total}
 	}
 	s.Webhook.Notify(we)
-}
-
-func timingsMs(t raftstore.Timings) map[string]float64 {
-	ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
-	return map[string]float64{"detect": ms(t.Detect), "elect": ms(t.Elect), "claim": ms(t.Claim),
-		"move": ms(t.Move), "install": ms(t.Install), "total": ms(t.Total)}
 }
 
 // Backend is what the surface needs from the agent: the API's backend.

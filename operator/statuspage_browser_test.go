@@ -45,7 +45,7 @@ func TestStatusPageInChromium(t *testing.T) {
 	}
 	url := e.f.URL(next.Spec.ID) + "/"
 
-	dom := dumpDOM(t, url, 40*time.Second)
+	dom := dumpDOM(t, url, 1280, 40*time.Second)
 	if os.Getenv("DUMP_DOM") != "" {
 		t.Log(dom)
 	}
@@ -76,8 +76,21 @@ func TestStatusPageInChromium(t *testing.T) {
 			t.Errorf("history row of term %d lacks result or phase timings: %s", term, row)
 		}
 	}
-	if row := rowOf(dom, fmt.Sprint(act.Term)); !strings.Contains(row, "<td>"+first+"</td><td>"+next.Spec.ID+"</td>") {
-		t.Errorf("history row of term %d does not say %s → %s: %s", act.Term, first, next.Spec.ID, row)
+	if row := rowOf(dom, fmt.Sprint(act.Term)); !strings.Contains(row, "<td>"+first+"</td><td>"+next.Spec.ID+"</td>") ||
+		!strings.Contains(row, "leader silent") || !strings.Contains(row, first+" silent for") {
+		t.Errorf("history row of term %d does not say %s → %s because %s went silent: %s", act.Term, first, next.Spec.ID, first, row)
+	}
+	// Neither a laptop's 1280 px nor a phone's 390 px scrolls the page
+	// sideways: wide tables scroll in their own boxes (the page's script
+	// measures it once it has rendered the data).
+	for _, width := range []int{1280, 390} {
+		d := dom
+		if width != 1280 {
+			d = dumpDOM(t, url, width, 40*time.Second)
+		}
+		if m := regexp.MustCompile(`data-overflow-px="(\d+)"`).FindStringSubmatch(d); m == nil || m[1] != "0" {
+			t.Errorf("at %d px the page overflows sideways: %v", width, m)
+		}
 	}
 }
 
@@ -85,13 +98,14 @@ func TestStatusPageInChromium(t *testing.T) {
 // page's scripts ran (virtual time lets its fetches complete). The browser
 // runs in its own process group, killed by its PID when it overruns or
 // when the test ends, so no renderer outlives the test.
-func dumpDOM(t *testing.T, url string, limit time.Duration) string {
+func dumpDOM(t *testing.T, url string, width int, limit time.Duration) string {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), limit)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, chromiumPath, "--headless", "--no-sandbox", "--disable-gpu",
 		"--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run",
-		"--disable-dev-shm-usage", "--user-data-dir="+t.TempDir(), "--virtual-time-budget=5000", "--dump-dom", url)
+		"--disable-dev-shm-usage", "--user-data-dir="+t.TempDir(), "--virtual-time-budget=5000", fmt.Sprintf("--window-size=%d,900", width),
+		"--dump-dom", url)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}

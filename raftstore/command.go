@@ -26,6 +26,9 @@ const (
 	CmdReplayBatch  CmdType = 6
 	CmdFailed       CmdType = 7
 	CmdHealth       CmdType = 8 | IgnoreIfUnknown
+	// CmdHandover is advisory: an older node that skips it only loses the
+	// reason of the next takeover.
+	CmdHandover CmdType = 9 | IgnoreIfUnknown
 )
 
 func (t CmdType) String() string {
@@ -46,6 +49,8 @@ func (t CmdType) String() string {
 		return "failover-failed"
 	case CmdHealth:
 		return "health"
+	case CmdHandover:
+		return "handover"
 	}
 	return fmt.Sprintf("type 0x%02x", uint8(t))
 }
@@ -85,6 +90,9 @@ type MemberCmd struct {
 	Address  string `json:"address"`
 	Role     Role   `json:"role"`
 	Priority int    `json:"priority"`
+	// Version is the member's build (buildinfo), so that a rolling upgrade
+	// can be followed; an older node's record has none.
+	Version string `json:"version,omitempty"`
 }
 
 // RemoveMemberCmd removes a member.
@@ -94,21 +102,24 @@ type RemoveMemberCmd struct {
 
 // ClaimCmd records a node's intent to take the active role. The term is
 // the Raft term of the log entry, filled in by the FSM, never trusted from
-// the payload.
+// the payload. Reason says why the role moves (see Reason), Detail the
+// particulars ("gw1 silent for 76ms").
 type ClaimCmd struct {
 	Node   string    `json:"node"`
 	At     time.Time `json:"at"`
-	Reason string    `json:"reason,omitempty"`
+	Reason Reason    `json:"reason,omitempty"`
+	Detail string    `json:"detail,omitempty"`
 	From   string    `json:"from,omitempty"`
 }
 
-// Timings of one takeover, per phase.
+// Timings of one takeover, per phase, in the order the phases run:
+// detect, elect, claim, install, move (see agent.lead).
 type Timings struct {
 	Detect  time.Duration `json:"detect"`
 	Elect   time.Duration `json:"elect"`
 	Claim   time.Duration `json:"claim"`
-	Move    time.Duration `json:"move"`
 	Install time.Duration `json:"install"`
+	Move    time.Duration `json:"move"`
 	Total   time.Duration `json:"total"`
 }
 
@@ -187,6 +198,8 @@ func Encode(payload any) ([]byte, error) {
 		t = CmdFailed
 	case *HealthCmd:
 		t = CmdHealth
+	case *HandoverCmd:
+		t = CmdHandover
 	case *SABatchCmd:
 		return encodeSABatch(p), nil
 	case *ReplayBatchCmd:
@@ -223,6 +236,8 @@ func Decode(data []byte) (Command, error) {
 		p = new(FailedCmd)
 	case CmdHealth:
 		p = new(HealthCmd)
+	case CmdHandover:
+		p = new(HandoverCmd)
 	case CmdSABatch, CmdReplayBatch:
 	default:
 		if c.Type&IgnoreIfUnknown != 0 {

@@ -184,13 +184,14 @@ type snapMeta struct {
 	Active    Active        `json:"active"`
 	Health    []Observation `json:"health"`
 	History   []HistoryEntry
-	LastIndex uint64 `json:"last_index"`
+	Handover  Handover `json:"handover,omitzero"`
+	LastIndex uint64   `json:"last_index"`
 }
 
 // WriteSnapshot writes st in the snapshot format. SA payloads stay sealed.
 func WriteSnapshot(w io.Writer, st *State) error {
 	bw := bufio.NewWriterSize(w, 1<<16)
-	meta := snapMeta{Members: st.SortedMembers(), Active: st.Active, History: st.History, LastIndex: st.LastIndex}
+	meta := snapMeta{Members: st.SortedMembers(), Active: st.Active, History: st.History, Handover: st.Handover, LastIndex: st.LastIndex}
 	for _, obs := range st.Health {
 		for _, o := range obs {
 			meta.Health = append(meta.Health, o)
@@ -295,7 +296,7 @@ func ReadSnapshot(r io.Reader) (*State, error) {
 		}
 		st.Members[m.ID] = m
 	}
-	st.Active, st.History, st.LastIndex = meta.Active, meta.History, meta.LastIndex
+	st.Active, st.History, st.Handover, st.LastIndex = meta.Active, meta.History, meta.Handover, meta.LastIndex
 	for _, o := range meta.Health {
 		if st.Health[o.Subject] == nil {
 			st.Health[o.Subject] = make(map[string]Observation)

@@ -53,9 +53,10 @@ func TestSealRoundTripAndRefusals(t *testing.T) {
 func sampleCommands() []any {
 	at := time.Date(2026, 11, 25, 4, 0, 0, 0, time.UTC)
 	return []any{
-		&MemberCmd{ID: "gw1", Address: "192.0.2.1:7946", Role: RoleGateway, Priority: 100},
+		&MemberCmd{ID: "gw1", Address: "192.0.2.1:7946", Role: RoleGateway, Priority: 100, Version: "v1.2.0"},
 		&RemoveMemberCmd{ID: "gw3"},
-		&ClaimCmd{Node: "gw1", At: at, Reason: "leader elected", From: "gw2"},
+		&ClaimCmd{Node: "gw1", At: at, Reason: ReasonLeaderSilent, Detail: "gw2 silent for 76ms", From: "gw2"},
+		&HandoverCmd{From: "gw1", To: "gw2", Reason: ReasonDrain, Detail: "operator drain of gw1", At: at},
 		&ActiveCmd{Node: "gw1", At: at, SAs: 3, Timings: Timings{Detect: time.Millisecond, Total: time.Second}},
 		&FailedCmd{Node: "gw1", At: at, Phase: "move", Error: "throttled"},
 		&HealthCmd{Observer: "gw2", Subject: "gw1", Healthy: false, Detail: "ike 500 timeout", At: at},
@@ -201,13 +202,14 @@ func sampleState(t testing.TB) *State {
 	st := NewState()
 	at := time.Date(2026, 11, 25, 4, 0, 0, 0, time.UTC)
 	for i, p := range []any{
-		&MemberCmd{ID: "gw1", Address: "192.0.2.1:7946", Role: RoleGateway, Priority: 100},
+		&MemberCmd{ID: "gw1", Address: "192.0.2.1:7946", Role: RoleGateway, Priority: 100, Version: "v1.2.0"},
 		&MemberCmd{ID: "gw2", Address: "192.0.2.2:7946", Role: RoleGateway, Priority: 90},
 		&HealthCmd{Observer: "gw2", Subject: "gw1", Healthy: true, At: at},
 		&ClaimCmd{Node: "gw1", At: at},
 		&SABatchCmd{Upserts: []SAUpsert{{ID: "a", Sealed: []byte{1, 2}}, {ID: "b", Sealed: []byte{3}}}},
 		&ReplayBatchCmd{Records: []ReplayRecord{{ID: "a", OSeq: 42, Seq: 7, Bitmap: []uint32{3}, ReadAt: at}}},
 		&ActiveCmd{Node: "gw1", At: at, SAs: 2},
+		&HandoverCmd{From: "gw1", To: "gw2", Reason: ReasonPromote, At: at},
 	} {
 		data, _ := Encode(p)
 		c, err := Decode(data)
@@ -247,5 +249,51 @@ func TestCloneIsIndependent(t *testing.T) {
 	_ = applyAll(t, st, 9, &SABatchCmd{Deletes: []string{"a"}}, &HealthCmd{Observer: "gw1", Subject: "gw2", At: time.Now()})
 	if _, ok := cl.SAs["a"]; !ok || len(cl.Health["gw2"]) != 0 {
 		t.Error("a snapshot copy changed after the state moved on")
+	}
+}
+
+// TestHandoverExplainsOnlyTheNextClaim: a hand-over announced by the
+// leader explains the election that follows it, for the node it names,
+// within two terms; the claim that follows consumes it, and an
+// announcement with no reason withdraws it.
+func TestHandoverExplainsOnlyTheNextClaim(t *testing.T) {
+	st := NewState()
+	at := time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)
+	if err := applyAll(t, st, 1, &MemberCmd{ID: "gw1", Address: "a:1", Role: RoleGateway},
+		&MemberCmd{ID: "gw2", Address: "b:1", Role: RoleGateway}, &ClaimCmd{Node: "gw1", Reason: ReasonFirstElection}); err != nil {
+		t.Fatal(err)
+	}
+	if err := applyAll(t, st, 3, &HandoverCmd{From: "stranger", Reason: ReasonDrain}); !errors.Is(err, ErrNotMember) {
+		t.Errorf("a hand-over announced by a stranger: err = %v", err)
+	}
+	if err := applyAll(t, st, 3, &HandoverCmd{From: "gw1", To: "gw2", Reason: ReasonDrain, Detail: "operator drain of gw1", At: at}); err != nil {
+		t.Fatal(err)
+	}
+	h := st.Handover
+	if h.Term != 3 || h.Reason != ReasonDrain || h.To != "gw2" {
+		t.Fatalf("handover = %+v", h)
+	}
+	for _, c := range []struct {
+		node string
+		term uint64
+		want bool
+	}{{"gw2", 4, true}, {"gw2", 5, true}, {"gw2", 6, false}, {"gw2", 3, false}, {"gw1", 4, false}} {
+		if got := h.Explains(c.node, c.term, st.Active); got != c.want {
+			t.Errorf("hand-over at term 3 to gw2 explains %s elected at term %d: %v, want %v", c.node, c.term, got, c.want)
+		}
+	}
+	if err := applyAll(t, st, 4, &ClaimCmd{Node: "gw2", Reason: h.Reason, Detail: h.Detail, From: "gw1"}); err != nil {
+		t.Fatal(err)
+	}
+	if st.Handover != (Handover{}) {
+		t.Errorf("the claim left the hand-over in place: %+v", st.Handover)
+	}
+	if last := st.History[len(st.History)-1]; last.Reason != ReasonDrain || last.Detail != "operator drain of gw1" || st.Active.Reason != ReasonDrain {
+		t.Errorf("history entry %+v, active %+v", last, st.Active)
+	}
+	_ = applyAll(t, st, 4, &HandoverCmd{From: "gw2", Reason: ReasonTransfer})
+	_ = applyAll(t, st, 4, &HandoverCmd{From: "gw2"})
+	if st.Handover != (Handover{}) {
+		t.Errorf("a withdrawn hand-over stands: %+v", st.Handover)
 	}
 }

@@ -18,6 +18,10 @@ type Member struct {
 	Address  string `json:"address"`
 	Role     Role   `json:"role"`
 	Priority int    `json:"priority"`
+	// Version is the build the member last reported (joining, or through
+	// the leader when it changed); "" for a member that runs a build from
+	// before versions were recorded.
+	Version string `json:"version,omitempty"`
 }
 
 // Observation is what one observer last reported about one subject.
@@ -31,9 +35,11 @@ type Observation struct {
 
 // Active is the active assignment.
 type Active struct {
-	Node      string    `json:"node"`
-	Term      uint64    `json:"term"`
-	Phase     Phase     `json:"phase"`
+	Node  string `json:"node"`
+	Term  uint64 `json:"term"`
+	Phase Phase  `json:"phase"`
+	// Reason is why the node claimed (see Reason).
+	Reason    Reason    `json:"reason,omitempty"`
 	ClaimedAt time.Time `json:"claimed_at"`
 	ActiveAt  time.Time `json:"active_at,omitzero"`
 	Timings   Timings   `json:"timings"`
@@ -53,7 +59,8 @@ type HistoryEntry struct {
 	Term        uint64    `json:"term"`
 	From        string    `json:"from,omitempty"`
 	To          string    `json:"to"`
-	Reason      string    `json:"reason,omitempty"`
+	Reason      Reason    `json:"reason,omitempty"`
+	Detail      string    `json:"detail,omitempty"`
 	Result      string    `json:"result"`
 	ClaimedAt   time.Time `json:"claimed_at"`
 	CompletedAt time.Time `json:"completed_at,omitzero"`
@@ -72,6 +79,8 @@ type State struct {
 	// Health is subject → observer → observation.
 	Health  map[string]map[string]Observation
 	History []HistoryEntry
+	// Handover is the hand-over announced and not yet followed by a claim.
+	Handover Handover
 	// LastIndex is the index of the last applied entry.
 	LastIndex uint64
 }
@@ -101,6 +110,7 @@ func (s *State) Clone() *State {
 		Replay:    maps.Clone(s.Replay),
 		Health:    make(map[string]map[string]Observation, len(s.Health)),
 		History:   slices.Clone(s.History),
+		Handover:  s.Handover,
 		LastIndex: s.LastIndex,
 	}
 	for k, v := range s.Health {
@@ -135,6 +145,8 @@ func (s *State) apply(index, term uint64, c Command) error {
 		err = s.applyFailed(term, p)
 	case *HealthCmd:
 		err = s.applyHealth(p)
+	case *HandoverCmd:
+		err = s.applyHandover(term, p)
 	case *SABatchCmd:
 		err = s.applySABatch(index, term, p)
 	case *ReplayBatchCmd:
@@ -158,7 +170,7 @@ func (s *State) applyMember(p *MemberCmd) error {
 	if p.Role == RoleWitness && s.Active.Node == p.ID {
 		return fmt.Errorf("%w: member %s is the active gateway and cannot become a witness", ErrRefused, p.ID)
 	}
-	s.Members[p.ID] = Member{ID: p.ID, Address: p.Address, Role: p.Role, Priority: p.Priority}
+	s.Members[p.ID] = Member{ID: p.ID, Address: p.Address, Role: p.Role, Priority: p.Priority, Version: p.Version}
 	return nil
 }
 
@@ -182,8 +194,11 @@ func (s *State) applyClaim(term uint64, p *ClaimCmd) error {
 	if from == p.Node {
 		from = ""
 	}
-	s.Active = Active{Node: p.Node, Term: term, Phase: PhaseClaiming, ClaimedAt: p.At}
-	s.pushHistory(HistoryEntry{Term: term, From: from, To: p.Node, Reason: p.Reason, Result: "claiming", ClaimedAt: p.At})
+	s.Active = Active{Node: p.Node, Term: term, Phase: PhaseClaiming, Reason: p.Reason, ClaimedAt: p.At}
+	// A claim answers the hand-over announced before it, if any: it must
+	// not explain a later election.
+	s.Handover = Handover{}
+	s.pushHistory(HistoryEntry{Term: term, From: from, To: p.Node, Reason: p.Reason, Detail: p.Detail, Result: "claiming", ClaimedAt: p.At})
 	return nil
 }
 

@@ -1,12 +1,10 @@
 package raftstore
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -15,9 +13,9 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
 
+	"github.com/handoffvpn/handoff/internal/buildinfo"
 	"github.com/handoffvpn/handoff/internal/bulk"
 	"github.com/handoffvpn/handoff/internal/pki"
 )
@@ -57,6 +55,9 @@ type Config struct {
 	Logger *slog.Logger
 	// RaftLogLevel is the level of hashicorp/raft's own logs ("warn").
 	RaftLogLevel string
+	// Version is this node's build, recorded in its member entry when it
+	// joins (default: buildinfo.Read's).
+	Version string
 }
 
 // logCacheEntries is how many recent log entries the leader keeps in
@@ -110,6 +111,9 @@ func Open(cfg Config) (*Store, error) {
 	if cfg.Network == nil {
 		cfg.Network = TCP{}
 	}
+	if cfg.Version == "" {
+		cfg.Version = buildinfo.Read().Version
+	}
 	log := cfg.Logger.With("node", cfg.NodeID)
 	if err := cfg.Denied.Check(cfg.TLS.Cert.Leaf); err != nil {
 		return nil, fmt.Errorf("opening raft store: this node's own %w", err)
@@ -144,8 +148,7 @@ func Open(cfg Config) (*Store, error) {
 		cfg.TLS.ServerConfig(policy), cfg.TLS.ClientConfig(policy), s.authz, refusals, log)
 	s.layer.rpc = s.handleRPC
 
-	hl := hclog.New(&hclog.LoggerOptions{Name: "raft", Level: hclog.LevelFromString(orDefault(cfg.RaftLogLevel, "warn")),
-		Output: &slogWriter{log: log}, DisableTime: true})
+	hl := newRaftLogger(log, cfg.RaftLogLevel)
 	s.transport = newBoundTransport(s.layer, s.authz, refusals, hl, 2*time.Second)
 
 	s.logs, err = openLogStore(cfg.DataDir, cfg.NoSync, hl)
@@ -626,7 +629,7 @@ func (s *Store) handleRPC(ctx context.Context, peer string, req *RPCRequest) *RP
 		if req.Learner {
 			join = s.JoinAsLearner
 		}
-		if err := join(ctx, MemberCmd{ID: req.ID, Address: req.Address, Role: req.Role, Priority: req.Priority}); err != nil {
+		if err := join(ctx, MemberCmd{ID: req.ID, Address: req.Address, Role: req.Role, Priority: req.Priority, Version: req.Version}); err != nil {
 			return fail(err)
 		}
 		// Index: the learner is a voter's match once it has applied this.
@@ -673,30 +676,39 @@ func (s *Store) CallLeader(ctx context.Context, req *RPCRequest) error {
 // Call sends an RPC to the first of addrs that answers, following the
 // leader hint a follower returns, until ctx ends.
 func (s *Store) Call(ctx context.Context, addrs []string, req *RPCRequest) error {
-	_, err := s.callAny(ctx, addrs, req)
+	_, err := s.callAny(ctx, addrs, req, nil)
 	return err
 }
 
-// callAny is Call returning the answer that succeeded.
-func (s *Store) callAny(ctx context.Context, addrs []string, req *RPCRequest) (*RPCResponse, error) {
+// callAny is Call returning the answer that succeeded. failed, if set, is
+// told of every attempt that did not (the address asked and why).
+func (s *Store) callAny(ctx context.Context, addrs []string, req *RPCRequest, failed func(addr string, err error)) (*RPCResponse, error) {
 	var lastErr error
+	fail := func(addr string, err error) {
+		lastErr = err
+		if failed != nil {
+			failed(addr, err)
+		}
+	}
 	backoff := 50 * time.Millisecond
 	for {
 		for _, addr := range addrs {
 			resp, err := s.call(ctx, addr, req)
 			if err != nil {
-				lastErr = err
+				fail(addr, err)
 				continue
 			}
 			if resp.Error == "" {
 				return resp, nil
 			}
-			lastErr = fmt.Errorf("%s at %s: %s", req.Op, addr, resp.Error)
+			fail(addr, fmt.Errorf("%s at %s: %s", req.Op, addr, resp.Error))
 			if resp.Leader != "" && resp.Leader != addr {
 				if resp2, err := s.call(ctx, resp.Leader, req); err == nil && resp2.Error == "" {
 					return resp2, nil
 				} else if err == nil {
-					lastErr = fmt.Errorf("%s at leader %s: %s", req.Op, resp.Leader, resp2.Error)
+					fail(resp.Leader, fmt.Errorf("%s at leader %s: %s", req.Op, resp.Leader, resp2.Error))
+				} else {
+					fail(resp.Leader, err)
 				}
 			}
 		}
@@ -788,18 +800,46 @@ func (s *Store) askMember(ctx context.Context, id, addr, peer string) (string, b
 // ends. Joining a cluster this node is already in is a no-op. The node
 // joins as a learner, catches up, and only then asks to vote (see
 // JoinAsLearner); a leader that predates learners adds it as a voter at
-// once, and the second request changes nothing.
+// once, and the second request changes nothing. Every attempt that fails
+// is logged with its error (at warn: a node outside its cluster carries
+// nothing), and each step that succeeds at info: a join that cannot reach
+// its peers must not be silent until it gives up.
 func (s *Store) JoinCluster(ctx context.Context, addrs []string, role Role, priority int) error {
-	req := RPCRequest{Op: opJoin, ID: s.cfg.NodeID, Address: s.Addr(), Role: role, Priority: priority, Learner: true}
-	resp, err := s.callAny(ctx, addrs, &req)
-	if err != nil {
-		return err
+	req := RPCRequest{Op: opJoin, ID: s.cfg.NodeID, Address: s.Addr(), Role: role, Priority: priority, Learner: true, Version: s.cfg.Version}
+	start := time.Now()
+	attempts := 0
+	logFailed := func(step string) func(addr string, err error) {
+		return func(addr string, err error) {
+			attempts++
+			s.log.Warn("join attempt failed", "step", step, "attempt", attempts, "peer", addr, "since", time.Since(start).Round(time.Millisecond), "err", err)
+		}
 	}
+	s.log.Info("joining the cluster", "via", addrs, "role", role)
+	resp, err := s.callAny(ctx, addrs, &req, logFailed("learner"))
+	if err != nil {
+		return fmt.Errorf("joining as a learner via %v after %d failed attempts: %w", addrs, attempts, err)
+	}
+	s.log.Info("joined as a learner; catching up", "leader_index", resp.Index)
 	if err := s.waitCaughtUp(ctx, resp.Index); err != nil {
 		return fmt.Errorf("joining as a learner: %w", err)
 	}
 	req.Learner = false
-	return s.Call(ctx, addrs, &req)
+	if _, err := s.callAny(ctx, addrs, &req, logFailed("voter")); err != nil {
+		return fmt.Errorf("asking to vote via %v after %d failed attempts: %w", addrs, attempts, err)
+	}
+	s.log.Info("joined the cluster as a voter", "took", time.Since(start).Round(time.Millisecond))
+	return nil
+}
+
+// UpdateMember asks the leader to record m, this node's own member entry
+// with new metadata (a new build or priority). It is the join RPC's
+// metadata refresh: for a voter at an unchanged address the leader only
+// commits the entry.
+func (s *Store) UpdateMember(ctx context.Context, m MemberCmd) error {
+	if m.ID != s.cfg.NodeID {
+		return fmt.Errorf("updating member %s: only this node's own entry (%s) can be", m.ID, s.cfg.NodeID)
+	}
+	return s.CallLeader(ctx, &RPCRequest{Op: opJoin, ID: m.ID, Address: m.Address, Role: m.Role, Priority: m.Priority, Version: m.Version})
 }
 
 // waitCaughtUp waits until this node has applied index and hears from a
@@ -902,24 +942,3 @@ func (s *privateSink) Close() error {
 	}
 	return os.Chmod(dir, 0o700)
 }
-
-// slogWriter carries hashicorp/raft's hclog lines into slog: hclog stays
-// at the Raft boundary.
-type slogWriter struct{ log *slog.Logger }
-
-func (w *slogWriter) Write(p []byte) (int, error) {
-	line := string(bytes.TrimSpace(p))
-	level := slog.LevelInfo
-	switch {
-	case bytes.Contains(p, []byte("[ERROR]")):
-		level = slog.LevelError
-	case bytes.Contains(p, []byte("[WARN]")):
-		level = slog.LevelWarn
-	case bytes.Contains(p, []byte("[DEBUG]")), bytes.Contains(p, []byte("[TRACE]")):
-		level = slog.LevelDebug
-	}
-	w.log.Log(context.Background(), level, line, "component", "raft")
-	return len(p), nil
-}
-
-var _ io.Writer = (*slogWriter)(nil)

@@ -207,6 +207,8 @@ type RPCRequest struct {
 	Health   *HealthCmd `json:"health,omitempty"`
 	// Learner: join without a vote (see Store.JoinAsLearner).
 	Learner bool `json:"learner,omitempty"`
+	// Version is a joining node's build (MemberCmd.Version).
+	Version string `json:"version,omitempty"`
 }
 
 // Cluster RPC operations the store serves itself.

@@ -26,7 +26,7 @@ import (
 )
 
 // loadConfig layers defaults, the file and the flags, then validates.
-func loadConfig(fs *flag.FlagSet, args []string) (*config.Config, error) {
+func loadConfig(fs *flag.FlagSet, args []string, stdout io.Writer) (*config.Config, error) {
 	path := fs.String("config", "", "configuration file (.hcl, .yaml or .yml)")
 	var over config.File
 	fs.StringVar(&over.NodeID, "node-id", "", "node ID (overrides node_id)")
@@ -36,8 +36,8 @@ func loadConfig(fs *flag.FlagSet, args []string) (*config.Config, error) {
 	fs.StringVar(&over.LogLevel, "log-level", "", "debug, info, warn or error (overrides log_level)")
 	join := fs.String("join", "", "comma-separated addresses of cluster members to join (overrides join)")
 	bootstrap := fs.Bool("bootstrap", false, "bootstrap a new cluster with this node (overrides bootstrap)")
-	if err := fs.Parse(args); err != nil {
-		return nil, usageError{err.Error()}
+	if err := parseFlags(fs, args, stdout); err != nil {
+		return nil, err
 	}
 	file := config.Defaults()
 	if *path != "" {
@@ -66,7 +66,7 @@ func runValidate(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	fs := flag.NewFlagSet("validate", flag.ContinueOnError)
 	af := addAgentFlags(fs)
 	checkCloud := fs.Bool("check-cloud", false, "also build the provider and run its permission check and a read of every resource (calls the cloud's API; changes nothing)")
-	cfg, err := loadConfig(fs, args)
+	cfg, err := loadConfig(fs, args, stdout)
 	if err != nil {
 		return err
 	}
@@ -95,12 +95,11 @@ func newLogger(w io.Writer, level, format string) *slog.Logger {
 	return slog.New(slog.NewTextHandler(w, opts))
 }
 
-func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
+func runAgent(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("agent", flag.ContinueOnError)
-	fs.SetOutput(stderr)
 	af := addAgentFlags(fs)
 	opf := af.op
-	cfg, err := loadConfig(fs, args)
+	cfg, err := loadConfig(fs, args, stdout)
 	if err != nil {
 		return err
 	}
@@ -220,22 +219,51 @@ func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
 			log.Error("operator API not started", "err", err)
 		}
 	}
+	// A node that already holds Raft state was a member before this
+	// start: a join that fails only leaves its metadata stale. A new node
+	// that cannot join carries nothing.
+	member, err := store.HasState()
+	if err != nil {
+		return err
+	}
+	runCtx, stopAgent := context.WithCancel(ctx)
+	defer stopAgent()
 	done := make(chan error, 1)
-	go func() { done <- ag.Run(ctx) }()
+	go func() { done <- ag.Run(runCtx) }()
 	if len(cfg.Join) > 0 {
-		jctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
-		err := store.JoinCluster(jctx, cfg.Join, raftstore.Role(cfg.Role), cfg.Priority)
-		cancel()
-		if err != nil && ctx.Err() == nil {
-			log.Error("joining the cluster", "join", cfg.Join, "err", err)
-		} else if err == nil {
-			log.Info("joined the cluster", "via", cfg.Join)
+		if err := joinCluster(ctx, store, cfg, af.joinTimeout, member, log); err != nil {
+			stopAgent()
+			<-done
+			return err
 		}
 	}
 	log.Info("agent running", "node", cfg.NodeID, "addr", store.Addr(), "role", cfg.Role)
 	err = <-done
 	log.Info("agent stopped")
 	return err
+}
+
+// joinCluster joins the cluster through cfg.Join (the store logs every
+// attempt). A node new to the cluster that has not joined within timeout
+// gets an error back, and the agent exits non-zero: left running outside
+// the cluster it would never take over, and its service manager's
+// Restart= would never try again. A node that was a member already
+// (member) runs on: Raft reconnects it once its peers answer.
+func joinCluster(ctx context.Context, store *raftstore.Store, cfg *config.Config, timeout time.Duration, member bool, log *slog.Logger) error {
+	jctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	err := store.JoinCluster(jctx, cfg.Join, raftstore.Role(cfg.Role), cfg.Priority)
+	switch {
+	case err == nil:
+		log.Info("joined the cluster", "via", cfg.Join)
+		return nil
+	case ctx.Err() != nil:
+		return nil // stopping
+	case member:
+		log.Error("refreshing this member's entry through join failed; running on as the member it is", "join", cfg.Join, "err", err)
+		return nil
+	}
+	return fmt.Errorf("joining the cluster via %s: gave up after %s (-join-timeout): %w", strings.Join(cfg.Join, ", "), timeout, err)
 }
 
 func buildDataplane(cfg *config.Config, log *slog.Logger) (agent.Dataplane, func(), error) {

@@ -7,8 +7,10 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -56,7 +58,6 @@ type cliFlags struct {
 
 func (e cliEnv) flags(name string) (*flag.FlagSet, *cliFlags) {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
-	fs.SetOutput(e.stderr)
 	f := &cliFlags{getenv: e.getenv}
 	addr := e.getenv("HANDOFF_ADDR")
 	if addr == "" {
@@ -73,11 +74,11 @@ func (e cliEnv) flags(name string) (*flag.FlagSet, *cliFlags) {
 
 // parseInterspersed parses flags wherever they appear among the positional
 // arguments ("promote gw2 -json" as well as "promote -json gw2").
-func parseInterspersed(fs *flag.FlagSet, args []string) ([]string, error) {
+func parseInterspersed(fs *flag.FlagSet, args []string, stdout io.Writer) ([]string, error) {
 	var pos []string
 	for {
-		if err := fs.Parse(args); err != nil {
-			return nil, usageError{err.Error()}
+		if err := parseFlags(fs, args, stdout); err != nil {
+			return nil, err
 		}
 		args = fs.Args()
 		if len(args) == 0 {
@@ -128,8 +129,11 @@ func runCLI(ctx context.Context, verb string, args []string, env cliEnv) error {
 	case "history":
 		return cliHistory(ctx, args, env)
 	case "sa":
+		if groupHelp("sa", args, env.stdout) {
+			return nil
+		}
 		if len(args) == 0 || (args[0] != "ls" && args[0] != "list") {
-			return usageError{"usage: handoff sa ls [-json]"}
+			return usageError{"usage: handoff sa ls [flags] (handoff sa ls -h lists them)"}
 		}
 		return cliSAs(ctx, args[1:], env)
 	case "promote":
@@ -137,11 +141,17 @@ func runCLI(ctx context.Context, verb string, args []string, env cliEnv) error {
 	case "drain":
 		return cliPromote(ctx, args, env, true)
 	case "operator":
+		if groupHelp("operator", args, env.stdout) || len(args) > 0 && args[0] == "raft" && groupHelp("operator raft", args[1:], env.stdout) {
+			return nil
+		}
 		if len(args) < 2 || args[0] != "raft" {
 			return usageError{"usage: handoff operator raft list-peers | remove-peer NODE | transfer-leadership [NODE]"}
 		}
 		return cliRaft(ctx, args[1], args[2:], env)
 	case "snapshot":
+		if groupHelp("snapshot", args, env.stdout) {
+			return nil
+		}
 		if len(args) == 0 || (args[0] != "save" && args[0] != "restore") {
 			return usageError{"usage: handoff snapshot save FILE | restore FILE"}
 		}
@@ -153,8 +163,16 @@ func runCLI(ctx context.Context, verb string, args []string, env cliEnv) error {
 // setup parses the flags and wants exactly nargs positional arguments
 // (-1: zero or one).
 func setup(name string, args []string, env cliEnv, nargs int, argName string) (*cliFlags, []string, *api.Client, error) {
+	return setupWith(name, args, env, nargs, argName, nil)
+}
+
+// setupWith is setup for a verb with flags of its own, which more adds.
+func setupWith(name string, args []string, env cliEnv, nargs int, argName string, more func(*flag.FlagSet)) (*cliFlags, []string, *api.Client, error) {
 	fs, f := env.flags(name)
-	pos, err := parseInterspersed(fs, args)
+	if more != nil {
+		more(fs)
+	}
+	pos, err := parseInterspersed(fs, args, env.stdout)
 	if err != nil {
 		return nil, nil, nil, err
 	}
@@ -226,15 +244,21 @@ func cliStatus(ctx context.Context, args []string, env cliEnv) error {
 	}
 	tw := table(env.stdout)
 	fmt.Fprintf(tw, "Node\t%s (%s, %s)\n", st.Node, st.Role, st.RaftState)
+	fmt.Fprintf(tw, "Version\t%s\n", st.Build)
 	fmt.Fprintf(tw, "Term\t%d\n", st.Term)
 	fmt.Fprintf(tw, "Leader\t%s %s\n", orDash(st.Leader), st.LeaderAddr)
 	act := orDash(st.Active)
 	if st.Active != "" {
-		act += fmt.Sprintf(" (term %d, since %s, takeover %s)", st.Assignment.Term, st.Assignment.ActiveAt.Format(time.RFC3339), msd(st.Assignment.Timings.Total))
+		act += fmt.Sprintf(" (term %d, since %s, takeover %s, reason %s)", st.Assignment.Term, st.Assignment.ActiveAt.Format(time.RFC3339),
+			msd(st.Assignment.Timings.Total), orDash(string(st.Assignment.Reason)))
 	} else if st.Assignment.Node != "" {
 		act += fmt.Sprintf(" (%s %s at term %d)", st.Assignment.Node, st.Assignment.Phase, st.Assignment.Term)
 	}
 	fmt.Fprintf(tw, "Active\t%s\n", act)
+	if f := st.Flap; f.Flapping {
+		fmt.Fprintf(tw, "FLAPPING\t%d unplanned takeovers in the last %s (%s), since %s\n", f.Unplanned,
+			time.Duration(f.WindowMs*float64(time.Millisecond)), reasonCounts(f.Reasons), f.Since.Format(time.RFC3339))
+	}
 	fmt.Fprintf(tw, "Carrying tunnels\t%s\n", yes(st.Carrying))
 	fmt.Fprintf(tw, "SAs\t%d (replay states %d)\n", st.SAs, st.ReplayStates)
 	fmt.Fprintf(tw, "Raft log\tlast %d, commit %d, applied %d\n", st.LastIndex, st.CommitIndex, st.AppliedIndex)
@@ -248,9 +272,25 @@ func cliStatus(ctx context.Context, args []string, env cliEnv) error {
 	return writeMembers(env.stdout, st.Members)
 }
 
+// reasonCounts is "leader_silent 5, lease_lost 2", most frequent first.
+func reasonCounts(m map[raftstore.Reason]int) string {
+	keys := slices.Collect(maps.Keys(m))
+	slices.SortFunc(keys, func(a, b raftstore.Reason) int {
+		if m[a] != m[b] {
+			return m[b] - m[a]
+		}
+		return strings.Compare(string(a), string(b))
+	})
+	parts := make([]string, len(keys))
+	for i, k := range keys {
+		parts[i] = fmt.Sprintf("%s %d", k, m[k])
+	}
+	return strings.Join(parts, ", ")
+}
+
 func writeMembers(w io.Writer, members []agent.MemberStatus) error {
 	tw := table(w)
-	fmt.Fprintln(tw, "NODE\tROLE\tPRIORITY\tVOTER\tLEADER\tACTIVE\tHEALTH\tOBSERVERS\tADDRESS")
+	fmt.Fprintln(tw, "NODE\tROLE\tPRIORITY\tVOTER\tLEADER\tACTIVE\tHEALTH\tOBSERVERS\tVERSION\tADDRESS")
 	for _, m := range members {
 		var obs []string
 		for _, o := range m.Observations {
@@ -260,8 +300,8 @@ func writeMembers(w io.Writer, members []agent.MemberStatus) error {
 			}
 			obs = append(obs, s)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\n", m.ID, orDash(string(m.Role)), m.Priority, yes(m.Voter),
-			yes(m.Leader), yes(m.Active), health(m), orDash(strings.Join(obs, ",")), m.Address)
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", m.ID, orDash(string(m.Role)), m.Priority, yes(m.Voter),
+			yes(m.Leader), yes(m.Active), health(m), orDash(strings.Join(obs, ",")), orDash(m.Version), m.Address)
 	}
 	return tw.Flush()
 }
@@ -296,7 +336,7 @@ func cliHistory(ctx context.Context, args []string, env cliEnv) error {
 	}
 	if f.json {
 		if h == nil {
-			h = []raftstore.HistoryEntry{}
+			h = []agent.HistoryEntry{}
 		}
 		return printJSON(env.stdout, h)
 	}
@@ -305,28 +345,36 @@ func cliHistory(ctx context.Context, args []string, env cliEnv) error {
 		return nil
 	}
 	tw := table(env.stdout)
-	fmt.Fprintln(tw, "TERM\tFROM\tTO\tRESULT\tDETECT\tELECT\tCLAIM\tMOVE\tINSTALL\tTOTAL\tSAS\tCLAIMED\tREASON")
+	fmt.Fprintln(tw, "TERM\tFROM\tTO\tREASON\tRESULT\tDETECT\tELECT\tCLAIM\tINSTALL\tMOVE\tTOTAL\tSAS\tCLAIMED\tDETAIL")
 	for _, e := range h {
 		t := e.Timings
 		res := e.Result
 		if e.Error != "" {
 			res += " (" + e.Error + ")"
 		}
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\n", e.Term, orDash(e.From), e.To, res,
-			msd(t.Detect), msd(t.Elect), msd(t.Claim), msd(t.Move), msd(t.Install), msd(t.Total), e.SAs,
-			e.ClaimedAt.Format(time.RFC3339), e.Reason)
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\n", e.Term, orDash(e.From), e.To,
+			orDash(string(e.Reason)), res, msd(t.Detect), msd(t.Elect), msd(t.Claim), msd(t.Install), msd(t.Move), msd(t.Total), e.SAs,
+			e.ClaimedAt.Format(time.RFC3339), orDash(e.Detail))
 	}
 	return tw.Flush()
 }
 
 func cliSAs(ctx context.Context, args []string, env cliEnv) error {
-	f, _, c, err := setup("sa ls", args, env, 0, "")
+	var q api.SAQuery
+	f, _, c, err := setupWith("sa ls", args, env, 0, "", func(fs *flag.FlagSet) {
+		fs.IntVar(&q.Limit, "limit", 0, "show at most N SAs (0: all)")
+		fs.StringVar(&q.Peer, "peer", "", "only SAs with this remote address (with or without port) or remote identity")
+		fs.StringVar(&q.IKE, "ike", "", "only SAs of this IKE_SA or CHILD_SA name")
+	})
 	if err != nil {
 		return err
 	}
+	if q.Limit < 0 {
+		return usageError{fmt.Sprintf("handoff sa ls: -limit %d: want 0 or more", q.Limit)}
+	}
 	ctx, cancel := context.WithTimeout(ctx, f.timeout)
 	defer cancel()
-	list, err := c.SAs(ctx)
+	list, total, err := c.SAs(ctx, q)
 	if err != nil {
 		return explain(err)
 	}
@@ -349,7 +397,11 @@ func cliSAs(ctx context.Context, args []string, env cliEnv) error {
 	if err := tw.Flush(); err != nil {
 		return err
 	}
-	fmt.Fprintf(env.stdout, "%d SAs\n", len(list))
+	if total > len(list) {
+		fmt.Fprintf(env.stdout, "%d of %d SAs (-limit %d)\n", len(list), total, q.Limit)
+	} else {
+		fmt.Fprintf(env.stdout, "%d SAs\n", len(list))
+	}
 	return nil
 }
 
@@ -362,7 +414,7 @@ func cliPromote(ctx context.Context, args []string, env cliEnv, drain bool) erro
 	}
 	fs, f := env.flags(name)
 	wait := fs.Bool("wait", true, "wait until the new node is active")
-	pos, err := parseInterspersed(fs, args)
+	pos, err := parseInterspersed(fs, args, env.stdout)
 	if err != nil {
 		return err
 	}
@@ -390,7 +442,7 @@ func cliPromote(ctx context.Context, args []string, env cliEnv, drain bool) erro
 	result := struct {
 		agent.Handover
 		Active     string            `json:"active,omitempty"`
-		Assignment *raftstore.Active `json:"assignment,omitempty"`
+		Assignment *agent.Assignment `json:"assignment,omitempty"`
 	}{Handover: h}
 	if *wait {
 		st, err := waitActive(ctx, c, h.To, h.Term)
@@ -406,8 +458,8 @@ func cliPromote(ctx context.Context, args []string, env cliEnv, drain bool) erro
 		h.From, h.To, h.Term, h.ReplaySynced)
 	if result.Assignment != nil {
 		a := result.Assignment
-		fmt.Fprintf(env.stdout, "%s is active at term %d: claim %s, move %s, install %s\n", a.Node, a.Term,
-			msd(a.Timings.Claim), msd(a.Timings.Move), msd(a.Timings.Install))
+		fmt.Fprintf(env.stdout, "%s is active at term %d: claim %s, install %s, move %s\n", a.Node, a.Term,
+			msd(a.Timings.Claim), msd(a.Timings.Install), msd(a.Timings.Move))
 	}
 	return nil
 }

@@ -206,6 +206,33 @@ func TestCLIVerbs(t *testing.T) {
 		if strings.Contains(strings.ToLower(js), `"key"`) {
 			t.Error("sa ls -json has a key field")
 		}
+		// A limit and filters: by peer address (with or without port) or
+		// identity, by IKE or CHILD_SA name.
+		if out := mustCLI(t, "sa", "ls", "-limit", "5", "-addr", addr); strings.Count(out, "\n") != 7 || !strings.Contains(out, "5 of 12 SAs (-limit 5)") {
+			t.Errorf("sa ls -limit 5:\n%s", out)
+		}
+		one := list[3]
+		host, _, _ := strings.Cut(one.Remote, ":")
+		for _, q := range [][]string{{"-peer", one.Remote}, {"-peer", host}, {"-peer", one.RemoteID}} {
+			var got []agent.SAInfo
+			if err := json.Unmarshal([]byte(mustCLI(t, append([]string{"sa", "ls", "-json", "-addr", addr}, q...)...)), &got); err != nil {
+				t.Fatal(err)
+			}
+			if len(got) == 0 || len(got) == len(list) {
+				t.Errorf("sa ls %v: %d of %d SAs", q, len(got), len(list))
+			}
+			for _, s := range got {
+				if s.Remote != one.Remote && s.RemoteID != one.RemoteID {
+					t.Errorf("sa ls %v listed %s (remote %s, %s)", q, s.ID, s.Remote, s.RemoteID)
+				}
+			}
+		}
+		if out := mustCLI(t, "sa", "ls", "-ike", one.IKE, "-addr", addr); !strings.Contains(out, one.ID) {
+			t.Errorf("sa ls -ike %s:\n%s", one.IKE, out)
+		}
+		if out := mustCLI(t, "sa", "ls", "-peer", "198.51.100.254", "-addr", addr); !strings.HasSuffix(out, "0 SAs\n") {
+			t.Errorf("sa ls for a peer with no SA:\n%s", out)
+		}
 	})
 
 	t.Run("list-peers", func(t *testing.T) {

@@ -17,8 +17,7 @@ import (
 
 func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	asJSON := fs.Bool("json", false, "print the report as one JSON object as the last line")
+	asJSON := fs.Bool("json", false, "print the report as one JSON object on stdout, and everything else on stderr")
 	nodes := fs.Int("nodes", 3, "number of gateway agents")
 	tunnels := fs.Int("tunnels", 1000, "number of synthetic tunnels (CHILD_SAs)")
 	heartbeat := fs.Duration("heartbeat", 150*time.Millisecond, "Raft heartbeat and election timeout; the leader lease is a third of it (the product defaults: 150ms, lease 50ms)")
@@ -27,8 +26,8 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	verbose := fs.Bool("v", false, "log what the agents do")
 	rtPriority := fs.Int("realtime-priority", 0, "run the demo's threads at this SCHED_RR priority with memory locked, as the agent's scheduling.realtime_priority does (needs root or CAP_SYS_NICE; 0, the default as for the agent, leaves normal scheduling)")
 	serve := addOperatorFlags(fs, true)
-	if err := fs.Parse(args); err != nil {
-		return usageError{err.Error()}
+	if err := parseFlags(fs, args, stdout); err != nil {
+		return err
 	}
 	if err := serve.token.check("token-file"); err != nil {
 		return err
@@ -57,11 +56,16 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		return err
 	}
 	opts.Provider = fx
+	// With -json, stdout is the report alone: a script reads it whole.
+	narration := stdout
+	if *asJSON {
+		narration = stderr
+	}
 	if serve.webhookURL != "" && serve.apiAddr == "" {
 		return usageError{"demo: -webhook-url works with -serve (the demo otherwise ends before a delivery could be retried)"}
 	}
 	if serve.apiAddr != "" {
-		closeFleet, err := serve.demoServe(&opts, *nodes, stdout, os.Getenv)
+		closeFleet, err := serve.demoServe(&opts, *nodes, narration, os.Getenv)
 		if err != nil {
 			return err
 		}
@@ -76,7 +80,7 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		return fmt.Errorf("demo: %w", err)
 	}
 	if serve.apiAddr == "" {
-		rep.Timeline(stdout) // with -serve, printed before serving
+		rep.Timeline(narration) // with -serve, printed before serving
 	}
 	if *asJSON {
 		return json.NewEncoder(stdout).Encode(rep)

@@ -6,6 +6,7 @@ package main
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -24,16 +25,13 @@ commands:
   emulator   serve the built-in cloud emulator (EC2, GCE, ARM + metadata)
   keygen     create a cluster key file (seals SA keys at rest), or with
              -for api-token / webhook-secret an API token or webhook secret
-  version    print the version
+  version    print the build: version, VCS revision, Go version (-json)
 
   status, members, history, sa ls, promote, drain, operator raft, snapshot:
              operator commands over the agent's HTTP API ('handoff help' lists them)
 
 Run 'handoff <command> -h' for a command's flags.
 `
-
-// version is set at build time with -ldflags "-X main.version=...".
-var version = "dev"
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -55,6 +53,14 @@ type usageError struct{ msg string }
 func (e usageError) Error() string { return e.msg }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	err := dispatch(ctx, args, stdout, stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return nil // the usage asked for is printed
+	}
+	return err
+}
+
+func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
 		return usageError{usage}
 	}
@@ -62,7 +68,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	case "demo":
 		return runDemo(ctx, args[1:], stdout, stderr)
 	case "agent":
-		return runAgent(ctx, args[1:], stderr)
+		return runAgent(ctx, args[1:], stdout, stderr)
 	case "validate":
 		return runValidate(ctx, args[1:], stdout, stderr)
 	case "tls":
@@ -72,8 +78,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	case "keygen":
 		return runKeygen(args[1:], stdout)
 	case "version", "-v", "--version":
-		fmt.Fprintln(stdout, "handoff", version)
-		return nil
+		return runVersion(args[1:], stdout)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		fmt.Fprint(stdout, "\n"+cliUsage)

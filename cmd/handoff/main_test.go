@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -23,7 +24,6 @@ func TestDemoJSON(t *testing.T) {
 	if err := run(context.Background(), []string{"demo", "--json", "-tunnels", "1000", "-realtime-priority", "0"}, &out, &errOut); err != nil {
 		t.Fatalf("demo: %v\n%s", err, errOut.String())
 	}
-	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
 	var rep struct {
 		Nodes     int    `json:"nodes"`
 		Killed    string `json:"killed"`
@@ -35,11 +35,18 @@ func TestDemoJSON(t *testing.T) {
 		Phases    map[string]float64
 		PhasesMs  map[string]float64 `json:"phases_ms"`
 		TotalMs   float64            `json:"total_ms"`
+		Reason    string             `json:"reason"`
 	}
-	if err := json.Unmarshal([]byte(lines[len(lines)-1]), &rep); err != nil {
-		t.Fatalf("last line is not the JSON report: %v\n%s", err, out.String())
+	// stdout is exactly one JSON value: the report, nothing before or
+	// after it (the timeline and progress go to stderr).
+	dec := json.NewDecoder(bytes.NewReader(out.Bytes()))
+	if err := dec.Decode(&rep); err != nil {
+		t.Fatalf("stdout is not the JSON report: %v\n%s", err, out.String())
 	}
-	if rep.Nodes != 3 || rep.Killed == "" || rep.NewActive == "" || rep.NewActive == rep.Killed {
+	if _, err := dec.Token(); err != io.EOF {
+		t.Fatalf("stdout holds more than the JSON report (%v):\n%s", err, out.String())
+	}
+	if rep.Nodes != 3 || rep.Killed == "" || rep.NewActive == "" || rep.NewActive == rep.Killed || rep.Reason != "leader_silent" {
 		t.Errorf("report = %+v", rep)
 	}
 	if rep.LostSAs == nil || *rep.LostSAs != 0 || rep.SeqReused == nil || *rep.SeqReused {
@@ -48,13 +55,13 @@ func TestDemoJSON(t *testing.T) {
 	if rep.SAsBefore < 1000 || rep.SAsAfter != rep.SAsBefore {
 		t.Errorf("sas before %d, after %d", rep.SAsBefore, rep.SAsAfter)
 	}
-	for _, p := range []string{"detect", "elect", "claim", "move", "install"} {
+	for _, p := range []string{"detect", "elect", "claim", "install", "move"} {
 		if _, ok := rep.PhasesMs[p]; !ok {
 			t.Errorf("phase %s missing", p)
 		}
 	}
-	if rep.TotalMs <= 0 || !strings.Contains(out.String(), "install") {
-		t.Errorf("no timeline: %s", out.String())
+	if rep.TotalMs <= 0 || !strings.Contains(errOut.String(), "install") || !strings.Contains(errOut.String(), "t=") {
+		t.Errorf("no timeline on stderr: %s", errOut.String())
 	}
 }
 

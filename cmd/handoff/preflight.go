@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"time"
 
 	"github.com/handoffvpn/handoff/config"
 	"github.com/handoffvpn/handoff/internal/pki"
@@ -17,13 +18,15 @@ import (
 // `handoff validate` takes them too: what it checks is what the agent
 // would start with.
 type agentFlags struct {
-	op         *operatorFlags
-	cpuProfile string
+	op          *operatorFlags
+	cpuProfile  string
+	joinTimeout time.Duration
 }
 
 func addAgentFlags(fs *flag.FlagSet) *agentFlags {
 	f := &agentFlags{op: addOperatorFlags(fs, false)}
 	fs.StringVar(&f.cpuProfile, "cpuprofile", "", "write a CPU profile of the agent's whole run to this file (diagnosing an agent that uses too much CPU)")
+	fs.DurationVar(&f.joinTimeout, "join-timeout", 5*time.Minute, "how long a node new to the cluster tries to join it before it exits with an error (so that its service manager restarts it)")
 	return f
 }
 

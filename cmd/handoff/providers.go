@@ -164,8 +164,8 @@ func runEmulator(ctx context.Context, args []string, stdout io.Writer) error {
 	nodes := fs.String("nodes", "gw1,gw2,gw3", "comma-separated node IDs of the fleet")
 	latency := fs.Duration("latency", 0, "latency added to every API call")
 	caOut := fs.String("ca-out", "", "write the emulator's CA certificate (PEM) here")
-	if err := fs.Parse(args); err != nil {
-		return usageError{err.Error()}
+	if err := parseFlags(fs, args, stdout); err != nil {
+		return err
 	}
 	em, err := emulator.New(emulator.Options{Addr: *addr, Latency: *latency})
 	if err != nil {

@@ -20,6 +20,9 @@ func runTLS(args []string, stdout io.Writer) error {
 	if len(args) == 0 {
 		return usageError{"usage: handoff tls ca|cert|show [flags]"}
 	}
+	if groupHelp("tls", args, stdout) {
+		return nil
+	}
 	switch args[0] {
 	case "ca":
 		fs := flag.NewFlagSet("tls ca", flag.ContinueOnError)
@@ -27,8 +30,8 @@ func runTLS(args []string, stdout io.Writer) error {
 		name := fs.String("name", "handoff cluster CA", "CA common name")
 		days := fs.Int("days", 3650, "validity in days")
 		force := fs.Bool("force", false, "overwrite existing files")
-		if err := fs.Parse(args[1:]); err != nil {
-			return usageError{err.Error()}
+		if err := parseFlags(fs, args[1:], stdout); err != nil {
+			return err
 		}
 		ca, err := pki.NewCA(*name, time.Duration(*days)*24*time.Hour)
 		if err != nil {
@@ -54,8 +57,8 @@ func runTLS(args []string, stdout io.Writer) error {
 		dir := fs.String("out", ".", "directory for <node>.pem and <node>-key.pem")
 		days := fs.Int("days", 825, "validity in days")
 		force := fs.Bool("force", false, "overwrite existing files")
-		if err := fs.Parse(args[1:]); err != nil {
-			return usageError{err.Error()}
+		if err := parseFlags(fs, args[1:], stdout); err != nil {
+			return err
 		}
 		if *node == "" {
 			return usageError{"tls cert: -node is required"}
@@ -87,8 +90,8 @@ func runTLS(args []string, stdout io.Writer) error {
 		return showCerts(stdout, cert, nc.CertPEM)
 	case "show":
 		fs := flag.NewFlagSet("tls show", flag.ContinueOnError)
-		if err := fs.Parse(args[1:]); err != nil {
-			return usageError{err.Error()}
+		if err := parseFlags(fs, args[1:], stdout); err != nil {
+			return err
 		}
 		if fs.NArg() == 0 {
 			return usageError{"usage: handoff tls show CERT.pem... (prints node ID, serial, expiry, SHA-256 fingerprint)"}
@@ -147,8 +150,8 @@ func runKeygen(args []string, stdout io.Writer) error {
 	purpose := fs.String("for", "cluster-key", "what the secret is for: cluster-key, api-token or webhook-secret (sets the default -out and the advice printed)")
 	out := fs.String("out", "", "file to write (mode 0600; default cluster.key, api.token or webhook.secret after -for)")
 	force := fs.Bool("force", false, "overwrite an existing file")
-	if err := fs.Parse(args); err != nil {
-		return usageError{err.Error()}
+	if err := parseFlags(fs, args, stdout); err != nil {
+		return err
 	}
 	p, ok := keygenPurposes[*purpose]
 	if !ok {

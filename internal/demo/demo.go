@@ -63,17 +63,20 @@ type Phases struct {
 	Detect  float64 `json:"detect"`
 	Elect   float64 `json:"elect"`
 	Claim   float64 `json:"claim"`
-	Move    float64 `json:"move"`
 	Install float64 `json:"install"`
+	Move    float64 `json:"move"`
 }
 
 // Report is the demo's result; its JSON is the `--json` line.
 type Report struct {
-	Nodes     int     `json:"nodes"`
-	Provider  string  `json:"provider"`
-	Killed    string  `json:"killed"`
-	NewActive string  `json:"new_active"`
-	Term      uint64  `json:"term"`
+	Nodes     int    `json:"nodes"`
+	Provider  string `json:"provider"`
+	Killed    string `json:"killed"`
+	NewActive string `json:"new_active"`
+	Term      uint64 `json:"term"`
+	// Reason is why the new active took over, as its history entry says
+	// (leader_silent after the kill).
+	Reason    string  `json:"reason"`
 	SAsBefore int     `json:"sas_before"`
 	SAsAfter  int     `json:"sas_after"`
 	LostSAs   int     `json:"lost_sas"`
@@ -211,9 +214,9 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 		return nil, err
 	}
 	rep.ObservedMs = ms(time.Since(killedAt))
-	rep.NewActive, rep.Term = next.Spec.ID, act2.Term
+	rep.NewActive, rep.Term, rep.Reason = next.Spec.ID, act2.Term, string(act2.Reason)
 	t := act2.Timings
-	rep.Phases = Phases{Detect: ms(t.Detect), Elect: ms(t.Elect), Claim: ms(t.Claim), Move: ms(t.Move), Install: ms(t.Install)}
+	rep.Phases = Phases{Detect: ms(t.Detect), Elect: ms(t.Elect), Claim: ms(t.Claim), Install: ms(t.Install), Move: ms(t.Move)}
 	rep.TotalMs = ms(t.Total)
 	// Keep traffic on the new active for a while, then audit whoever is
 	// active then: a new leader that lost its lease right after committing
@@ -226,7 +229,7 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	}
 	if a.Term != act2.Term {
 		say("warning: the active changed after the takeover (%s at term %d → %s at term %d): a false failover", next.Spec.ID, act2.Term, n.Spec.ID, a.Term)
-		next, rep.NewActive, rep.Term = n, n.Spec.ID, a.Term
+		next, rep.NewActive, rep.Term, rep.Reason = n, n.Spec.ID, a.Term, string(a.Reason)
 	}
 	stopTraffic()
 
@@ -302,7 +305,8 @@ func waitReplicated(ctx context.Context, c *cluster.Cluster, want int) error {
 
 // Timeline writes the human-readable per-phase timeline.
 func (r *Report) Timeline(w io.Writer) {
-	fmt.Fprintf(w, "\nfailover of %s → %s (term %d, provider %s, %d floating resources)\n", r.Killed, r.NewActive, r.Term, r.Provider, r.Resources)
+	fmt.Fprintf(w, "\nfailover of %s → %s (term %d, reason %s, provider %s, %d floating resources)\n", r.Killed, r.NewActive, r.Term,
+		r.Reason, r.Provider, r.Resources)
 	rows := []struct {
 		name string
 		v    float64

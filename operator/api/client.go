@@ -15,11 +15,11 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
 	"github.com/handoffvpn/handoff/agent"
-	"github.com/handoffvpn/handoff/raftstore"
 )
 
 // Client errors, matched with errors.Is.
@@ -193,15 +193,42 @@ func (c *Client) Members(ctx context.Context) ([]agent.MemberStatus, error) {
 }
 
 // History returns the failover history, oldest first.
-func (c *Client) History(ctx context.Context) ([]raftstore.HistoryEntry, error) {
-	var h []raftstore.HistoryEntry
+func (c *Client) History(ctx context.Context) ([]agent.HistoryEntry, error) {
+	var h []agent.HistoryEntry
 	return h, c.getJSON(ctx, "/v1/history", &h)
 }
 
-// SAs lists the replicated SAs (no keys).
-func (c *Client) SAs(ctx context.Context) ([]agent.SAInfo, error) {
+// SAs lists the replicated SAs that q matches (no keys), and how many
+// matched before q's limit.
+func (c *Client) SAs(ctx context.Context, q SAQuery) ([]agent.SAInfo, int, error) {
+	v := url.Values{}
+	if q.Limit > 0 {
+		v.Set("limit", strconv.Itoa(q.Limit))
+	}
+	if q.Peer != "" {
+		v.Set("peer", q.Peer)
+	}
+	if q.IKE != "" {
+		v.Set("ike", q.IKE)
+	}
+	path := "/v1/sas"
+	if len(v) > 0 {
+		path += "?" + v.Encode()
+	}
+	resp, err := c.do(ctx, http.MethodGet, path, nil, "")
+	if err != nil {
+		return nil, 0, err
+	}
+	defer resp.Body.Close()
 	var s []agent.SAInfo
-	return s, c.getJSON(ctx, "/v1/sas", &s)
+	if err := json.NewDecoder(resp.Body).Decode(&s); err != nil {
+		return nil, 0, fmt.Errorf("decoding the answer to GET %s: %w", path, err)
+	}
+	total, err := strconv.Atoi(resp.Header.Get(HeaderTotal))
+	if err != nil {
+		total = len(s) // an agent from before the header
+	}
+	return s, total, nil
 }
 
 // Peers returns the Raft configuration.

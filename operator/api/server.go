@@ -43,7 +43,7 @@ const DefaultAddr = "127.0.0.1:7950"
 // Backend is what the API needs from the agent (*agent.Agent).
 type Backend interface {
 	OperatorStatus() agent.Status
-	History() []raftstore.HistoryEntry
+	History() []agent.HistoryEntry
 	SAs() []agent.SAInfo
 	RaftPeers() ([]agent.Peer, error)
 	Promote(ctx context.Context, node string) (agent.Handover, error)
@@ -563,22 +563,56 @@ func (s *Server) members(w http.ResponseWriter, r *http.Request) error {
 func (s *Server) history(w http.ResponseWriter, r *http.Request) error {
 	h := s.b.History()
 	if h == nil {
-		h = []raftstore.HistoryEntry{}
+		h = []agent.HistoryEntry{}
 	}
 	writeJSON(w, http.StatusOK, h)
 	return nil
 }
 
+// HeaderTotal is how many SAs matched a /v1/sas query before its limit.
+const HeaderTotal = "X-Total-Count"
+
+// SAQuery narrows /v1/sas: Peer matches an SA's remote address (with or
+// without its port) or remote identity, IKE its IKE_SA or CHILD_SA name,
+// and Limit (0: none) caps the answer.
+type SAQuery struct {
+	Limit     int
+	Peer, IKE string
+}
+
+func (q SAQuery) match(sa agent.SAInfo) bool {
+	if q.Peer != "" {
+		host, _, err := net.SplitHostPort(sa.Remote)
+		if err != nil {
+			host = sa.Remote
+		}
+		if q.Peer != sa.Remote && q.Peer != host && q.Peer != sa.RemoteID {
+			return false
+		}
+	}
+	return q.IKE == "" || q.IKE == sa.IKE || q.IKE == sa.Child
+}
+
 func (s *Server) sas(w http.ResponseWriter, r *http.Request) error {
-	list := s.b.SAs()
-	if v := r.URL.Query().Get("limit"); v != "" {
+	qs := r.URL.Query()
+	q := SAQuery{Peer: qs.Get("peer"), IKE: qs.Get("ike")}
+	if v := qs.Get("limit"); v != "" {
 		n, err := strconv.Atoi(v)
 		if err != nil || n < 0 {
 			return badRequest("limit %q: want a non-negative integer", v)
 		}
-		if n < len(list) {
-			list = list[:n]
+		q.Limit = n
+	}
+	all := s.b.SAs()
+	list := all[:0:0]
+	for _, sa := range all {
+		if q.match(sa) {
+			list = append(list, sa)
 		}
+	}
+	w.Header().Set(HeaderTotal, strconv.Itoa(len(list)))
+	if q.Limit > 0 && q.Limit < len(list) {
+		list = list[:q.Limit]
 	}
 	writeJSON(w, http.StatusOK, list)
 	return nil

@@ -9,6 +9,8 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"slices"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -17,6 +19,7 @@ import (
 
 	"github.com/handoffvpn/handoff/agent"
 	"github.com/handoffvpn/handoff/providers"
+	"github.com/handoffvpn/handoff/raftstore"
 )
 
 // Raft states exported as handoff_raft_state{state}.
@@ -26,6 +29,11 @@ var raftStates = []string{"Follower", "Candidate", "Leader", "Shutdown"}
 type Metrics struct {
 	reg *prometheus.Registry
 
+	build *prometheus.GaugeVec
+	// buildMu guards built, the labels build carries: replaced only when
+	// the agent's build changes, so that no scrape finds the series gone.
+	buildMu       sync.Mutex
+	built         [3]string
 	raftState     *prometheus.GaugeVec
 	raftTerm      prometheus.Gauge
 	raftIndex     *prometheus.GaugeVec
@@ -42,6 +50,8 @@ type Metrics struct {
 	providerErrs  *prometheus.CounterVec
 	phases        *prometheus.HistogramVec
 	failovers     *prometheus.CounterVec
+	elections     *prometheus.CounterVec
+	fences        *prometheus.CounterVec
 	events        *prometheus.CounterVec
 }
 
@@ -54,6 +64,9 @@ func New(node string) *Metrics {
 		ConstLabels: prometheus.Labels{"node": node}})
 	info.Set(1)
 	f(info)
+	m.build = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "handoff_build_info",
+		Help: "Always 1; the labels name the build this agent runs (as handoff version and /v1/status do)."},
+		[]string{"version", "revision", "goversion"})
 	m.raftState = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "handoff_raft_state",
 		Help: "1 for the Raft state this node is in, 0 for the others."}, []string{"state"})
 	m.raftTerm = prometheus.NewGauge(prometheus.GaugeOpts{Name: "handoff_raft_term", Help: "Current Raft term."})
@@ -86,15 +99,25 @@ func New(node string) *Metrics {
 		Buckets: []float64{.001, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30}}, []string{"phase"})
 	m.failovers = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "handoff_failovers_total",
 		Help: "Takeovers this node started, completed or failed."}, []string{"result"})
+	m.elections = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "handoff_elections_total",
+		Help: "Takeovers this node started after winning an election, by why the active role moved."}, []string{"reason"})
+	m.fences = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "handoff_fences_total",
+		Help: "Times this node fenced itself while it carried the tunnels, by why it gave the role up."}, []string{"reason"})
 	m.events = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "handoff_events_total",
 		Help: "Operator events this node emitted, by kind."}, []string{"kind"})
-	for _, c := range []prometheus.Collector{m.raftState, m.raftTerm, m.raftIndex, m.commitLatency, m.commitErrors, m.carrying,
+	for _, c := range []prometheus.Collector{m.build, m.raftState, m.raftTerm, m.raftIndex, m.commitLatency, m.commitErrors, m.carrying,
 		m.sas, m.replayStates, m.lag, m.members, m.health, m.observations, m.providerCalls, m.providerErrs, m.phases,
-		m.failovers, m.events, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})} {
+		m.failovers, m.elections, m.fences, m.events, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})} {
 		f(c)
 	}
 	for _, r := range []string{"started", "completed", "failed"} {
 		m.failovers.WithLabelValues(r)
+	}
+	// Every reason's series exists from the start, so that rate() and
+	// increase() see the first election of a kind.
+	for _, r := range raftstore.Reasons() {
+		m.elections.WithLabelValues(string(r))
+		m.fences.WithLabelValues(string(r))
 	}
 	return m
 }
@@ -109,6 +132,7 @@ func (m *Metrics) Handler() http.Handler {
 
 // ObserveStatus updates the gauges from a status snapshot.
 func (m *Metrics) ObserveStatus(st agent.Status) {
+	m.observeBuild(st)
 	for _, s := range raftStates {
 		v := 0.0
 		if s == st.RaftState {
@@ -141,6 +165,18 @@ func (m *Metrics) ObserveStatus(st agent.Status) {
 	}
 }
 
+func (m *Metrics) observeBuild(st agent.Status) {
+	labels := [3]string{st.Build.Version, st.Build.Revision, st.Build.GoVersion}
+	m.buildMu.Lock()
+	defer m.buildMu.Unlock()
+	if labels[0] == "" || labels == m.built {
+		return
+	}
+	m.build.Reset()
+	m.build.WithLabelValues(labels[:]...).Set(1)
+	m.built = labels
+}
+
 func b2f(b bool) float64 {
 	if b {
 		return 1
@@ -155,16 +191,28 @@ func (m *Metrics) ObserveEvent(e agent.Event) {
 	switch e.Kind {
 	case "failover.started":
 		m.failovers.WithLabelValues("started").Inc()
+		m.elections.WithLabelValues(reasonLabel(e.Reason)).Inc()
+	case "node.fenced":
+		m.fences.WithLabelValues(reasonLabel(e.Reason)).Inc()
 	case "failover.failed":
 		m.failovers.WithLabelValues("failed").Inc()
 	case "failover.completed":
 		m.failovers.WithLabelValues("completed").Inc()
 		t := e.Timings
 		for phase, d := range map[string]time.Duration{"detect": t.Detect, "elect": t.Elect, "claim": t.Claim,
-			"move": t.Move, "install": t.Install, "total": t.Total} {
+			"install": t.Install, "move": t.Move, "total": t.Total} {
 			m.phases.WithLabelValues(phase).Observe(d.Seconds())
 		}
 	}
+}
+
+// reasonLabel keeps the reason label to the known vocabulary: anything
+// else (an older node's free text) counts as unknown.
+func reasonLabel(r raftstore.Reason) string {
+	if slices.Contains(raftstore.Reasons(), r) {
+		return string(r)
+	}
+	return string(raftstore.ReasonUnknown)
 }
 
 // ObserveCommit records one Apply's commit latency (see
@@ -199,6 +247,11 @@ func (m *Metrics) RegisterWebhook(w WebhookStats) {
 		counter("handoff_webhook_dropped_total", "Webhook events dropped because the delivery queue was full.",
 			func(_, _, _, dr uint64) uint64 { return dr }),
 	)
+	if h, ok := w.(interface{ Held() uint64 }); ok {
+		m.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "handoff_webhook_held_total",
+			Help: "Webhook events held back while the cluster flapped, summarised in cluster.flapping events instead."},
+			func() float64 { return float64(h.Held()) }))
+	}
 }
 
 // errorKind names a provider error for the errors counter.

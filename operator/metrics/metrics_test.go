@@ -10,6 +10,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/handoffvpn/handoff/agent"
+	"github.com/handoffvpn/handoff/internal/buildinfo"
 	"github.com/handoffvpn/handoff/operator/metrics"
 	"github.com/handoffvpn/handoff/providers"
 	"github.com/handoffvpn/handoff/providers/memory"
@@ -155,6 +156,47 @@ handoff_health_observation{member="gw2",observer="gw1"} 0
 	}
 	if n := testutil.CollectAndCount(m.Registry(), "handoff_failover_phase_seconds"); n != 6 {
 		t.Errorf("%d phase series, want 6", n)
+	}
+}
+
+// TestElectionsFencesAndBuild: takeovers started and fences count by
+// reason, the reason label stays within the vocabulary (an older node's
+// free text counts as unknown), every reason's series exists from the
+// start, and handoff_build_info names the agent's build.
+func TestElectionsFencesAndBuild(t *testing.T) {
+	m := metrics.New("gw1")
+	m.ObserveStatus(agent.Status{Node: "gw1", Build: buildinfo.Info{Version: "v1.4.0", Revision: "abc123", GoVersion: "go1.26.8"}})
+	for _, e := range []agent.Event{
+		{Kind: "failover.started", Reason: raftstore.ReasonLeaderSilent},
+		{Kind: "failover.started", Reason: raftstore.ReasonLeaderSilent},
+		{Kind: "failover.started", Reason: raftstore.ReasonDrain},
+		{Kind: "failover.started", Reason: "leader elected"},
+		{Kind: "node.fenced", Reason: raftstore.ReasonLeaseLost},
+		{Kind: "node.fenced", Reason: raftstore.ReasonDrain},
+	} {
+		m.ObserveEvent(e)
+	}
+	elections := map[raftstore.Reason]int{raftstore.ReasonLeaderSilent: 2, raftstore.ReasonDrain: 1, raftstore.ReasonUnknown: 1}
+	fences := map[raftstore.Reason]int{raftstore.ReasonLeaseLost: 1, raftstore.ReasonDrain: 1}
+	var want strings.Builder
+	want.WriteString(`# HELP handoff_build_info Always 1; the labels name the build this agent runs (as handoff version and /v1/status do).
+# TYPE handoff_build_info gauge
+handoff_build_info{goversion="go1.26.8",revision="abc123",version="v1.4.0"} 1
+# HELP handoff_elections_total Takeovers this node started after winning an election, by why the active role moved.
+# TYPE handoff_elections_total counter
+`)
+	for _, r := range raftstore.Reasons() {
+		fmt.Fprintf(&want, "handoff_elections_total{reason=%q} %d\n", r, elections[r])
+	}
+	want.WriteString(`# HELP handoff_fences_total Times this node fenced itself while it carried the tunnels, by why it gave the role up.
+# TYPE handoff_fences_total counter
+`)
+	for _, r := range raftstore.Reasons() {
+		fmt.Fprintf(&want, "handoff_fences_total{reason=%q} %d\n", r, fences[r])
+	}
+	if err := testutil.GatherAndCompare(m.Registry(), strings.NewReader(want.String()), "handoff_build_info",
+		"handoff_elections_total", "handoff_fences_total"); err != nil {
+		t.Error(err)
 	}
 	// Every metric of the registry carries the handoff_ prefix, except
 	// the Go runtime's and the process's own.

@@ -55,14 +55,34 @@ type Event struct {
 	At   time.Time `json:"at"`
 	// Source is the node that sent the event.
 	Source string `json:"source"`
+	// Reason is why the active role moved or the node fenced (first_election,
+	// leader_silent, lease_lost, unhealthy, promote, drain, transfer,
+	// restore, takeover_failed, unknown); Detail has the particulars.
+	Reason string `json:"reason,omitempty"`
 	// TimingsMs are the takeover's per-phase timings in milliseconds.
-	TimingsMs map[string]float64 `json:"timings_ms,omitempty"`
-	SAs       int                `json:"sas,omitempty"`
-	Detail    string             `json:"detail,omitempty"`
-	Error     string             `json:"error,omitempty"`
+	TimingsMs *Timings `json:"timings_ms,omitempty"`
+	SAs       int      `json:"sas,omitempty"`
+	Detail    string   `json:"detail,omitempty"`
+	Error     string   `json:"error,omitempty"`
+	// Held, Counts and Reasons are a KindFlapping summary's: how many
+	// events were held back, by kind and by reason.
+	Held    int            `json:"held,omitempty"`
+	Counts  map[string]int `json:"counts,omitempty"`
+	Reasons map[string]int `json:"reasons,omitempty"`
 	// Text is a one-line summary: Slack's and Mattermost's incoming
 	// webhooks display it as the message.
 	Text string `json:"text"`
+}
+
+// Timings are a takeover's phase timings in milliseconds, in the order the
+// phases run.
+type Timings struct {
+	Detect  float64 `json:"detect"`
+	Elect   float64 `json:"elect"`
+	Claim   float64 `json:"claim"`
+	Install float64 `json:"install"`
+	Move    float64 `json:"move"`
+	Total   float64 `json:"total"`
 }
 
 // Config configures a Notifier.
@@ -77,6 +97,12 @@ type Config struct {
 	QueueSize int
 	// MaxAttempts per event (default 6).
 	MaxAttempts int
+	// Limit is how many events one Window may send; the rest are held
+	// back and summarised in one KindFlapping event (see coalescer).
+	// Defaults DefaultLimit and DefaultWindow; a negative Limit sends
+	// everything.
+	Limit  int
+	Window time.Duration
 	// MinBackoff and MaxBackoff bound the jittered exponential backoff
 	// (defaults 200ms and 30s).
 	MinBackoff, MaxBackoff time.Duration
@@ -92,7 +118,10 @@ type Notifier struct {
 	log   *slog.Logger
 	queue chan Event
 
-	delivered, retried, dead, dropped atomic.Uint64
+	delivered, retried, dead, dropped, held atomic.Uint64
+
+	mu sync.Mutex // guards co
+	co *coalescer // nil: every event goes out
 
 	cancel    context.CancelFunc
 	done      chan struct{}
@@ -135,6 +164,12 @@ func New(cfg Config) (*Notifier, error) {
 	if cfg.Timeout <= 0 {
 		cfg.Timeout = 10 * time.Second
 	}
+	if cfg.Limit == 0 {
+		cfg.Limit = DefaultLimit
+	}
+	if cfg.Window <= 0 {
+		cfg.Window = DefaultWindow
+	}
 	if cfg.Client == nil {
 		cfg.Client = &http.Client{}
 	}
@@ -144,6 +179,9 @@ func New(cfg Config) (*Notifier, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	n := &Notifier{cfg: cfg, log: cfg.Logger.With("component", "webhook", "url", redactURL(cfg.URL)),
 		queue: make(chan Event, cfg.QueueSize), cancel: cancel, done: make(chan struct{})}
+	if cfg.Limit > 0 {
+		n.co = newCoalescer(cfg.Limit, cfg.Window)
+	}
 	go n.run(ctx)
 	return n, nil
 }
@@ -158,20 +196,56 @@ func redactURL(raw string) string {
 	return u.Scheme + "://" + u.Host + "/…"
 }
 
-// Notify queues e. It fills in ID, At and Text when empty. A full queue
-// drops the event and counts it; a filtered kind is ignored.
+// Notify queues e, or holds it back when its window has sent Limit events
+// already (see coalescer). It fills in ID, At and Text when empty. A full
+// queue drops the event and counts it; a filtered kind is ignored.
 func (n *Notifier) Notify(e Event) {
 	if len(n.cfg.Kinds) > 0 && !slices.Contains(n.cfg.Kinds, e.Kind) {
 		return
 	}
-	if e.ID == "" {
-		e.ID = newID()
-	}
 	if e.At.IsZero() {
 		e.At = time.Now().UTC()
 	}
+	send, summary := true, (*Event)(nil)
+	if n.co != nil {
+		n.mu.Lock()
+		send, summary = n.co.admit(time.Now(), e)
+		n.mu.Unlock()
+	}
+	if summary != nil {
+		n.enqueue(*summary)
+	}
+	if !send {
+		n.held.Add(1)
+		return
+	}
+	n.enqueue(e)
+}
+
+// flush sends the summary of a window that has ended, if one is due: a
+// cluster that stops flapping must not keep its last summary until the
+// next event.
+func (n *Notifier) flush(now time.Time) {
+	if n.co == nil {
+		return
+	}
+	n.mu.Lock()
+	summary := n.co.tick(now)
+	n.mu.Unlock()
+	if summary != nil {
+		n.enqueue(*summary)
+	}
+}
+
+func (n *Notifier) enqueue(e Event) {
+	if e.ID == "" {
+		e.ID = newID()
+	}
 	if e.Text == "" {
 		e.Text = Summary(e)
+	}
+	if e.Kind == KindFlapping {
+		n.log.Warn("the cluster is flapping: webhook events held back", "held", e.Held, "detail", e.Detail)
 	}
 	select {
 	case n.queue <- e:
@@ -186,6 +260,9 @@ func (n *Notifier) Notify(e Event) {
 func (n *Notifier) Counts() (delivered, retried, deadLetters, dropped uint64) {
 	return n.delivered.Load(), n.retried.Load(), n.dead.Load(), n.dropped.Load()
 }
+
+// Held reports events held back by coalescing (and summarised instead).
+func (n *Notifier) Held() uint64 { return n.held.Load() }
 
 // Close stops delivering: an attempt in flight is cancelled and what is
 // still queued is counted as dead letters. Safe twice.
@@ -207,10 +284,15 @@ func (n *Notifier) Close() error {
 
 func (n *Notifier) run(ctx context.Context) {
 	defer close(n.done)
+	// Windows close on this tick when no event arrives to close them.
+	tick := time.NewTicker(max(n.cfg.Window/6, 10*time.Millisecond))
+	defer tick.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
+		case now := <-tick.C:
+			n.flush(now)
 		case e := <-n.queue:
 			n.deliver(ctx, e)
 		}
@@ -358,20 +440,31 @@ func newID() string {
 func Summary(e Event) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "handoff: ")
+	why := ""
+	if e.Reason != "" {
+		why = ", " + strings.ReplaceAll(e.Reason, "_", " ")
+	}
 	switch e.Kind {
 	case "failover.started":
-		fmt.Fprintf(&b, "%s is taking over the active role (term %d)", e.Node, e.Term)
+		fmt.Fprintf(&b, "%s is taking over the active role (term %d%s)", e.Node, e.Term, why)
 	case "failover.completed":
-		fmt.Fprintf(&b, "%s is active (term %d, %d SAs)", e.Node, e.Term, e.SAs)
-		if len(e.TimingsMs) > 0 {
-			fmt.Fprintf(&b, " after %.0f ms:", e.TimingsMs["total"])
-			for _, p := range []string{"detect", "elect", "claim", "move", "install"} {
-				fmt.Fprintf(&b, " %s %.0f", p, e.TimingsMs[p])
-			}
-			b.WriteString(" ms")
+		fmt.Fprintf(&b, "%s is active (term %d, %d SAs%s)", e.Node, e.Term, e.SAs, why)
+		if t := e.TimingsMs; t != nil {
+			fmt.Fprintf(&b, " after %.0f ms: detect %.0f elect %.0f claim %.0f install %.0f move %.0f ms",
+				t.Total, t.Detect, t.Elect, t.Claim, t.Install, t.Move)
 		}
 	case "failover.failed":
-		fmt.Fprintf(&b, "takeover by %s failed (term %d)", e.Node, e.Term)
+		fmt.Fprintf(&b, "takeover by %s failed (term %d%s)", e.Node, e.Term, why)
+	case "node.fenced":
+		fmt.Fprintf(&b, "%s fenced itself", e.Node)
+		if e.Reason != "" {
+			fmt.Fprintf(&b, " (%s)", why[2:])
+		}
+	case "leadership.transferred":
+		fmt.Fprintf(&b, "%s handed leadership on", e.Node)
+		if e.Reason != "" {
+			fmt.Fprintf(&b, " (%s)", why[2:])
+		}
 	case "node.unhealthy":
 		fmt.Fprintf(&b, "%s is unhealthy", e.Node)
 	case "node.recovered":
@@ -380,6 +473,8 @@ func Summary(e Event) string {
 		fmt.Fprintf(&b, "%s is lagging behind the leader", e.Node)
 	case "replication.recovered":
 		fmt.Fprintf(&b, "%s caught up with the leader", e.Node)
+	case KindFlapping:
+		fmt.Fprintf(&b, "the cluster is flapping: %d events held back; latest: %s at term %d", e.Held, e.Node, e.Term)
 	default:
 		fmt.Fprintf(&b, "%s on %s", e.Kind, e.Node)
 	}

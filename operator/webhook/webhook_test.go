@@ -75,7 +75,7 @@ func TestDeliverySignedAndRetriedAfter5xx(t *testing.T) {
 	}
 	defer n.Close()
 	n.Notify(webhook.Event{Kind: "failover.completed", Node: "gw2", Term: 9, SAs: 1000, Source: "gw2",
-		TimingsMs: map[string]float64{"detect": 210, "elect": 95, "claim": 4, "move": 80, "install": 30, "total": 419}})
+		TimingsMs: &webhook.Timings{Detect: 210, Elect: 95, Claim: 4, Install: 30, Move: 80, Total: 419}})
 	waitCounts(t, n, func(d, _, _, _ uint64) bool { return d == 1 })
 	got := seen()
 	if len(got) != 3 {
@@ -99,10 +99,10 @@ func TestDeliverySignedAndRetriedAfter5xx(t *testing.T) {
 	if err := json.Unmarshal(got[2].body, &e); err != nil {
 		t.Fatal(err)
 	}
-	if e.Kind != "failover.completed" || e.Node != "gw2" || e.TimingsMs["move"] != 80 || e.ID == "" || e.At.IsZero() {
+	if e.Kind != "failover.completed" || e.Node != "gw2" || e.TimingsMs == nil || e.TimingsMs.Move != 80 || e.ID == "" || e.At.IsZero() {
 		t.Errorf("event = %+v", e)
 	}
-	want := "handoff: gw2 is active (term 9, 1000 SAs) after 419 ms: detect 210 elect 95 claim 4 move 80 install 30 ms"
+	want := "handoff: gw2 is active (term 9, 1000 SAs) after 419 ms: detect 210 elect 95 claim 4 install 30 move 80 ms"
 	if e.Text != want {
 		t.Errorf("text = %q\nwant   %q", e.Text, want)
 	}

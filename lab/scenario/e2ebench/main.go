@@ -282,7 +282,7 @@ func render(sum Summary, ho []e2eResult, drain []e2eResult, base []baselineResul
 	p("(before the move), **move** = provider claim (outside VIP, then inside VIP: owner query, address add, gratuitous ARP; then the yields). ")
 	p("*last contact* (≈) is the new active's log time minus its agent total, relative to the fault. ")
 	p("*client gap* is the largest gap between echoes the client saw.\n\n")
-	p("| run | client gap ms | lost | last contact ms (≈) | detect | elect | claim | move | install | agent total | VIP on new active ms | active logged ms | second-phase gap ms |\n")
+	p("| run | client gap ms | lost | last contact ms (≈) | detect | elect | claim | install | move | agent total | VIP on new active ms | active logged ms | second-phase gap ms |\n")
 	p("|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 	var det, el, cl, mv, in, tot, vip, at, pre []float64
 	for i, h := range ho {
@@ -295,12 +295,12 @@ func render(sum Summary, ho []e2eResult, drain []e2eResult, base []baselineResul
 		// active line is logged at AtMS after the fault.
 		lastContact := t.AtMS - t.TotalMS
 		p("| %d | %.1f | %d | %.1f | %.1f | %.1f | %.1f | %.1f | %.1f | %.1f | %.1f | %.1f | %.1f |\n", i+1, h.GapMS, h.ProbesLost,
-			-lastContact, t.DetectMS, t.ElectMS, t.ClaimMS, t.MoveMS, t.InstallMS, t.TotalMS, h.VIPMovedMS, t.AtMS, h.SecondGapMS)
+			-lastContact, t.DetectMS, t.ElectMS, t.ClaimMS, t.InstallMS, t.MoveMS, t.TotalMS, h.VIPMovedMS, t.AtMS, h.SecondGapMS)
 		det, el, cl, mv, in, tot = append(det, t.DetectMS), append(el, t.ElectMS), append(cl, t.ClaimMS), append(mv, t.MoveMS), append(in, t.InstallMS), append(tot, t.TotalMS)
 		vip, at, pre = append(vip, h.VIPMovedMS), append(at, t.AtMS), append(pre, -lastContact)
 	}
 	p("| **median** | **%.1f** | %.0f | %.1f | %.1f | %.1f | %.1f | %.1f | %.1f | %.1f | %.1f | %.1f | %.1f |\n\n",
-		sum.HandoffGapMSMedian, sum.HandoffLostMedian, median(pre), median(det), median(el), median(cl), median(mv), median(in), median(tot), median(vip), median(at), sum.HandoffSecondGapMS)
+		sum.HandoffGapMSMedian, sum.HandoffLostMedian, median(pre), median(det), median(el), median(cl), median(in), median(mv), median(tot), median(vip), median(at), sum.HandoffSecondGapMS)
 	if sum.DrainLost != nil {
 		p("Planned handover (`handoff drain` on the active), median probes lost: **%d** (see *Planned hand-over* below). ", *sum.DrainLost)
 		p("Times are from the drain request; *lost runs* are the runs of consecutive lost probes, at the first one's send time.\n\n")

@@ -28,16 +28,30 @@
     return td;
   }
 
-  // Durations arrive in nanoseconds (Go's time.Duration).
-  function ms(ns) { return ns ? (ns / 1e6).toFixed(1) + " ms" : "–"; }
+  // Durations arrive in milliseconds (the API's *_ms fields).
+  function ms(v) { return v ? v.toFixed(1) + " ms" : "–"; }
+  function words(reason) { return (reason || "").replaceAll("_", " "); }
+
+  function renderFlap(f) {
+    const el = document.getElementById("flap");
+    if (!f || !f.flapping) { el.hidden = true; return; }
+    const reasons = Object.entries(f.reasons || {}).sort((a, b) => b[1] - a[1]).map(([r, n]) => words(r) + " " + n).join(", ");
+    el.textContent = "Flapping: " + f.unplanned + " unplanned takeovers in the last " + Math.round(f.window_ms / 60000) +
+      " minutes (" + reasons + "), since " + new Date(f.since).toISOString();
+    el.hidden = false;
+  }
 
   function renderStatus(st) {
     text("active", st.active || "none");
+    const a = st.assignment || {};
+    text("active-why", a.reason ? words(a.reason) : "");
     text("term", st.term);
     text("leader", st.leader || "none");
     text("sas", st.sas);
     text("replay", st.replay_states);
     text("node", st.node + " (" + st.raft_state + ")");
+    text("version", st.version || "");
+    renderFlap(st.flap);
     const body = document.querySelector("#members tbody");
     body.replaceChildren();
     for (const m of st.members || []) {
@@ -45,13 +59,14 @@
       tr.dataset.node = m.id;
       cell(tr, m.id);
       cell(tr, m.role || "?");
-      cell(tr, m.priority, "num");
+      cell(tr, m.priority, "num opt");
       cell(tr, m.leader ? "leader" : (m.voter ? "voter" : "non-voter"));
       cell(tr, m.active ? "active" : "", m.active ? "ok" : "");
       cell(tr, m.healthy ? "healthy" : "unhealthy", m.healthy ? "ok" : "bad");
       const obs = (m.observations || []).map(o => o.observer + ":" + (o.healthy ? "up" : "down")).join(" ");
-      cell(tr, obs || "–");
-      cell(tr, m.address);
+      cell(tr, obs || "–", "opt");
+      cell(tr, m.version || "–", "opt");
+      cell(tr, m.address, "opt");
       body.appendChild(tr);
     }
   }
@@ -63,17 +78,30 @@
     for (const h of hist.slice().reverse()) {
       const tr = document.createElement("tr");
       tr.dataset.term = h.term;
-      const t = h.timings || {};
+      const t = h.timings_ms || {};
       cell(tr, h.term, "num");
       cell(tr, h.from || "–");
       cell(tr, h.to);
-      cell(tr, h.reason || "");
+      const why = cell(tr, words(h.reason), "reason");
+      if (h.detail) {
+        const small = document.createElement("small");
+        small.textContent = h.detail;
+        why.appendChild(small);
+      }
       cell(tr, h.result + (h.error ? ": " + h.error : ""), h.result === "completed" ? "ok" : (h.result === "failed" ? "bad" : ""));
-      for (const p of ["detect", "elect", "claim", "move", "install", "total"]) cell(tr, ms(t[p]), "num");
-      cell(tr, h.sas, "num");
-      cell(tr, h.claimed_at ? new Date(h.claimed_at).toISOString() : "");
+      for (const p of ["detect", "elect", "claim", "install", "move"]) cell(tr, ms(t[p]), "num opt");
+      cell(tr, ms(t.total), "num");
+      cell(tr, h.sas, "num opt");
+      cell(tr, h.claimed_at ? new Date(h.claimed_at).toISOString() : "", "opt");
       body.appendChild(tr);
     }
+  }
+
+  // fits records whether the page is wider than the window (it must not
+  // be: tables scroll in their own boxes); the browser test reads it.
+  function fits() {
+    const over = document.documentElement.scrollWidth - document.documentElement.clientWidth;
+    document.body.dataset.overflowPx = String(Math.max(0, over));
   }
 
   async function refresh() {
@@ -83,6 +111,7 @@
       renderStatus(st);
       renderHistory(hist);
       err.hidden = true;
+      fits();
       document.body.dataset.state = "ready";
       text("updated", "updated " + new Date().toISOString());
     } catch (e) {
