@@ -10,6 +10,9 @@
 # uncommitted tail); "lagfix" does the same, then acts as the proposed
 # message-ID reconciler: it reads the standby's "received message ID X,
 # expected Y, ignored" and sends it IKE_MID_RESPONDER X for that IKE_SA.
+# "udp" activates segment 1 on both gateways with a SEGMENT_DROP datagram
+# from 127.0.0.2:4510 instead of the FIFO, and sends one more recorded
+# IKE_ADD after the standby's activation.
 set -u
 W=${1:?workdir}; HP=${2:?haprobe binary}; MODE=${3:-}
 mkdir -p "$W"; cd "$W" || exit 1
@@ -144,7 +147,14 @@ GW2=$(start hagw2 gw2); PIDS+=($GW2)
 PEER=$(start hapeer peer); PIDS+=($PEER)
 vici_up gw && vici_up gw2 && vici_up peer || { log "a charon did not start"; tail gw/stderr.log gw2/stderr.log peer/stderr.log; exit 1; }
 for n in gw gw2 peer; do sw $n --load-all --noprompt --file "$W/$n/swanctl.conf" >/dev/null; done
-log "active: +1 on its FIFO"; fifo $GW +1; sleep 0.5
+activate() { # pid ns
+	if [ "$MODE" = udp ]; then
+		ip netns exec "$2" "$HP" -from 127.0.0.2:4510 -to 127.0.0.1:4510 -send 0308220001 2>>"$W/replay.log"
+	else
+		fifo "$1" +1
+	fi
+}
+log "active: activate segment 1 ($MODE)"; activate $GW hagw; sleep 0.5
 
 log "peer initiates"; sw peer --initiate --child net --timeout 10 | tail -2
 sleep 1
@@ -155,7 +165,7 @@ log "waiting for two DPDs from the peer (4 s)"; sleep 9
 log "peer SAs before takeover"; sw peer --list-sas | tee peer-sas-pretakeover.txt
 log "active SAs"; sw gw --list-sas
 cp gw-ha.hex replay.hex
-if [ -n "$MODE" ]; then
+if [ "$MODE" = lag ] || [ "$MODE" = lagfix ]; then
 	# drop the last responder message-ID update (second byte 04)
 	last=$(grep -n ' 0304' replay.hex | tail -1 | cut -d: -f1)
 	sed -i "${last}d" replay.hex
@@ -171,8 +181,14 @@ kill -9 $GW
 ip -n hagw addr del 192.0.2.1/24 dev ga
 ip -n hagw2 addr add 192.0.2.1/24 dev gb
 ip -n hapeer neigh flush dev br0
-fifo $GW2 +1
+activate $GW2 hagw2
 sleep 0.5
+if [ "$MODE" = udp ]; then
+	log "udp: an IKE_ADD+IKE_UPDATE arriving after activation (the first IKE_SA's, replayed again)"
+	grep -m1 ' 0301' replay.hex > late.hex; grep -m1 ' 0302' replay.hex >> late.hex
+	ip netns exec hagw2 "$HP" -from 127.0.0.2:4510 -to 127.0.0.1:4510 -in late.hex 2>>replay.log
+	sleep 0.3
+fi
 log "standby SAs after activation"; sw gw2 --list-sas | tee gw2-sas-active.txt
 if [ "$MODE" = lagfix ]; then
 	log "reconciler: waiting (up to 12 s) for an ignored request on the standby"
