@@ -65,13 +65,7 @@ type Worker struct {
 }
 
 // Enter waits for a seat in the lane. The worker must Leave when done.
-func (l *Lane) Enter(ctx context.Context) (*Worker, error) {
-	w := &Worker{lane: l}
-	if err := w.take(ctx); err != nil {
-		return nil, err
-	}
-	return w, nil
-}
+func (l *Lane) Enter(ctx context.Context) (*Worker, error) { return l.enter(ctx, false) }
 
 // EnterPrompt is Enter for work that Raft itself waits on: applying
 // committed entries. It takes a seat like any worker, so it still leaves a
@@ -81,8 +75,10 @@ func (l *Lane) Enter(ctx context.Context) (*Worker, error) {
 // behind a takeover's install stops its node answering: in the in-process
 // demo at 100,000 SAs a new leader lost its lease to the follower whose
 // applies waited for that leader's own install.
-func (l *Lane) EnterPrompt(ctx context.Context) (*Worker, error) {
-	w := &Worker{lane: l, prompt: true}
+func (l *Lane) EnterPrompt(ctx context.Context) (*Worker, error) { return l.enter(ctx, true) }
+
+func (l *Lane) enter(ctx context.Context, prompt bool) (*Worker, error) {
+	w := &Worker{lane: l, prompt: prompt}
 	if err := w.take(ctx); err != nil {
 		return nil, err
 	}
