@@ -551,16 +551,22 @@ func setLink(n *topo.Node, dev string, up bool) error {
 	return nil
 }
 
+// leadershipEvent: an agent log message that a takeover or a fence wrote.
+func leadershipEvent(msg string) bool {
+	switch msg {
+	case "taking over", "active", "fenced", "takeover failed":
+		return true
+	}
+	return false
+}
+
 // leadershipEvents lists the agents' takeovers and fences since t.
 func leadershipEvents(agents []*Agent, since time.Time) []string {
 	var out []string
 	for _, a := range agents {
 		for _, l := range a.Lines() {
-			switch l.Msg {
-			case "taking over", "active", "fenced", "takeover failed":
-				if l.Time.After(since) {
-					out = append(out, fmt.Sprintf("%s %s term %d at %s", a.spec.ID, l.Msg, l.Term, l.Time.Format("15:04:05.000")))
-				}
+			if leadershipEvent(l.Msg) && l.Time.After(since) {
+				out = append(out, fmt.Sprintf("%s %s term %d at %s", a.spec.ID, l.Msg, l.Term, l.Time.Format("15:04:05.000")))
 			}
 		}
 	}
@@ -578,16 +584,11 @@ func waitStable(ctx context.Context, agents []*Agent, steer steering, quiet, d t
 		var activeAt time.Time
 		for i, a := range agents {
 			for _, l := range a.Lines() {
-				switch l.Msg {
-				case "active":
-					if l.Time.After(activeAt) {
-						active, activeAt = i, l.Time
-					}
-					fallthrough
-				case "fenced", "taking over", "takeover failed":
-					if l.Time.After(lastEvent) {
-						lastEvent = l.Time
-					}
+				if l.Msg == "active" && l.Time.After(activeAt) {
+					active, activeAt = i, l.Time
+				}
+				if leadershipEvent(l.Msg) && l.Time.After(lastEvent) {
+					lastEvent = l.Time
 				}
 			}
 		}
