@@ -38,20 +38,13 @@ func (a *Agent) detectLeaderLoss(ctx context.Context) {
 	// every few milliseconds. Wake-ups are what an idle agent spends its
 	// CPU on where reading the clock is a system call (the UML lab guest:
 	// 57 % of an idle agent's CPU was the clock and the scheduler).
-	poll := max(stagger/2, 5*time.Millisecond)
-	idle := max(after/2, poll) // not a follower of a known leader: nothing to time
-	timer := time.NewTimer(poll)
+	d := &silenceDetector{a: a, after: after, stagger: stagger, poll: max(stagger/2, 5*time.Millisecond)}
+	d.idle = max(after/2, d.poll) // not a follower of a known leader: nothing to time
+	timer := time.NewTimer(d.poll)
 	defer timer.Stop()
-	lowered := false
-	restore := func() {
-		if err := a.store.RestoreHeartbeat(); err != nil {
-			a.log.Error("restoring the Raft heartbeat timeout", "err", err)
-		}
-		lowered = false
-	}
 	defer func() {
-		if lowered {
-			restore()
+		if d.lowered {
+			d.restore()
 		}
 	}()
 	for {
@@ -60,44 +53,60 @@ func (a *Agent) detectLeaderLoss(ctx context.Context) {
 			return
 		case <-timer.C:
 		}
-		timer.Reset(a.checkLeaderSilence(&lowered, restore, after, stagger, poll, idle))
+		timer.Reset(d.check())
 	}
 }
 
-// checkLeaderSilence is one look of detectLeaderLoss; it returns how long
-// to sleep before the next.
-func (a *Agent) checkLeaderSilence(lowered *bool, restore func(), after, stagger, poll, idle time.Duration) time.Duration {
+// silenceDetector is detectLeaderLoss's state between two looks.
+type silenceDetector struct {
+	a                          *Agent
+	after, stagger, poll, idle time.Duration
+	// lowered: this node asked Raft for an early election and has not
+	// restored its heartbeat timeout yet.
+	lowered bool
+}
+
+func (d *silenceDetector) restore() {
+	if err := d.a.store.RestoreHeartbeat(); err != nil {
+		d.a.log.Error("restoring the Raft heartbeat timeout", "err", err)
+	}
+	d.lowered = false
+}
+
+// check is one look; it returns how long to sleep before the next.
+func (d *silenceDetector) check() time.Duration {
+	a := d.a
 	state := a.store.State()
 	silent := time.Since(a.store.LastContact())
-	if *lowered {
+	if d.lowered {
 		// Candidate or leader now (or the leader spoke again): Raft's
 		// own timing takes over.
-		if state != raft.Follower || silent < after {
-			restore()
+		if state != raft.Follower || silent < d.after {
+			d.restore()
 		}
-		return poll
+		return d.poll
 	}
 	leader, _ := a.store.Leader()
 	if state != raft.Follower || leader == "" {
-		return idle
+		return d.idle
 	}
 	order, voters := a.fireOrder(leader)
 	hb := a.store.HeartbeatTimeout()
-	wait := after + time.Duration(order)*staggerWithin(stagger, after, hb, voters)
+	wait := d.after + time.Duration(order)*staggerWithin(d.stagger, d.after, hb, voters)
 	if wait >= hb {
-		return idle
+		return d.idle
 	}
 	if silent < wait {
 		return max(wait-silent, time.Millisecond)
 	}
 	if err := a.store.ExpediteElection(wait); err != nil {
 		a.log.Error("starting an election after the leader went silent", "leader", leader, "silent", silent, "err", err)
-		return poll
+		return d.poll
 	}
-	*lowered = true
+	d.lowered = true
 	a.noteSuspicion(leader, silent)
 	a.log.Warn("leader silent; starting an election", "leader", leader, "silent", silent.Round(time.Millisecond))
-	return poll
+	return d.poll
 }
 
 // staggerWithin shrinks the stagger so that the last of voters elections
