@@ -97,8 +97,13 @@ func TestPromptWorkDoesNotWaitForUrgentWork(t *testing.T) {
 		})
 	}()
 	<-inUrgent
-	w, err := l.EnterPrompt(ctx)
+	// Bounded, so that prompt work made to wait fails here, not at the
+	// test binary's timeout.
+	pctx, pcancel := context.WithTimeout(ctx, 10*time.Second)
+	defer pcancel()
+	w, err := l.EnterPrompt(pctx)
 	if err != nil {
+		close(done)
 		t.Fatalf("prompt work while urgent work runs: %v", err)
 	}
 	if err := w.Step(ctx); err != nil {
