@@ -12,6 +12,7 @@ package conformance
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -172,4 +173,29 @@ func partialFailure(t *testing.T, h Harness) {
 	}
 	g.ClearFaults()
 	wantOwner(t, a, h.Resources[1:], "a", 13)
+}
+
+// ResourceCase is one resource a provider's ValidateResource is given:
+// Want is a part of the refusal ("" when it must be accepted), UnknownKind
+// whether the refusal must be providers.ErrUnknownKind.
+type ResourceCase struct {
+	R           providers.Resource
+	Want        string
+	UnknownKind bool
+}
+
+// CheckValidateResource runs validate on every case.
+func CheckValidateResource(t *testing.T, validate func(providers.Resource) error, cases []ResourceCase) {
+	t.Helper()
+	for _, c := range cases {
+		err := validate(c.R)
+		switch {
+		case c.Want == "" && err != nil:
+			t.Errorf("%s: %v", c.R, err)
+		case c.Want != "" && (err == nil || !strings.Contains(err.Error(), c.Want)):
+			t.Errorf("%s: err = %v, want one saying %s", c.R, err, c.Want)
+		case errors.Is(err, providers.ErrUnknownKind) != c.UnknownKind:
+			t.Errorf("%s: err = %v, unknown kind: %v", c.R, err, c.UnknownKind)
+		}
+	}
 }
