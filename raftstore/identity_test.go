@@ -410,7 +410,7 @@ func TestClusterRPCsNeedMembership(t *testing.T) {
 			t.Errorf("%s from a non-member: answer %+v, want a refusal that says it is not a member", op, resp)
 		}
 	}
-	resp, err := outsider.CallOnce(ctx(t, 5*time.Second), gw1.Addr(), &raftstore.RPCRequest{Op: "join", ID: "gw9", Address: gw2.Addr(), Role: raftstore.RoleGateway})
+	resp, err := callLeaderOnce(t, outsider, stores, &raftstore.RPCRequest{Op: "join", ID: "gw9", Address: gw2.Addr(), Role: raftstore.RoleGateway})
 	if err != nil || !strings.Contains(resp.Error, "belongs to member gw2") {
 		t.Errorf("join on gw2's address: %+v, %v; want it refused", resp, err)
 	}
@@ -431,6 +431,29 @@ func TestClusterRPCsNeedMembership(t *testing.T) {
 	defer mu.Unlock()
 	if len(served) != 1 || served[0] != "gw2 operator.remove-peer" {
 		t.Errorf("served %v, want gw2's operator.remove-peer", served)
+	}
+}
+
+// callLeaderOnce sends req from one node to whichever of stores leads, once
+// per leader: a busy machine may move leadership between the test's look
+// and the call, and only the leader judges a join.
+func callLeaderOnce(t *testing.T, from *raftstore.Store, stores []*raftstore.Store, req *raftstore.RPCRequest) (*raftstore.RPCResponse, error) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		for _, s := range stores {
+			if !s.IsLeader() {
+				continue
+			}
+			resp, err := from.CallOnce(ctx(t, 5*time.Second), s.Addr(), req)
+			if err != nil || resp.Error != raftstore.ErrNotLeader.Error() {
+				return resp, err
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: no node led long enough to answer within 10 s", req.Op)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
 

@@ -23,7 +23,8 @@ type fixture struct {
 	ca  *pki.CA
 	net *faultnet.Net
 	// For the stores opened from then on: Raft's heartbeat (and election)
-	// timeout, default 100 ms, and the logger, default none.
+	// timeout, default 100 ms, and the logger, default one whose output
+	// the test prints if it fails.
 	heartbeat time.Duration
 	log       *slog.Logger
 }
@@ -33,7 +34,17 @@ func newFixture(t *testing.T) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &fixture{t: t, ca: ca, net: faultnet.New()}
+	f := &fixture{t: t, ca: ca, net: faultnet.New()}
+	// The nodes' logs are kept, and shown only when the test fails: a
+	// failure under a busy machine (CI) is otherwise a bare timeout.
+	var logs lockedBuffer
+	f.log = slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("the nodes' logs:\n%s", logs.String())
+		}
+	})
+	return f
 }
 
 func (f *fixture) material(ca *pki.CA, id string) *pki.Material {
