@@ -117,6 +117,10 @@ type SchedulingBlock struct {
 	// its soft memory limit (GOMEMLIMIT), "0" for none.
 	GCPercent   *int   `hcl:"gc_percent,optional" yaml:"gc_percent" json:"gc_percent"`
 	MemoryLimit string `hcl:"memory_limit,optional" yaml:"memory_limit" json:"memory_limit"`
+	// ProcsPerCPU is how many Go Ps (GOMAXPROCS) run per CPU: more than
+	// one lets the kernel time-slice the runtime's threads, so that a
+	// heartbeat does not wait behind 10 ms of bulk work (internal/gotune).
+	ProcsPerCPU *int `hcl:"procs_per_cpu,optional" yaml:"procs_per_cpu" json:"procs_per_cpu"`
 }
 
 // HealthBlock configures the health checks: the node's own (charon over
@@ -256,7 +260,7 @@ func Defaults() File {
 		// other's 100 ms time slices and failed over for nothing
 		// (docs/architecture.md, "Stable under load").
 		Scheduling: &SchedulingBlock{RealtimePriority: ptr(0), Policy: "rr", LockMemory: ptr(false),
-			GCPercent: ptr(200), MemoryLimit: "0"},
+			GCPercent: ptr(200), MemoryLimit: "0", ProcsPerCPU: ptr(DefaultProcsPerCPU)},
 		// The API's own default (operator/api.DefaultAddr): loopback only.
 		API:     &APIBlock{Addr: "127.0.0.1:7950"},
 		Webhook: &WebhookBlock{},
@@ -265,6 +269,14 @@ func Defaults() File {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// DefaultProcsPerCPU is scheduling.procs_per_cpu's default: measured with
+// `make bench-stability` (docs/performance.md, Stability under load).
+// maxProcsPerCPU bounds it: each P may run a thread.
+const (
+	DefaultProcsPerCPU = 8
+	maxProcsPerCPU     = 64
+)
 
 // Parse decodes a config file. format is "hcl" or "yaml"; "" picks it from
 // the file name (.hcl, .yaml, .yml).
@@ -432,6 +444,8 @@ type Config struct {
 	// garbage collector.
 	GCPercent   int
 	MemoryLimit int64
+	// ProcsPerCPU sets GOMAXPROCS to this many Ps per CPU (1: Go's own).
+	ProcsPerCPU int
 	// API, Webhook and Notify are the operator surface's blocks, checked
 	// for form; the preflight reads the secret files they name.
 	API     APIBlock
@@ -668,6 +682,10 @@ func Resolve(f File) (*Config, error) {
 		bad("scheduling.memory_limit", "%v", err)
 	} else {
 		c.MemoryLimit = lim
+	}
+	c.ProcsPerCPU = *s.ProcsPerCPU
+	if c.ProcsPerCPU < 1 || c.ProcsPerCPU > maxProcsPerCPU {
+		bad("scheduling.procs_per_cpu", "%d is outside 1..%d (1 is Go's own one P per CPU)", c.ProcsPerCPU, maxProcsPerCPU)
 	}
 	c.API, c.Webhook = *f.API, *f.Webhook
 	resolveOperator(c, bad)

@@ -15,6 +15,8 @@ import (
 
 	"github.com/handoffvpn/handoff/agent"
 	"github.com/handoffvpn/handoff/config"
+	"github.com/handoffvpn/handoff/internal/bulk"
+	"github.com/handoffvpn/handoff/internal/gotune"
 	"github.com/handoffvpn/handoff/internal/pki"
 	"github.com/handoffvpn/handoff/internal/rtsched"
 	"github.com/handoffvpn/handoff/ipsec"
@@ -117,7 +119,7 @@ func runAgent(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	// First, before Raft opens: every thread started later (Raft's, the
 	// transport's) inherits the policy from a thread already set.
 	applyScheduling(log, cfg.Scheduling, agentHints(cfg.Scheduling), rtsched.Apply)
-	tuneRuntime(log, cfg.GCPercent, cfg.MemoryLimit)
+	tuned := gotune.Apply(log, gotune.Options{GCPercent: cfg.GCPercent, MemoryLimit: cfg.MemoryLimit, ProcsPerCPU: cfg.ProcsPerCPU})
 	if af.cpuProfile != "" {
 		stop, err := startCPUProfile(af.cpuProfile)
 		if err != nil {
@@ -147,8 +149,12 @@ func runAgent(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			return errors.New("not in tls.allowed_nodes")
 		}
 	}
+	// One lane for the node's bulk work, the FSM's applies and the
+	// agent's sealing, staging and installs alike, sized from the CPUs
+	// (not the oversubscribed Ps): they share the CPUs, so they take turns.
+	lane := bulk.NewLane(gotune.LaneWorkers(tuned.CPUs), 0)
 	store, err := raftstore.Open(raftstore.Config{
-		NodeID: cfg.NodeID, BindAddr: cfg.BindAddr, AdvertiseAddr: cfg.AdvertiseAddr, DataDir: cfg.DataDir,
+		Lane: lane, NodeID: cfg.NodeID, BindAddr: cfg.BindAddr, AdvertiseAddr: cfg.AdvertiseAddr, DataDir: cfg.DataDir,
 		TLS: mat, Authorize: authorize, Denied: denied, HeartbeatTimeout: cfg.Heartbeat, ElectionTimeout: cfg.Election,
 		LeaderLeaseTimeout: cfg.LeaderLease, CommitTimeout: cfg.Commit, SnapshotInterval: cfg.SnapInterval,
 		SnapshotThreshold: cfg.SnapThreshold, TrailingLogs: cfg.TrailingLogs, Logger: log,
@@ -185,7 +191,7 @@ func runAgent(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	defer stopChecks()
-	opts := []agent.Option{agent.WithLogger(log), agent.WithEvents(events)}
+	opts := []agent.Option{agent.WithLogger(log), agent.WithEvents(events), agent.WithBulkLane(lane)}
 	if own != nil {
 		opts = append(opts, agent.WithHealth(checkerVerdict{own}))
 	}

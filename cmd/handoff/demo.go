@@ -12,6 +12,7 @@ import (
 
 	"github.com/handoffvpn/handoff/config"
 	"github.com/handoffvpn/handoff/internal/demo"
+	"github.com/handoffvpn/handoff/internal/gotune"
 	"github.com/handoffvpn/handoff/internal/rtsched"
 )
 
@@ -45,8 +46,10 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	// get the same scheduling; without the privilege it warns and runs on.
 	slogger := slog.New(slog.NewTextHandler(stderr, nil))
 	applyScheduling(slogger, rtsched.Request{Policy: rtsched.RR, Priority: *rtPriority, LockMemory: *rtPriority > 0}, demoHints(), rtsched.Apply)
-	// The agent's runtime defaults too (scheduling.gc_percent).
-	tuneRuntime(slogger, *config.Defaults().Scheduling.GCPercent, 0)
+	// The agent's runtime defaults too (scheduling.gc_percent and
+	// procs_per_cpu); the nodes' shared bulk lane is sized from the CPUs.
+	def := config.Defaults().Scheduling
+	gotune.Apply(slogger, gotune.Options{GCPercent: *def.GCPercent, ProcsPerCPU: *def.ProcsPerCPU})
 	opts := demo.Options{Nodes: *nodes, Tunnels: *tunnels, HeartbeatTimeout: *heartbeat, ProviderLatency: *latency, Progress: stderr}
 	if *verbose {
 		opts.Logger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))

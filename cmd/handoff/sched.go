@@ -3,9 +3,6 @@ package main
 import (
 	"fmt"
 	"log/slog"
-	"os"
-	"runtime/debug"
-	"strconv"
 	"strings"
 
 	"github.com/handoffvpn/handoff/internal/rtsched"
@@ -61,28 +58,4 @@ func demoHints() schedHints {
 		grant: "run it as root, or give the binary the capabilities: sudo setcap cap_sys_nice,cap_ipc_lock=ep ./handoff",
 		off:   "-realtime-priority 0",
 	}
-}
-
-// tuneRuntime sets the garbage collector's target and soft memory limit,
-// unless GOGC or GOMEMLIMIT in the environment already did. A collection's
-// mark phase taxes every goroutine that allocates while it runs, Raft's
-// heartbeats included; at 100,000 SAs the default target made the
-// collector run so often that marking starved the heartbeats past the
-// lease. A higher target collects less often, for more memory; the limit
-// caps that (the collector then works harder near it, never fails).
-func tuneRuntime(log *slog.Logger, gcPercent int, memoryLimit int64) {
-	gc := "GOGC from the environment"
-	if os.Getenv("GOGC") == "" {
-		debug.SetGCPercent(gcPercent)
-		gc = strconv.Itoa(gcPercent)
-	}
-	limit := "none"
-	switch {
-	case os.Getenv("GOMEMLIMIT") != "":
-		limit = "GOMEMLIMIT from the environment"
-	case memoryLimit > 0:
-		debug.SetMemoryLimit(memoryLimit)
-		limit = strconv.FormatInt(memoryLimit, 10) + " bytes"
-	}
-	log.Info("go runtime tuned", "gc_percent", gc, "memory_limit", limit)
 }

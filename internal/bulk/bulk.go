@@ -42,11 +42,13 @@ type Lane struct {
 }
 
 // NewLane returns a lane of workers seats whose workers step out after
-// slice. workers < 1 means max(1, GOMAXPROCS−1); slice ≤ 0 means
-// DefaultSlice.
+// slice. workers < 1 means one fewer than the CPUs the runtime runs on
+// (GOMAXPROCS, or the CPU count when GOMAXPROCS is higher: the agent
+// oversubscribes its Ps, see internal/procs), at least one; slice ≤ 0
+// means DefaultSlice.
 func NewLane(workers int, slice time.Duration) *Lane {
 	if workers < 1 {
-		workers = max(1, runtime.GOMAXPROCS(0)-1)
+		workers = max(1, min(runtime.GOMAXPROCS(0), runtime.NumCPU())-1)
 	}
 	if slice <= 0 {
 		slice = DefaultSlice

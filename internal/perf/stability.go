@@ -1018,6 +1018,7 @@ type StabilitySummary struct {
 	DetectP99MS           *float64 `json:"detect_ms_p99"`
 	Kills                 int      `json:"kills"`
 	BusyLoops             int      `json:"busy_loops"`
+	GoMaxProcs            int      `json:"gomaxprocs"`
 	Realtime              bool     `json:"realtime"`
 	RealtimeDetail        string   `json:"realtime_detail"`
 	JitterMS              float64  `json:"jitter_ms"`
@@ -1044,7 +1045,7 @@ type StabilitySummary struct {
 func (r *StabilityResult) Summary() StabilitySummary {
 	o := r.Options
 	s := StabilitySummary{
-		Minutes: MS(r.Elapsed) / 60000, Tunnels: o.Tunnels, Kills: len(r.Kills), BusyLoops: r.BusyLoops,
+		Minutes: MS(r.Elapsed) / 60000, Tunnels: o.Tunnels, Kills: len(r.Kills), BusyLoops: r.BusyLoops, GoMaxProcs: runtime.GOMAXPROCS(0),
 		Realtime: r.Realtime, RealtimeDetail: r.RealtimeDetail, JitterMS: MS(o.Jitter), DelayMS: MS(o.Delay),
 		HeartbeatMS: MS(o.HeartbeatTimeout), LeaseMS: MS(r.Lease), SuspectAfterMS: MS(r.SuspectAfter), Nodes: o.Nodes,
 		LeaderChanges: len(r.Changes), ReconnectedSAs: r.Reconnected, SpuriousDroppedSAs: r.DroppedBySpurious, RekeyedSAs: r.RekeyedSAs, PollGapMaxMS: MS(r.PollGapMax),

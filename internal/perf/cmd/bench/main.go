@@ -26,6 +26,8 @@ import (
 	"time"
 
 	"github.com/handoffvpn/handoff/agent"
+	"github.com/handoffvpn/handoff/config"
+	"github.com/handoffvpn/handoff/internal/gotune"
 	"github.com/handoffvpn/handoff/internal/perf"
 	"github.com/handoffvpn/handoff/lab"
 )
@@ -74,7 +76,15 @@ func main() {
 	flag.StringVar(&o.kernel, "kernel", "auto", "kernel install benchmark in the UML lab: on, off, or auto (on when root and the lab is installed)")
 	flag.StringVar(&sizes, "kernel-sizes", "1000,10000,100000", "SA counts for the kernel install benchmark")
 	flag.BoolVar(&o.verbose, "v", false, "log progress to stderr")
+	procsPerCPU := flag.Int("procs-per-cpu", config.DefaultProcsPerCPU, "Go Ps (GOMAXPROCS) per CPU, as scheduling.procs_per_cpu sets for the agent (GOMAXPROCS in the environment wins)")
 	flag.Parse()
+	if *procsPerCPU < 1 {
+		fmt.Fprintln(os.Stderr, "bench: -procs-per-cpu must be at least 1")
+		os.Exit(2)
+	}
+	// The agent's runtime settings: the figures are the product's.
+	sched := config.Defaults().Scheduling
+	gotune.Apply(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})), gotune.Options{GCPercent: *sched.GCPercent, ProcsPerCPU: *procsPerCPU})
 	for _, f := range strings.Split(sizes, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(f))
 		if err != nil || n <= 0 || n > perf.MaxSAs {

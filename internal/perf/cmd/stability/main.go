@@ -26,6 +26,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/handoffvpn/handoff/config"
+	"github.com/handoffvpn/handoff/internal/gotune"
 	"github.com/handoffvpn/handoff/internal/perf"
 	"github.com/handoffvpn/handoff/internal/rtsched"
 )
@@ -55,8 +57,13 @@ func main() {
 	flag.IntVar(&o.RealtimePriority, "realtime-priority", 0, "as root, run the process under SCHED_RR at this priority with memory locked, as scheduling.realtime_priority does (0, the agent's default, leaves normal scheduling)")
 	flag.BoolVar(&o.Reconnect, "reconnect", false, "re-establish the tunnels a takeover dropped (not replicated yet) on the new active, all at once, as their clients would")
 	flag.BoolVar(&o.NoSync, "nosync", false, "skip fsync of the Raft logs (the product syncs)")
+	procsPerCPU := flag.Int("procs-per-cpu", config.DefaultProcsPerCPU, "Go Ps (GOMAXPROCS) per CPU, as scheduling.procs_per_cpu sets for the agent (GOMAXPROCS in the environment wins)")
 	verbose := flag.Bool("v", false, "log the agents' and Raft's warnings and the driver's progress to stderr")
 	flag.Parse()
+	if *procsPerCPU < 1 {
+		fmt.Fprintln(os.Stderr, "stability: -procs-per-cpu must be at least 1")
+		os.Exit(2)
+	}
 	if *minutes <= 0 {
 		fmt.Fprintln(os.Stderr, "stability: -minutes must be positive")
 		os.Exit(2)
@@ -71,6 +78,10 @@ func main() {
 		level = slog.LevelWarn
 	}
 	o.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	// The agent's runtime settings (scheduling.gc_percent, procs_per_cpu):
+	// the run measures what the product does.
+	def := config.Defaults().Scheduling
+	gotune.Apply(slog.New(slog.NewTextHandler(os.Stderr, nil)), gotune.Options{GCPercent: *def.GCPercent, ProcsPerCPU: *procsPerCPU})
 	o.Progress = os.Stderr
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
