@@ -24,12 +24,18 @@ func restore(t *testing.T) {
 	})
 }
 
-func TestApplySetsEveryKnobAndSaysSo(t *testing.T) {
+// fromDefaults clears the knobs' environment variables and starts from the
+// runtime's default GOMAXPROCS (restored after the test).
+func fromDefaults(t *testing.T) {
 	restore(t)
 	t.Setenv("GOGC", "")
 	t.Setenv("GOMEMLIMIT", "")
 	t.Setenv("GOMAXPROCS", "")
 	runtime.SetDefaultGOMAXPROCS()
+}
+
+func TestApplySetsEveryKnobAndSaysSo(t *testing.T) {
+	fromDefaults(t)
 	cpus := runtime.GOMAXPROCS(0)
 	var out bytes.Buffer
 	rep := Apply(slog.New(slog.NewTextHandler(&out, nil)), Options{GCPercent: 300, MemoryLimit: 1 << 30, ProcsPerCPU: 3})
@@ -83,11 +89,7 @@ func TestTheEnvironmentWins(t *testing.T) {
 }
 
 func TestZeroOptionsChangeNothing(t *testing.T) {
-	restore(t)
-	t.Setenv("GOGC", "")
-	t.Setenv("GOMEMLIMIT", "")
-	t.Setenv("GOMAXPROCS", "")
-	runtime.SetDefaultGOMAXPROCS()
+	fromDefaults(t)
 	procs := runtime.GOMAXPROCS(0)
 	gc := debug.SetGCPercent(77)
 	rep := Apply(slog.New(slog.DiscardHandler), Options{})
