@@ -65,6 +65,8 @@ type agentSpec struct {
 	Nice int
 	// Realtime is scheduling.realtime_priority (0: normal scheduling).
 	Realtime int
+	// ProcsPerCPU is scheduling.procs_per_cpu.
+	ProcsPerCPU int
 	// APIToken authorises the operator API's mutating endpoints.
 	APIToken string
 	// AWS: the agent moves the VIP and the route through the EC2 API of
@@ -120,11 +122,13 @@ replication {
   replay_interval = "{{.Timing.ReplayInterval}}"
 }
 
-{{- if .Realtime}}
 scheduling {
+  procs_per_cpu = {{.ProcsPerCPU}}
+{{- if .Realtime}}
   realtime_priority = {{.Realtime}}
+{{- end}}
 }
-{{end}}
+
 # A leadership transfer in the guest takes up to a second (its one CPU
 # runs three agents and four charons), and is asked for again when it
 # times out: the old active keeps carrying the tunnels for up to 3 s.
