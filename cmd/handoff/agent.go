@@ -149,12 +149,14 @@ func runAgent(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			return errors.New("not in tls.allowed_nodes")
 		}
 	}
-	// One lane for the node's bulk work, the FSM's applies and the
-	// agent's sealing, staging and installs alike, sized from the CPUs
-	// (not the oversubscribed Ps): they share the CPUs, so they take turns.
+	// The agent's bulk work (sealing, staging, installs) takes turns in a
+	// lane sized from the CPUs, not the oversubscribed Ps. The store's
+	// FSM stays unpaced here: Raft answers heartbeats on the path that
+	// applies, and in the one-CPU kernel lab FSM applies waiting for the
+	// agent's seat coincided with lost leases (two CI runs of four).
 	lane := bulk.NewLane(gotune.LaneWorkers(tuned.CPUs), 0)
 	store, err := raftstore.Open(raftstore.Config{
-		Lane: lane, NodeID: cfg.NodeID, BindAddr: cfg.BindAddr, AdvertiseAddr: cfg.AdvertiseAddr, DataDir: cfg.DataDir,
+		NodeID: cfg.NodeID, BindAddr: cfg.BindAddr, AdvertiseAddr: cfg.AdvertiseAddr, DataDir: cfg.DataDir,
 		TLS: mat, Authorize: authorize, Denied: denied, HeartbeatTimeout: cfg.Heartbeat, ElectionTimeout: cfg.Election,
 		LeaderLeaseTimeout: cfg.LeaderLease, CommitTimeout: cfg.Commit, SnapshotInterval: cfg.SnapInterval,
 		SnapshotThreshold: cfg.SnapThreshold, TrailingLogs: cfg.TrailingLogs, Logger: log,
