@@ -66,6 +66,8 @@ func TestSchedulingValidationNamesTheKey(t *testing.T) {
 		{SchedulingBlock{RealtimePriority: ptr(-1)}, "scheduling.realtime_priority"},
 		{SchedulingBlock{Policy: "other"}, "scheduling.policy"},
 		{SchedulingBlock{Policy: "RR"}, "scheduling.policy"},
+		{SchedulingBlock{ProcsPerCPU: ptr(0)}, "scheduling.procs_per_cpu"},
+		{SchedulingBlock{ProcsPerCPU: ptr(65)}, "scheduling.procs_per_cpu"},
 	} {
 		f := validFile()
 		f.Scheduling = &c.block
@@ -80,6 +82,14 @@ func TestSchedulingValidationNamesTheKey(t *testing.T) {
 		if _, err := Resolve(f); err != nil {
 			t.Errorf("realtime_priority %d: %v", p, err)
 		}
+	}
+	f := validFile()
+	f.Scheduling = &SchedulingBlock{ProcsPerCPU: ptr(2)}
+	if c, err := Resolve(f); err != nil || c.ProcsPerCPU != 2 {
+		t.Errorf("procs_per_cpu 2: %+v, %v", c, err)
+	}
+	if c, err := Resolve(validFile()); err != nil || c.ProcsPerCPU != DefaultProcsPerCPU {
+		t.Errorf("procs_per_cpu by default: %v, %v; want %d", c.ProcsPerCPU, err, DefaultProcsPerCPU)
 	}
 }
 
