@@ -20,6 +20,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"syscall"
@@ -77,6 +78,7 @@ func main() {
 	flag.StringVar(&sizes, "kernel-sizes", "1000,10000,100000", "SA counts for the kernel install benchmark")
 	flag.BoolVar(&o.verbose, "v", false, "log progress to stderr")
 	procsPerCPU := flag.Int("procs-per-cpu", config.DefaultProcsPerCPU, "Go Ps (GOMAXPROCS) per CPU, as scheduling.procs_per_cpu sets for the agent (GOMAXPROCS in the environment wins)")
+	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
 	flag.Parse()
 	if *procsPerCPU < 1 {
 		fmt.Fprintln(os.Stderr, "bench: -procs-per-cpu must be at least 1")
@@ -93,12 +95,38 @@ func main() {
 		}
 		o.kernelSizes = append(o.kernelSizes, n)
 	}
+	stopProfile := func() {}
+	if *cpuProfile != "" {
+		var err error
+		if stopProfile, err = profileCPU(*cpuProfile); err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			os.Exit(2)
+		}
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	if err := run(ctx, o); err != nil {
+	err := run(ctx, o)
+	stop()
+	stopProfile()
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}
+}
+
+// profileCPU starts a CPU profile into path; the returned func ends it.
+func profileCPU(path string) (func(), error) {
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, fmt.Errorf("creating the CPU profile: %w", err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("starting the CPU profile: %w", err)
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		f.Close()
+	}, nil
 }
 
 func run(ctx context.Context, o options) error {
