@@ -160,6 +160,26 @@ type LeaderChange struct {
 	Node string
 	// Kill is the index of the kill it is attributed to, or -1: spurious.
 	Kill int
+	// Before is what the watch saw of the machine in the second before
+	// the change was seen.
+	Before Stall
+}
+
+// Stall is how much a stretch of the run was held up: StealMS is the
+// time the hypervisor took from the machine's vCPUs (summed over them,
+// -1 when unknown), GapMS the longest time between two of the watch's
+// polls (a gap far above PollEvery means the process was not running).
+type Stall struct {
+	StealMS float64
+	GapMS   float64
+}
+
+func (s Stall) String() string {
+	steal := "steal unknown"
+	if s.StealMS >= 0 {
+		steal = fmt.Sprintf("machine steal %.0f ms", s.StealMS)
+	}
+	return fmt.Sprintf("%s, longest poll gap %.0f ms", steal, s.GapMS)
 }
 
 // StabilityEvent is an agent event the run counts: a fence or a takeover.
@@ -208,6 +228,9 @@ type StabilityResult struct {
 	// the longest time between two (a starved driver sees coarsely).
 	Polls      int
 	PollGapMax time.Duration
+	// Steal is the time the hypervisor took from the machine's vCPUs
+	// during the run, summed over them (negative: unknown).
+	Steal time.Duration
 }
 
 // Stability runs the in-process cluster at the product's Raft timings
@@ -371,7 +394,7 @@ func (r *stabilityRun) run(ctx context.Context) error {
 		r.res.Elapsed = time.Since(start)
 		stopBG()
 		wg.Wait()
-		r.res.Changes, r.res.Polls, r.res.PollGapMax = r.watch.result()
+		r.res.Changes, r.res.Polls, r.res.PollGapMax, r.res.Steal = r.watch.result()
 	}()
 
 	r.active = first
@@ -834,6 +857,22 @@ type raftWatch struct {
 	polls      int
 	last       time.Time
 	pollGapMax time.Duration
+	// recent are the polls of the last stallWindow, oldest first.
+	recent []pollSample
+	// steal0 is the machine's steal time at the first poll.
+	steal0, steal time.Duration
+	stealOK       bool
+}
+
+// stallWindow is how far back a leader change looks for a stall.
+const stallWindow = time.Second
+
+// pollSample is one poll: its time, the machine's steal time then and
+// the gap since the poll before.
+type pollSample struct {
+	at    time.Time
+	steal time.Duration
+	gap   time.Duration
 }
 
 func newRaftWatch(c *cluster.Cluster) *raftWatch {
@@ -905,17 +944,22 @@ func (w *raftWatch) poll(now time.Time) {
 		}
 	}
 	w.polls++
+	var gap time.Duration
 	if !w.last.IsZero() {
-		w.pollGapMax = max(w.pollGapMax, now.Sub(w.last))
+		gap = now.Sub(w.last)
+		w.pollGapMax = max(w.pollGapMax, gap)
 	}
 	w.last = now
+	steal, ok := machineSteal()
+	w.recordStall(now, steal, ok, gap)
 	if !w.init {
 		w.init, w.term, w.leader = true, term, leader
+		w.steal0 = steal
 		return
 	}
 	switch {
 	case term > w.term:
-		w.changes = append(w.changes, LeaderChange{At: now, FromTerm: w.term, Term: term, PrevLeader: w.leader, Leader: leader, Node: first})
+		w.changes = append(w.changes, LeaderChange{At: now, FromTerm: w.term, Term: term, PrevLeader: w.leader, Leader: leader, Node: first, Before: w.stallBefore()})
 		w.open = len(w.changes) - 1
 		w.term = term
 		if leader != "" {
@@ -934,8 +978,40 @@ func (w *raftWatch) poll(now time.Time) {
 	}
 }
 
-func (w *raftWatch) result() ([]LeaderChange, int, time.Duration) {
-	return w.changes, w.polls, w.pollGapMax
+// recordStall keeps the poll in the window of recent ones.
+func (w *raftWatch) recordStall(now time.Time, steal time.Duration, ok bool, gap time.Duration) {
+	w.steal, w.stealOK = steal, ok
+	w.recent = append(w.recent, pollSample{at: now, steal: steal, gap: gap})
+	drop := 0
+	for drop < len(w.recent)-1 && now.Sub(w.recent[drop].at) > stallWindow {
+		drop++
+	}
+	w.recent = w.recent[drop:]
+}
+
+// stallBefore sums up the window before the current poll.
+func (w *raftWatch) stallBefore() Stall {
+	st := Stall{StealMS: -1}
+	if len(w.recent) == 0 {
+		return st
+	}
+	for _, p := range w.recent {
+		st.GapMS = max(st.GapMS, MS(p.gap))
+	}
+	if w.stealOK {
+		st.StealMS = MS(w.recent[len(w.recent)-1].steal - w.recent[0].steal)
+	}
+	return st
+}
+
+// result returns the changes seen, the number of polls, the longest gap
+// between two and the machine's steal time over the run (-1: unknown).
+func (w *raftWatch) result() ([]LeaderChange, int, time.Duration, time.Duration) {
+	steal := time.Duration(-1)
+	if w.stealOK {
+		steal = w.steal - w.steal0
+	}
+	return w.changes, w.polls, w.pollGapMax, steal
 }
 
 // busyLoops are the CPU-saturating child processes.
@@ -1039,6 +1115,7 @@ type StabilitySummary struct {
 	StormSAs              *int     `json:"storm_sas"`
 	ReconnectedSAs        int      `json:"reconnected_sas"`
 	PollGapMaxMS          float64  `json:"poll_gap_max_ms"`
+	StealMS               *float64 `json:"steal_ms"`
 }
 
 // Summary condenses the result into the JSON line's figures.
@@ -1051,6 +1128,9 @@ func (r *StabilityResult) Summary() StabilitySummary {
 		LeaderChanges: len(r.Changes), ReconnectedSAs: r.Reconnected, SpuriousDroppedSAs: r.DroppedBySpurious, RekeyedSAs: r.RekeyedSAs, PollGapMaxMS: MS(r.PollGapMax),
 	}
 	s.Minutes = float64(int64(s.Minutes*100+0.5)) / 100
+	if r.Steal >= 0 {
+		s.StealMS = ptrTo(MS(r.Steal))
+	}
 	for _, ch := range r.Changes {
 		if ch.Kill < 0 {
 			s.SpuriousLeaderChanges++
@@ -1140,6 +1220,9 @@ func (r *StabilityResult) WriteReport(w io.Writer) error {
 		row("tunnels re-established", s.ReconnectedSAs, "dropped tunnels brought back on the new active as fresh SAs, all at once")
 	}
 	row("polls / longest gap ms", fmt.Sprintf("%d / %.1f", r.Polls, s.PollGapMaxMS), "a long gap means the driver itself was starved")
+	if s.StealMS != nil {
+		row("machine steal ms", fmt.Sprintf("%.0f", *s.StealMS), "time the hypervisor kept the vCPUs from running, summed over them")
+	}
 	if err := tw.Flush(); err != nil {
 		return err
 	}
@@ -1151,8 +1234,8 @@ func (r *StabilityResult) WriteReport(w io.Writer) error {
 	var spurious []listed
 	for _, ch := range r.Changes {
 		if ch.Kill < 0 {
-			spurious = append(spurious, listed{ch.At, fmt.Sprintf("leader change: term %d → %d, leader %q → %q (first seen on %s)",
-				ch.FromTerm, ch.Term, ch.PrevLeader, ch.Leader, ch.Node)})
+			spurious = append(spurious, listed{ch.At, fmt.Sprintf("leader change: term %d → %d, leader %q → %q (first seen on %s); the second before: %s",
+				ch.FromTerm, ch.Term, ch.PrevLeader, ch.Leader, ch.Node, ch.Before)})
 		}
 	}
 	for _, e := range r.Events {

@@ -46,7 +46,7 @@ func TestStabilityShortRun(t *testing.T) {
 		t.Fatalf("the last line is not one JSON object: %v\n%s", err, last)
 	}
 	for _, k := range []string{"minutes", "spurious_leader_changes", "spurious_fences", "tunnels", "lost_sas",
-		"detect_ms_p50", "detect_ms_p99", "kills", "busy_loops", "realtime", "jitter_ms", "heartbeat_ms", "lease_ms"} {
+		"detect_ms_p50", "detect_ms_p99", "kills", "busy_loops", "realtime", "jitter_ms", "heartbeat_ms", "lease_ms", "steal_ms"} {
 		if _, ok := got[k]; !ok {
 			t.Errorf("the JSON line has no %q", k)
 		}
