@@ -68,6 +68,8 @@ type config struct {
 	realtime    int
 	procsPerCPU int
 	timing      agentTiming
+	// load runs from before the warm-up to the end of the main stream.
+	load loadSpec
 }
 
 // Term is one takeover an agent committed (its "active" log line).
@@ -138,6 +140,8 @@ type Result struct {
 	// ClientIKERestarted: the client's IKE SA after the second phase is
 	// not the one it had before the fault.
 	ClientIKERestarted bool `json:"client_ike_restarted"`
+	// Load is the load the main stream ran under ("" for none).
+	Load string `json:"load,omitempty"`
 	// Settings and setup.
 	IntervalMS  float64 `json:"interval_ms"`
 	HeartbeatMS int64   `json:"heartbeat_ms"`
@@ -162,6 +166,10 @@ func main() {
 	fs.BoolVar(&c.second, "second", true, "run the second phase (client DPD and rekey after the failover)")
 	fs.IntVar(&c.flaps, "flaps", 3, "link flaps (fault flap)")
 	fs.IntVar(&c.nice, "nice", -5, "agents' nice value")
+	fs.IntVar(&c.load.busy, "busy-loops", 0, "busy-loop processes at normal priority from before the warm-up to the end of the main stream")
+	fs.DurationVar(&c.load.delay, "netem-delay", 0, "tc netem delay on every gateway's outside link (Raft, RPC, tunnels), same span as -busy-loops")
+	fs.DurationVar(&c.load.jitter, "netem-jitter", 0, "tc netem jitter with -netem-delay")
+	fs.Float64Var(&c.load.lossPct, "netem-loss", 0, "tc netem loss in percent on the same links")
 	fs.IntVar(&c.realtime, "realtime", 0, "agents' scheduling.realtime_priority (0: normal scheduling, with -nice)")
 	// The test tier keeps the agents at one Go P per CPU, as before the
 	// product's default became 8: the guest's one CPU runs three agents,
@@ -309,6 +317,7 @@ func run(ctx context.Context, env *guest.Env, c config) (res Result, err error) 
 		return res, err
 	}
 	stableAt := time.Now()
+	stopLoad := func() error { return nil }
 	if _, err := s.Connect(ctx); err != nil {
 		return res, err
 	}
@@ -336,6 +345,16 @@ func run(ctx context.Context, env *guest.Env, c config) (res Result, err error) 
 	}
 	res.SetupMS = time.Since(t0).Milliseconds()
 	log.Info("site, cluster and tunnel up", "took", time.Since(t0).Round(time.Millisecond))
+
+	if c.load.on() {
+		res.Load = c.load.String()
+		ld, err := startLoad(c.load, s.Topo.Gateways, log)
+		if err != nil {
+			return res, err
+		}
+		defer func() { err = errors.Join(err, ld.stop()) }()
+		stopLoad = ld.stop
+	}
 
 	// The main stream: warm-up, fault, recovery.
 	total := c.warmup + c.after
@@ -380,6 +399,9 @@ func run(ctx context.Context, env *guest.Env, c config) (res Result, err error) 
 		return res, err
 	}
 	res.Resumed = rep.Received > recvBefore
+	if err := stopLoad(); err != nil {
+		return res, err
+	}
 	if drained != nil {
 		if err := <-drained; err != nil {
 			return res, err
