@@ -41,6 +41,10 @@ type Config struct {
 	// ReplayBudget caps the replay records one sync commits (default
 	// DefaultReplayBudget); see feeder.syncReplay.
 	ReplayBudget int
+	// ReplayCheckpoint is how often the active confirms that the log's
+	// counters are current, standing ones included (default 10s; see
+	// raftstore.ReplayCurrentCmd).
+	ReplayCheckpoint time.Duration
 	// StageInterval is the least time between two staging rounds on a
 	// standby (default 250ms); see stageStandby.
 	StageInterval time.Duration
@@ -89,6 +93,7 @@ func (c *Config) Defaults() {
 		}
 	}
 	def(&c.ReplayInterval, 100*time.Millisecond)
+	def(&c.ReplayCheckpoint, 10*time.Second)
 	def(&c.StageInterval, 250*time.Millisecond)
 	if c.ReplayBudget <= 0 {
 		c.ReplayBudget = DefaultReplayBudget

@@ -22,6 +22,8 @@ type feeder struct {
 	// round counts replay syncs; with more moved counters than the budget,
 	// round picks which share of them this sync commits.
 	round uint64
+	// current is when the log's counters were last confirmed current.
+	current time.Time
 }
 
 // feed runs while this node is active. known seeds the hashes of the SAs
@@ -141,7 +143,13 @@ func (f *feeder) resync(ctx context.Context) error {
 // takes the next share in turn, so every moving SA is synced at least
 // once every that many intervals: the counters' staleness stays bounded,
 // and the takeover's jump (SeqStart) counts each SA's own staleness.
+//
+// Every ReplayCheckpoint, a sync that committed every moved counter ends
+// with a ReplayCurrentCmd: then the standbys' clocks of the SAs whose
+// counters stand still restart too, and the jump a takeover adds for
+// them stays bounded by the checkpoint instead of growing with the quiet.
 func (f *feeder) syncReplay(ctx context.Context) error {
+	readAt := time.Now()
 	states, err := f.a.dp.Replay(ctx)
 	if err != nil {
 		return fmt.Errorf("reading replay state: %w", err)
@@ -184,6 +192,12 @@ func (f *feeder) syncReplay(ctx context.Context) error {
 				return err
 			}
 		}
+	}
+	if shares <= 1 && readAt.Sub(f.current) >= f.a.cfg.ReplayCheckpoint {
+		if _, err := f.a.store.Apply(ctx, &raftstore.ReplayCurrentCmd{ReadAt: readAt}); err != nil {
+			return fmt.Errorf("confirming the replay records current: %w", err)
+		}
+		f.current = readAt
 	}
 	return nil
 }

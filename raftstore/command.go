@@ -29,6 +29,10 @@ const (
 	// CmdHandover is advisory: an older node that skips it only loses the
 	// reason of the next takeover.
 	CmdHandover CmdType = 9 | IgnoreIfUnknown
+	// CmdReplayCurrent is advisory: an older node that skips it keeps its
+	// counters' clocks older than they are, which only makes its takeover
+	// jump further.
+	CmdReplayCurrent CmdType = 10 | IgnoreIfUnknown
 )
 
 func (t CmdType) String() string {
@@ -51,6 +55,8 @@ func (t CmdType) String() string {
 		return "health"
 	case CmdHandover:
 		return "handover"
+	case CmdReplayCurrent:
+		return "replay-current"
 	}
 	return fmt.Sprintf("type 0x%02x", uint8(t))
 }
@@ -174,6 +180,21 @@ type ReplayBatchCmd struct {
 	Records []ReplayRecord
 }
 
+// ReplayCurrentCmd says that the active has read every SA's counters and
+// found each equal to its replay record in the log, or committed the new
+// ones in the entries before this one: every record is as fresh as this
+// entry. Each node restarts its local clock of every SA (FSM.AppliedAt)
+// when it applies it. Without it an SA whose counters stand still gets no
+// new record, and its clock grows old with the quiet: after an hour idle a
+// takeover's jump (a million packets a second of staleness by default)
+// overran the 32-bit sequence number space and the SA could not be
+// installed at all.
+type ReplayCurrentCmd struct {
+	// ReadAt is the active's clock when it read the counters (for the
+	// record: clocks of different hosts are not compared).
+	ReadAt time.Time `json:"read_at"`
+}
+
 // Command is a decoded log entry.
 type Command struct {
 	Type    CmdType
@@ -200,6 +221,8 @@ func Encode(payload any) ([]byte, error) {
 		t = CmdHealth
 	case *HandoverCmd:
 		t = CmdHandover
+	case *ReplayCurrentCmd:
+		t = CmdReplayCurrent
 	case *SABatchCmd:
 		return encodeSABatch(p), nil
 	case *ReplayBatchCmd:
@@ -238,6 +261,8 @@ func Decode(data []byte) (Command, error) {
 		p = new(HealthCmd)
 	case CmdHandover:
 		p = new(HandoverCmd)
+	case CmdReplayCurrent:
+		p = new(ReplayCurrentCmd)
 	case CmdSABatch, CmdReplayBatch:
 	default:
 		if c.Type&IgnoreIfUnknown != 0 {

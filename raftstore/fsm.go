@@ -71,8 +71,16 @@ func (f *FSM) Apply(l *raft.Log) any {
 	if err == nil {
 		switch p := c.Payload.(type) {
 		case *SABatchCmd:
+			// Only a new SA starts its clock here. An upsert of one the
+			// log holds (new lifetimes, a new active's own export of it)
+			// leaves its replay record as old as it was: restarting the
+			// clock would shrink the takeover's sequence number jump
+			// (agent.SeqStart) below what the old active can have sent
+			// since that record was read.
 			for _, u := range p.Upserts {
-				f.local[u.ID] = now
+				if _, ok := f.local[u.ID]; !ok {
+					f.local[u.ID] = now
+				}
 			}
 			for _, id := range p.Deletes {
 				delete(f.local, id)
@@ -82,6 +90,10 @@ func (f *FSM) Apply(l *raft.Log) any {
 				if _, ok := f.st.SAs[r.ID]; ok {
 					f.local[r.ID] = now
 				}
+			}
+		case *ReplayCurrentCmd:
+			for id := range f.st.SAs {
+				f.local[id] = now
 			}
 		}
 		close(f.watch)
@@ -109,8 +121,9 @@ func (f *FSM) Changed() <-chan struct{} {
 	return f.watch
 }
 
-// AppliedAt is the local time the SA's replay state (or the SA itself) was
-// last applied here. It is local knowledge, never replicated: a standby uses
+// AppliedAt is the local time the SA's replay state was last applied or
+// confirmed current (ReplayCurrentCmd) here or, before either, the SA
+// itself was first applied. It is local knowledge, never replicated: a standby uses
 // it to bound how stale its copy of the counters can be.
 func (f *FSM) AppliedAt(id string) time.Time {
 	f.mu.RLock()

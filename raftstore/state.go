@@ -151,6 +151,8 @@ func (s *State) apply(index, term uint64, c Command) error {
 		err = s.applySABatch(index, term, p)
 	case *ReplayBatchCmd:
 		err = s.applyReplay(p)
+	case *ReplayCurrentCmd:
+		// Local clocks only (FSM.Apply): nothing replicated changes.
 	default:
 		err = fmt.Errorf("%w: no handler for %T", ErrRefused, p)
 	}
