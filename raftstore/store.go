@@ -216,6 +216,7 @@ func Open(cfg Config) (*Store, error) {
 	})
 	s.raft.RegisterObserver(s.observer)
 	go s.forwardObservations()
+	go s.keepVotersWarm()
 	return s, nil
 }
 
