@@ -6,56 +6,53 @@ package main
 const analysis = `## Where the time goes, and what would remove it
 
 The target (client gap ≤ 150 ms, ratio ≥ 20 against the baseline) is **not
-met in the UML lab**. The SA handoff itself is not the problem: the kernel
-part (install) takes 1.5–61 ms, and a new active that has the SAs carries
-the tunnel without a single replay error or reused sequence number. The
-time goes to Raft on a starved CPU:
+met in the UML lab**, but since 2026-12-08 the lab runs the product's own
+Raft timing. The SA handoff itself is not the problem: the kernel part
+(install) takes 2–13 ms, and a new active that has the SAs carries the
+tunnel without a single replay error or reused sequence number. The time
+goes to Raft on a starved CPU:
 
-- **Raft timing in the guest: 200 ms heartbeat / 200 ms election / 80 ms
-  lease** (the benchmark's default since late on 2026-12-07; 300/300/140
-  before). The guest is a uniprocessor UML kernel (HZ=100,
-  ~60 µs per system call, the clock included) running three agents, four
-  charons, the probe stream and the ESP capture. Tried on 2026-12-07, after
-  the learner join and the detector's wake-ups (below) halved the agents'
-  CPU: at the product's 150/150/50 the cluster still failed over for
-  nothing before the fault (terms 3–15 in a few seconds), at normal
-  priority and at ` + "`scheduling.realtime_priority`" + ` 10 inside the guest
-  alike (the scenario's ` + "`-realtime`" + `); at 200/200/80 kill, standby and
-  isolate passed once, but the full set of seven cases had spurious
-  failovers in three (with other builds on the host). At 300/300/140 all
-  seven cases passed with none. Later that day the agents began to run 8
-  Go Ps per CPU (` + "`scheduling.procs_per_cpu`" + `, the kernel time-slicing
-  their threads instead of Go's 10 ms turns): at 200/200/80 kill, standby
-  and isolate passed and all five benchmark runs above passed with no
-  failover before the fault (gap median 340 ms against 460 at
-  300/300/140, ratio 7.1 against 5.3); 150/150/50 still failed over before
-  the fault (term 14). The test tier (` + "`make lab-e2e`" + `, ` + "`make test`" + `)
-  keeps 300/300/140, so that a host twice as busy still passes. Earlier, 100/100/30, 100/100/45 and
-  200/200/90 never settled, and 400 ms made it worse (the leader's
-  heartbeats come every tenth of the timeout).
+- **Raft timing in the guest: the product's 150 ms heartbeat / 150 ms
+  election / 50 ms lease, the agents at realtime priority** (the
+  scenario's ` + "`-realtime 10`" + `: SCHED_RR 10 on every thread, as
+  ` + "`scheduling.realtime_priority`" + ` and the shipped unit set it). The guest
+  is a uniprocessor UML kernel (HZ=100, ~60 µs per system call, the clock
+  included) running three agents, four charons, the probe stream and the
+  ESP capture. At normal priority it never held 150/150/50 (terms 3–15
+  before the fault, 2026-12-07 and again 2026-12-08), and 200/200/80 only
+  sometimes: five runs of that benchmark on the final tree of 2026-12-07
+  had a median gap of 564 ms and one run that never formed a cluster.
+  With the agents ahead of the charons and the probes, five of five runs
+  above had no failover before the fault. The test tier (` + "`make lab-e2e`" + `,
+  ` + "`make test`" + `) keeps 300/300/140 at normal priority, so that a host
+  twice as busy still passes; its ` + "`kill-loaded`" + ` case runs the agents at
+  realtime priority under two busy loops and netem on every Raft link.
+  Earlier, 100/100/30, 100/100/45 and 200/200/90 never settled at normal
+  priority, and 400 ms made it worse (the leader's heartbeats come every
+  tenth of the timeout).
 - **Formation.** Until 2026-12-07 a node joined as a voter at once, so the
   leader's quorum counted on a process still starting: every first join
   cost the leader its lease, and the cluster formed through up to eight
   terms. Nodes now join as learners and vote once caught up; the
   formation takes one term.
-- **detect** (last contact → candidacy): since 2026-12-02 a follower
-  starts its election once the leader has been silent for
-  ` + "`raft.suspect_after`" + ` (twice the lease: 160 ms here) plus its stagger
-  (per better-ranked voter), instead of at Raft's randomised
-  heartbeat timeout of 1–2 × the heartbeat: 163–184 ms (median 164) in the
-  five-run benchmark above (285–332, median 290, at 300/300/140;
-  292–335, median 308, on 2026-12-02), where it
-  was 394–701 ms (median 593) before. (In the first runs with the detector the best gateway's
-  280 + 35 ms was above the 300 ms heartbeat timeout, so its expedite did
-  nothing and it waited for Raft's timeout; the stagger now shrinks to fit
-  under it, 19 ms here.) Still the largest phase: its floor is twice the lease,
-  because a cut-off leader must have stepped down and fenced before anyone
-  votes for another, and the lease is what the starved guest forces up. The *last contact* column (active logged − agent total) is the part
-  the agent's timings cannot see; it also carries the commit of the
+- **detect** (last contact → candidacy): a follower starts its election
+  once the leader has been silent for ` + "`raft.suspect_after`" + ` (twice the
+  lease: 100 ms here) plus its stagger (per better-ranked voter), instead of
+  at Raft's randomised heartbeat timeout of 1–2 × the heartbeat: 104–121 ms
+  at 150/150/50 (163–184 at 200/200/80, 285–332 at 300/300/140; 394–701 ms
+  before the detector). Its floor is twice the lease, because a cut-off
+  leader must have stepped down and fenced before anyone votes for another.
+  The *last contact* column (active logged − agent total) is the part the
+  agent's timings cannot see; it also carries the commit of the
   ` + "`active`" + ` entry, hence the small negative values.
-- **elect** 22–74 ms (median 34; 32–539, median 90, at 300/300/140): pre-vote + vote over mTLS; long (500–760 ms) when
-  the first election splits or a vote RPC to the dead node's address
-  holds the candidate up, and a second round is needed.
+- **elect** (candidacy → leadership): 10–15 ms in five of six trial runs
+  since 2026-12-08, when followers began to keep an open Raft connection to
+  each other (a term-0 AppendEntries each second, which every node drops
+  unseen). Before, followers never spoke to each other until an election,
+  whose vote requests then waited for a TCP connect and a mutual-TLS
+  handshake in the guest; the first round failed and the election took
+  Raft's randomised election timeout more: 200–300 ms in four runs of five
+  at 150/150/50.
 - **claim** 23–65 ms (median 41; 15–122 ms at 300/300/140, up to 420 ms in trial runs): Barrier plus two log entries (membership, claim);
   each commit waits for a follower that is itself starved.
 - **install** 4–28 ms for one CHILD_SA (both states and their policies),
