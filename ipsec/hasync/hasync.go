@@ -17,6 +17,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"math/bits"
 	"net/netip"
 	"strings"
 )
@@ -343,6 +344,16 @@ func (a Attr) Uint() uint32 {
 	}
 	return 0
 }
+
+// SPI decodes an INBOUND_SPI or OUTBOUND_SPI value as the SPI itself, the
+// number `ip xfrm` and VICI's list-sas print. The plugin converts to
+// network order a value charon already keeps in network order, so on the
+// little-endian hosts it runs on (x86-64, arm64) the wire carries the
+// SPI's bytes reversed: a real charon's CHILD_SA 5256023f arrived as
+// 3f025652 (the host-lab test, TestPrivilegedLineageFollowsARealCharon).
+// Both ends of a cluster share that byte order, and Handoff forwards the
+// datagrams unchanged; only this reading needs it.
+func (a Attr) SPI() uint32 { return bits.ReverseBytes32(a.Uint()) }
 
 // Host decodes a KindHost value.
 func (a Attr) Host() netip.AddrPort {

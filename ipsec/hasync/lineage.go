@@ -104,7 +104,7 @@ func (l *Lineage) Apply(m *Message) (bool, error) {
 		if !ok {
 			return false, fmt.Errorf("%w: CHILD_DELETE for %s without INBOUND_SPI", ErrMissingAttr, id)
 		}
-		return l.deleteChild(spi.Uint()), nil
+		return l.deleteChild(spi.SPI()), nil
 	}
 	s := l.sas[id]
 	if s == nil || s.deleted {
@@ -131,7 +131,7 @@ func (l *Lineage) Apply(m *Message) (bool, error) {
 		if !ok {
 			return false, fmt.Errorf("%w: CHILD_ADD for %s without INBOUND_SPI", ErrMissingAttr, id)
 		}
-		in := spi.Uint()
+		in := spi.SPI()
 		if _, dup := l.children[in]; dup {
 			return false, fmt.Errorf("%w: CHILD_SA %08x under %s", ErrDuplicate, in, id)
 		}
