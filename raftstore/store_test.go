@@ -116,6 +116,21 @@ func waitLeader(t *testing.T, s *raftstore.Store) {
 	}
 }
 
+// form bootstraps a cluster on the first store and joins the others to it
+// as gateways, in order.
+func form(t *testing.T, stores []*raftstore.Store) {
+	t.Helper()
+	if err := stores[0].Bootstrap([]raftstore.Server{{ID: stores[0].NodeID(), Address: stores[0].Addr()}}); err != nil {
+		t.Fatal(err)
+	}
+	waitLeader(t, stores[0])
+	for i, s := range stores[1:] {
+		if err := s.JoinCluster(ctx(t, 10*time.Second), []string{stores[0].Addr()}, raftstore.RoleGateway, 50-i); err != nil {
+			t.Fatalf("join %s: %v", s.NodeID(), err)
+		}
+	}
+}
+
 func ctx(t *testing.T, d time.Duration) context.Context {
 	c, cancel := context.WithTimeout(context.Background(), d)
 	t.Cleanup(cancel)
@@ -288,15 +303,7 @@ func TestTransportAuthorisesPeersByCertificate(t *testing.T) {
 func TestLeadershipChangesNeverWaitForTheirReader(t *testing.T) {
 	f := newFixture(t)
 	stores := []*raftstore.Store{f.open("gw1", nil, nil), f.open("gw2", nil, nil), f.open("gw3", nil, nil)}
-	if err := stores[0].Bootstrap([]raftstore.Server{{ID: "gw1", Address: stores[0].Addr()}}); err != nil {
-		t.Fatal(err)
-	}
-	waitLeader(t, stores[0])
-	for i, s := range stores[1:] {
-		if err := s.JoinCluster(ctx(t, 10*time.Second), []string{stores[0].Addr()}, raftstore.RoleGateway, 50-i); err != nil {
-			t.Fatalf("join %s: %v", s.NodeID(), err)
-		}
-	}
+	form(t, stores)
 	leader := stores[0]
 	for round := 0; round < 6; round++ {
 		next := stores[(round+1)%len(stores)]

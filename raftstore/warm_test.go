@@ -50,15 +50,7 @@ func TestFollowersKeepConnectionsToEachOtherOpen(t *testing.T) {
 		return s
 	}
 	stores := []*raftstore.Store{open("gw1"), open("gw2"), open("gw3")}
-	if err := stores[0].Bootstrap([]raftstore.Server{{ID: "gw1", Address: stores[0].Addr()}}); err != nil {
-		t.Fatal(err)
-	}
-	waitLeader(t, stores[0])
-	for i, s := range stores[1:] {
-		if err := s.JoinCluster(ctx(t, 10*time.Second), []string{stores[0].Addr()}, raftstore.RoleGateway, 50-i); err != nil {
-			t.Fatalf("join %s: %v", s.NodeID(), err)
-		}
-	}
+	form(t, stores)
 	gw2, gw3 := stores[1], stores[2]
 	// Wait (bounded, generously) until the two followers have dialed each
 	// other both ways: the keep-open rounds run every second.

@@ -8,7 +8,6 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"runtime/pprof"
 	"slices"
 	"strings"
 	"time"
@@ -18,6 +17,7 @@ import (
 	"github.com/handoffvpn/handoff/internal/bulk"
 	"github.com/handoffvpn/handoff/internal/gotune"
 	"github.com/handoffvpn/handoff/internal/pki"
+	"github.com/handoffvpn/handoff/internal/profiling"
 	"github.com/handoffvpn/handoff/internal/rtsched"
 	"github.com/handoffvpn/handoff/ipsec"
 	"github.com/handoffvpn/handoff/ipsec/memdp"
@@ -121,7 +121,7 @@ func runAgent(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	applyScheduling(log, cfg.Scheduling, agentHints(cfg.Scheduling), rtsched.Apply)
 	tuned := gotune.Apply(log, gotune.Options{GCPercent: cfg.GCPercent, MemoryLimit: cfg.MemoryLimit, ProcsPerCPU: cfg.ProcsPerCPU})
 	if af.cpuProfile != "" {
-		stop, err := startCPUProfile(af.cpuProfile)
+		stop, err := profiling.StartCPU(af.cpuProfile)
 		if err != nil {
 			return err
 		}
@@ -295,22 +295,6 @@ func buildDataplane(cfg *config.Config, log *slog.Logger) (agent.Dataplane, func
 		return dp, func() { vc.Close(); xh.Close() }, nil
 	}
 	return nil, nil, fmt.Errorf("dataplane.type %q: not available in this build", cfg.DataplaneType)
-}
-
-// startCPUProfile profiles the process into path (0600) until stop.
-func startCPUProfile(path string) (stop func(), err error) {
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
-	if err != nil {
-		return nil, fmt.Errorf("creating the CPU profile: %w", err)
-	}
-	if err := pprof.StartCPUProfile(f); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("starting the CPU profile: %w", err)
-	}
-	return func() {
-		pprof.StopCPUProfile()
-		f.Close()
-	}, nil
 }
 
 // newNotifier starts the notify block's runner; nil when the block names

@@ -20,7 +20,6 @@ import (
 	"os"
 	"os/signal"
 	"runtime"
-	"runtime/pprof"
 	"strconv"
 	"strings"
 	"syscall"
@@ -30,6 +29,7 @@ import (
 	"github.com/handoffvpn/handoff/config"
 	"github.com/handoffvpn/handoff/internal/gotune"
 	"github.com/handoffvpn/handoff/internal/perf"
+	"github.com/handoffvpn/handoff/internal/profiling"
 	"github.com/handoffvpn/handoff/lab"
 )
 
@@ -98,7 +98,7 @@ func main() {
 	stopProfile := func() {}
 	if *cpuProfile != "" {
 		var err error
-		if stopProfile, err = profileCPU(*cpuProfile); err != nil {
+		if stopProfile, err = profiling.StartCPU(*cpuProfile); err != nil {
 			fmt.Fprintln(os.Stderr, "bench:", err)
 			os.Exit(2)
 		}
@@ -111,22 +111,6 @@ func main() {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}
-}
-
-// profileCPU starts a CPU profile into path; the returned func ends it.
-func profileCPU(path string) (func(), error) {
-	f, err := os.Create(path)
-	if err != nil {
-		return nil, fmt.Errorf("creating the CPU profile: %w", err)
-	}
-	if err := pprof.StartCPUProfile(f); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("starting the CPU profile: %w", err)
-	}
-	return func() {
-		pprof.StopCPUProfile()
-		f.Close()
-	}, nil
 }
 
 func run(ctx context.Context, o options) error {
