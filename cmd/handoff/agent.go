@@ -154,7 +154,7 @@ func runAgent(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	// FSM stays unpaced here: Raft answers heartbeats on the path that
 	// applies, and in the one-CPU kernel lab FSM applies waiting for the
 	// agent's seat coincided with lost leases (two CI runs of four).
-	lane := bulk.NewLane(gotune.LaneWorkers(tuned.CPUs), 0)
+	lane := bulk.NewLane(bulk.WorkersFor(tuned.CPUs), 0)
 	store, err := raftstore.Open(raftstore.Config{
 		NodeID: cfg.NodeID, BindAddr: cfg.BindAddr, AdvertiseAddr: cfg.AdvertiseAddr, DataDir: cfg.DataDir,
 		TLS: mat, Authorize: authorize, Denied: denied, HeartbeatTimeout: cfg.Heartbeat, ElectionTimeout: cfg.Election,

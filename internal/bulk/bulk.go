@@ -41,14 +41,18 @@ type Lane struct {
 	urgent atomic.Int32
 }
 
+// WorkersFor is how many bulk workers a lane should admit on cpus CPUs:
+// one fewer, so that a CPU is left for the network, and at least one.
+func WorkersFor(cpus int) int { return max(1, cpus-1) }
+
 // NewLane returns a lane of workers seats whose workers step out after
-// slice. workers < 1 means one fewer than the CPUs the runtime runs on
+// slice. workers < 1 means WorkersFor the CPUs the runtime runs on
 // (GOMAXPROCS, or the CPU count when GOMAXPROCS is higher: the agent
-// oversubscribes its Ps, see internal/procs), at least one; slice ≤ 0
-// means DefaultSlice.
+// oversubscribes its Ps, see internal/gotune); slice ≤ 0 means
+// DefaultSlice.
 func NewLane(workers int, slice time.Duration) *Lane {
 	if workers < 1 {
-		workers = max(1, min(runtime.GOMAXPROCS(0), runtime.NumCPU())-1)
+		workers = WorkersFor(min(runtime.GOMAXPROCS(0), runtime.NumCPU()))
 	}
 	if slice <= 0 {
 		slice = DefaultSlice

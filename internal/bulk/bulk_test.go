@@ -140,3 +140,11 @@ func TestLaneEndsWithContext(t *testing.T) {
 		t.Fatalf("a nil lane runs everything at once: %v", err)
 	}
 }
+
+func TestWorkersForLeaveACPU(t *testing.T) {
+	for cpus, want := range map[int]int{1: 1, 2: 1, 4: 3, 16: 15} {
+		if got := WorkersFor(cpus); got != want {
+			t.Errorf("WorkersFor(%d) = %d, want %d", cpus, got, want)
+		}
+	}
+}

@@ -14,7 +14,7 @@
 // time-slices the runtime's threads instead, in slices of about 3 ms, and
 // a P is usually idle to poll the network and run what it wakes at once.
 // The SA work still runs on no more Ps than the bulk lane admits (sized
-// from the CPUs, see LaneWorkers); Raft's own decoding and TLS may now run
+// from the CPUs, see Report.CPUs and bulk.WorkersFor); Raft's own decoding and TLS may now run
 // on more at once. Measured with `make bench-stability`
 // (docs/performance.md, Stability under load): the spurious failovers of
 // a 100,000-SA storm under busy loops went from every run to none.
@@ -94,7 +94,3 @@ func Apply(log *slog.Logger, o Options) Report {
 		"cpus", rep.CPUs, "gomaxprocs", rep.Procs, "procs", rep.ProcsFrom)
 	return rep
 }
-
-// LaneWorkers is how many bulk workers a node's lane should admit on cpus
-// CPUs: one fewer, so that a CPU is left for the network, and at least one.
-func LaneWorkers(cpus int) int { return max(1, cpus-1) }

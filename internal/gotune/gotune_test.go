@@ -100,11 +100,3 @@ func TestZeroOptionsChangeNothing(t *testing.T) {
 		t.Errorf("GC percent changed to %d with zero options", got)
 	}
 }
-
-func TestLaneWorkersLeaveACPU(t *testing.T) {
-	for cpus, want := range map[int]int{1: 1, 2: 1, 4: 3, 16: 15} {
-		if got := LaneWorkers(cpus); got != want {
-			t.Errorf("LaneWorkers(%d) = %d, want %d", cpus, got, want)
-		}
-	}
-}
