@@ -859,9 +859,10 @@ type raftWatch struct {
 	pollGapMax time.Duration
 	// recent are the polls of the last stallWindow, oldest first.
 	recent []pollSample
-	// steal0 is the machine's steal time at the first poll.
-	steal0, steal time.Duration
-	stealOK       bool
+	// steal0 is the machine's steal time at the first poll; stealOK
+	// whether the last poll could read it.
+	steal0  time.Duration
+	stealOK bool
 }
 
 // stallWindow is how far back a leader change looks for a stall.
@@ -980,7 +981,7 @@ func (w *raftWatch) poll(now time.Time) {
 
 // recordStall keeps the poll in the window of recent ones.
 func (w *raftWatch) recordStall(now time.Time, steal time.Duration, ok bool, gap time.Duration) {
-	w.steal, w.stealOK = steal, ok
+	w.stealOK = ok
 	w.recent = append(w.recent, pollSample{at: now, steal: steal, gap: gap})
 	drop := 0
 	for drop < len(w.recent)-1 && now.Sub(w.recent[drop].at) > stallWindow {
@@ -1008,8 +1009,8 @@ func (w *raftWatch) stallBefore() Stall {
 // between two and the machine's steal time over the run (-1: unknown).
 func (w *raftWatch) result() ([]LeaderChange, int, time.Duration, time.Duration) {
 	steal := time.Duration(-1)
-	if w.stealOK {
-		steal = w.steal - w.steal0
+	if w.stealOK && len(w.recent) > 0 {
+		steal = w.recent[len(w.recent)-1].steal - w.steal0
 	}
 	return w.changes, w.polls, w.pollGapMax, steal
 }

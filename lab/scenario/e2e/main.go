@@ -171,13 +171,13 @@ func main() {
 	fs.DurationVar(&c.load.jitter, "netem-jitter", 0, "tc netem jitter with -netem-delay")
 	fs.Float64Var(&c.load.lossPct, "netem-loss", 0, "tc netem loss in percent on the same links")
 	fs.IntVar(&c.realtime, "realtime", 0, "agents' scheduling.realtime_priority (0: normal scheduling, with -nice)")
-	// The test tier keeps the agents at one Go P per CPU, as before the
+	// The lab keeps the agents at one Go P per CPU, as before the
 	// product's default became 8: the guest's one CPU runs three agents,
 	// and each P that wakes costs system calls at ~60 µs there. A CI run
 	// at 8 once lost the witness case's VIP to a flap; the binary then
 	// also shared its lane with the FSM (since reverted), so which of the
-	// two caused it is open. make bench-failover passes -procs-per-cpu 8,
-	// the product's default.
+	// two caused it is open. make bench-failover runs at this default too
+	// since it moved to realtime agents at 150/150/50 (lab/e2e.mk).
 	fs.IntVar(&c.procsPerCPU, "procs-per-cpu", 1, "agents' scheduling.procs_per_cpu (the product's default is 8)")
 	// Detection is raft.suspect_after (twice the lease, 280 ms) plus a
 	// stagger per better-ranked voter, shrunk to fit under this heartbeat
