@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"syscall"
 	"time"
 )
@@ -63,8 +64,8 @@ func Listen(local, charon netip.AddrPort, readBuffer int) (*Conn, error) {
 func (c *Conn) Receive(ctx context.Context, fn func(*Message), bad func([]byte, error)) error {
 	stop := context.AfterFunc(ctx, func() { _ = c.udp.SetReadDeadline(time.Now()) })
 	defer stop()
+	buf := make([]byte, maxDatagram)
 	for {
-		buf := make([]byte, maxDatagram)
 		n, err := c.udp.Read(buf)
 		if err != nil {
 			if ctx.Err() != nil {
@@ -75,10 +76,13 @@ func (c *Conn) Receive(ctx context.Context, fn func(*Message), bad func([]byte, 
 			}
 			return fmt.Errorf("reading the ha channel: %w", err)
 		}
-		m, err := Decode(buf[:n:n])
+		// One buffer for every read; each datagram gets a copy of its own
+		// size (a mass rekey is thousands of them).
+		d := slices.Clone(buf[:n])
+		m, err := Decode(d)
 		if err != nil {
 			if bad != nil {
-				bad(buf[:n:n], err)
+				bad(d, err)
 			}
 			continue
 		}

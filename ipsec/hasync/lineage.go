@@ -43,11 +43,10 @@ type ikeState struct {
 	midI    []byte
 	midR    []byte
 	deleted bool
-	// successor is the IKE_SA that rekeyed this one (zero: none);
-	// predecessor the one this one rekeyed.
+	// successor is the IKE_SA that rekeyed this one, predecessor the one
+	// this one rekeyed and the lineage still keeps; the zero IKEID (no
+	// IKE_SA has an initiator SPI of zero) means none.
 	successor, predecessor IKEID
-	hasPred                bool
-	hasSucc                bool
 	// created are the CHILD_ADDs of the live children created under this
 	// IKE_SA, in arrival order, by inbound SPI.
 	created []childAdd
@@ -84,7 +83,9 @@ func (l *Lineage) Apply(m *Message) (bool, error) {
 		return false, nil
 	}
 	id, ok := m.IKEID()
-	if !ok {
+	if !ok || id.SPIi == [8]byte{} {
+		// An initiator SPI is never zero (RFC 7296, 3.1): the zero IKEID
+		// marks "none" in the chains.
 		return false, fmt.Errorf("%w: %s", ErrNoIKEID, m.Type)
 	}
 	raw := slices.Clone(m.Raw)
@@ -151,11 +152,10 @@ func (l *Lineage) addIKE(id IKEID, m *Message, raw []byte) error {
 	if a, ok := m.Find(AttrIKERekeyID); ok {
 		old := a.IKEID()
 		p := l.sas[old]
-		if p == nil || p.hasSucc {
+		if p == nil || p.hasSucc() {
 			return fmt.Errorf("%w: IKE_SA %s rekeys %s", ErrUnknownIKE, id, old)
 		}
-		p.successor, p.hasSucc = id, true
-		s.predecessor, s.hasPred = old, true
+		p.successor, s.predecessor = id, old
 	}
 	l.seq++
 	l.sas[id] = s
@@ -173,7 +173,7 @@ func (l *Lineage) deleteIKE(id IKEID) (bool, error) {
 	if s.deleted {
 		return false, nil
 	}
-	if !s.hasSucc {
+	if !s.hasSucc() {
 		l.dropChain(id)
 		return true, nil
 	}
@@ -195,7 +195,7 @@ func (l *Lineage) dropChain(id IKEID) {
 			delete(l.children, c.spi)
 		}
 		delete(l.sas, id)
-		if !s.hasPred {
+		if !s.hasPred() {
 			return
 		}
 		id = s.predecessor
@@ -221,12 +221,12 @@ func (l *Lineage) deleteChild(spi uint32) bool {
 // successor's keys.
 func (l *Lineage) compact(id IKEID) {
 	// Walk to the oldest of the chain.
-	for s := l.sas[id]; s != nil && s.hasPred; s = l.sas[id] {
+	for s := l.sas[id]; s != nil && s.hasPred(); s = l.sas[id] {
 		id = s.predecessor
 	}
 	for {
 		s := l.sas[id]
-		if s == nil || !s.deleted || len(s.created) > 0 || !s.hasSucc {
+		if s == nil || !s.deleted || len(s.created) > 0 || !s.hasSucc() {
 			return
 		}
 		delete(l.sas, id)
@@ -234,7 +234,7 @@ func (l *Lineage) compact(id IKEID) {
 		if next == nil {
 			return
 		}
-		next.hasPred = false
+		next.predecessor = IKEID{}
 		id = s.successor
 	}
 }
@@ -248,7 +248,7 @@ func (l *Lineage) compact(id IKEID) {
 func (l *Lineage) Replay() [][]byte {
 	var roots []*ikeState
 	for _, s := range l.sas {
-		if !s.hasPred {
+		if !s.hasPred() {
 			roots = append(roots, s)
 		}
 	}
@@ -268,8 +268,11 @@ func (l *Lineage) Replay() [][]byte {
 	return out
 }
 
+func (s *ikeState) hasSucc() bool { return s.successor != IKEID{} }
+func (s *ikeState) hasPred() bool { return s.predecessor != IKEID{} }
+
 func (l *Lineage) next(s *ikeState) *ikeState {
-	if !s.hasSucc {
+	if !s.hasSucc() {
 		return nil
 	}
 	return l.sas[s.successor]
@@ -280,7 +283,7 @@ func (l *Lineage) next(s *ikeState) *ikeState {
 // reconciliation compares with VICI's list-sas.
 func (l *Lineage) Live() (ikes []IKEID, childSPIs []uint32) {
 	for id, s := range l.sas {
-		if !s.deleted && !s.hasSucc {
+		if !s.deleted && !s.hasSucc() {
 			ikes = append(ikes, id)
 		}
 	}

@@ -110,6 +110,7 @@ func TestLineageRefusesWhatItCannotPlace(t *testing.T) {
 		{"CHILD_ADD twice", child(a, 0xa1), ErrDuplicate},
 		{"CHILD_ADD without an inbound SPI", raw(ChildAdd, ikeAttr(AttrIKEID, a)), ErrMissingAttr},
 		{"no IKE_SA at all", raw(IKEUpdate), ErrNoIKEID},
+		{"an IKE_SA with a zero initiator SPI", add(IKEID{Version: 2}), ErrNoIKEID},
 	} {
 		changed, err := l.Apply(decode(t, tc.m))
 		if !errors.Is(err, tc.err) || changed {
