@@ -85,6 +85,8 @@ type Store struct {
 	applyObs  atomic.Pointer[func(time.Duration, error)]
 	obsDone   chan struct{}
 	closed    chan struct{}
+	// warmDone is closed when keepVotersWarm has returned.
+	warmDone chan struct{}
 	// heartbeat is the configured heartbeat timeout; leaderHeartbeat is
 	// the one this node runs with while it leads (see applyHeartbeat).
 	heartbeat, leaderHeartbeat time.Duration
@@ -216,7 +218,11 @@ func Open(cfg Config) (*Store, error) {
 	})
 	s.raft.RegisterObserver(s.observer)
 	go s.forwardObservations()
-	go s.keepVotersWarm()
+	s.warmDone = make(chan struct{})
+	go func() {
+		defer close(s.warmDone)
+		s.keepVotersWarm()
+	}()
 	return s, nil
 }
 
@@ -899,7 +905,10 @@ func (s *Store) Close() error {
 	errs := []error{s.raft.Shutdown().Error()}
 	s.raft.DeregisterObserver(s.observer)
 	<-s.obsDone
-	errs = append(errs, s.transport.Close(), s.layer.Close(), s.logs.Close())
+	errs = append(errs, s.transport.Close(), s.layer.Close())
+	// After the layer: a keep-open RPC still dialing ends with it.
+	<-s.warmDone
+	errs = append(errs, s.logs.Close())
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("closing raft store: %w", err)
 	}
