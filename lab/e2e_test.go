@@ -28,7 +28,9 @@ type e2eResult struct {
 	NewActive           string   `json:"new_active"`
 	TermsWithTwoActives []uint64 `json:"terms_with_two_actives"`
 	SpuriousBeforeFault []string `json:"spurious_before_fault"`
-	Terms               []struct {
+	// Load is the load the run was under, "" for none.
+	Load  string `json:"load"`
+	Terms []struct {
 		Term uint64 `json:"term"`
 		Node string `json:"node"`
 		SAs  int    `json:"sas"`
@@ -167,7 +169,7 @@ func e2eCases() []e2eCase {
 	}
 	pick := os.Getenv("E2E_FAULTS")
 	if pick == "" {
-		pick = "kill,drain,charon,uplink,isolate,standby,aws-kill,witness,flap,kill-loaded"
+		return all
 	}
 	var out []e2eCase
 	for _, c := range all {
@@ -203,6 +205,9 @@ func checkE2E(tc e2eCase, r e2eResult) (safety, timing []string) {
 			list = &safety
 		}
 		bad(list, "failover before the fault (nothing had failed): %v", r.SpuriousBeforeFault)
+	}
+	if tc.loaded && r.Load == "" {
+		bad(&safety, "the case ran without its load: the scenario reports none")
 	}
 	if len(r.TermsWithTwoActives) > 0 {
 		bad(&safety, "two nodes committed active in terms %v: %+v", r.TermsWithTwoActives, r.Terms)
