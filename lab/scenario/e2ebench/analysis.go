@@ -164,6 +164,7 @@ over again): the same starvation as above.
   next hop); the agents' linux provider moves both
   (` + "`interfaces = [\"in0\"]`" + `, ` + "`\"198.18.1.1/24 dev in0\"`" + `). The scenario only
   watches the outside one (netlink address events) to time the move.
-- Agents run at nice -5 and GOGC=400; probes at 100/s (the baseline's
+- Agents run at realtime priority 10 in this benchmark (nice -5 in the
+  test tier), one Go P per CPU and GOGC=400; probes at 100/s (the baseline's
   figures above use 200/s, which does not change a seconds-long gap).
 `
