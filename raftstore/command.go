@@ -33,6 +33,9 @@ const (
 	// counters' clocks older than they are, which only makes its takeover
 	// jump further.
 	CmdReplayCurrent CmdType = 10 | IgnoreIfUnknown
+	// CmdIKEChains is advisory: an older node that skips it holds no IKE
+	// state, and its takeover re-establishes the IKE_SAs as before.
+	CmdIKEChains CmdType = 11 | IgnoreIfUnknown
 )
 
 func (t CmdType) String() string {
@@ -57,6 +60,8 @@ func (t CmdType) String() string {
 		return "handover"
 	case CmdReplayCurrent:
 		return "replay-current"
+	case CmdIKEChains:
+		return "ike-chains"
 	}
 	return fmt.Sprintf("type 0x%02x", uint8(t))
 }
@@ -195,6 +200,17 @@ type ReplayCurrentCmd struct {
 	ReadAt time.Time `json:"read_at"`
 }
 
+// IKEChainsCmd is a group commit of IKE lineage chains (see
+// ipsec/hasync.Lineage): each upsert replaces the sealed replay of one
+// chain, each delete ends one. Node is the proposer: the state machine
+// takes chains only from the node that holds the active role, so that an
+// old active whose charon still talks cannot write over its successor's.
+type IKEChainsCmd struct {
+	Node    string
+	Upserts []SAUpsert
+	Deletes []string
+}
+
 // Command is a decoded log entry.
 type Command struct {
 	Type    CmdType
@@ -227,6 +243,8 @@ func Encode(payload any) ([]byte, error) {
 		return encodeSABatch(p), nil
 	case *ReplayBatchCmd:
 		return encodeReplayBatch(p), nil
+	case *IKEChainsCmd:
+		return encodeIKEChains(p), nil
 	default:
 		return nil, fmt.Errorf("encoding command: unsupported payload %T", payload)
 	}
@@ -263,7 +281,7 @@ func Decode(data []byte) (Command, error) {
 		p = new(HandoverCmd)
 	case CmdReplayCurrent:
 		p = new(ReplayCurrentCmd)
-	case CmdSABatch, CmdReplayBatch:
+	case CmdSABatch, CmdReplayBatch, CmdIKEChains:
 	default:
 		if c.Type&IgnoreIfUnknown != 0 {
 			return c, nil
@@ -279,6 +297,8 @@ func Decode(data []byte) (Command, error) {
 		c.Payload, err = decodeSABatch(body)
 	case CmdReplayBatch:
 		c.Payload, err = decodeReplayBatch(body)
+	case CmdIKEChains:
+		c.Payload, err = decodeIKEChains(body)
 	default:
 		if err = json.Unmarshal(body, p); err == nil {
 			c.Payload = p
@@ -296,11 +316,16 @@ func Decode(data []byte) (Command, error) {
 //	sa batch:     n(uvarint) {id(str) sealed(bytes)}*n  m(uvarint) {id(str)}*m
 //	replay batch: n(uvarint) {id(str) oseq seq(uvarint) bitmap(n32 u32*) readAt(i64 ns)}*n
 
+//	ike chains:   node(str) n(uvarint) {key(str) sealed(bytes)}*n  m(uvarint) {key(str)}*m
+
 const (
 	maxBatch     = 1 << 20
 	maxIDLen     = 256
 	maxSealedLen = 1 << 16
 	maxBitmapLen = 4096
+	// maxChainLen bounds one sealed IKE chain: an IKE_SA with hundreds
+	// of CHILD_SAs is a few hundred datagrams of a few hundred bytes.
+	maxChainLen = 1 << 20
 )
 
 func appendStr(b []byte, s string) []byte {
@@ -326,6 +351,52 @@ func encodeSABatch(c *SABatchCmd) []byte {
 		b = appendStr(b, id)
 	}
 	return b
+}
+
+func encodeIKEChains(c *IKEChainsCmd) []byte {
+	size := 16 + len(c.Node)
+	for _, u := range c.Upserts {
+		size += len(u.ID) + len(u.Sealed) + 8
+	}
+	b := make([]byte, 0, size)
+	b = append(b, byte(CmdIKEChains), payloadVersion)
+	b = appendStr(b, c.Node)
+	b = binary.AppendUvarint(b, uint64(len(c.Upserts)))
+	for _, u := range c.Upserts {
+		b = appendStr(b, u.ID)
+		b = binary.AppendUvarint(b, uint64(len(u.Sealed)))
+		b = append(b, u.Sealed...)
+	}
+	b = binary.AppendUvarint(b, uint64(len(c.Deletes)))
+	for _, k := range c.Deletes {
+		b = appendStr(b, k)
+	}
+	return b
+}
+
+func decodeIKEChains(body []byte) (*IKEChainsCmd, error) {
+	c := &cursor{b: body}
+	cmd := &IKEChainsCmd{Node: string(c.bytes("node", maxIDLen))}
+	if c.err == nil && cmd.Node == "" {
+		c.fail("IKE chains without a proposing node")
+	}
+	n := c.uvar("chain count", maxBatch)
+	for i := uint64(0); i < n && c.err == nil; i++ {
+		key := c.id()
+		sealed := c.bytes("sealed chain", maxChainLen)
+		if c.err == nil && len(sealed) == 0 {
+			c.fail("chain %s: empty sealed payload", key)
+		}
+		cmd.Upserts = append(cmd.Upserts, SAUpsert{ID: key, Sealed: append([]byte(nil), sealed...)})
+	}
+	m := c.uvar("chain delete count", maxBatch)
+	for i := uint64(0); i < m && c.err == nil; i++ {
+		cmd.Deletes = append(cmd.Deletes, c.id())
+	}
+	if err := c.done(); err != nil {
+		return nil, err
+	}
+	return cmd, nil
 }
 
 func encodeReplayBatch(c *ReplayBatchCmd) []byte {

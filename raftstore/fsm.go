@@ -9,6 +9,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
+	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -176,6 +178,11 @@ func (s *fsmSnapshot) Release() {}
 //	meta: len(uvarint) JSON{members, active, health, history, last_index}
 //	sas:  n(uvarint) {id(str) term index(uvarint) sealed(bytes)}*n
 //	replay: len(uvarint) replay-batch body (see command.go)
+//	ike:  n(uvarint) {key(str) term index(uvarint) sealed(bytes)}*n  (optional)
+//
+// The IKE chain block came after version 1 was in use: it is optional at
+// the end, where an older reader stops before it (and holds no IKE state,
+// as when it skips CmdIKEChains), and a snapshot without it restores none.
 //
 // Every length is bounded twice: by what the block can legitimately hold
 // (the constants below, maxIDLen, maxSealedLen) and by the bytes that
@@ -232,16 +239,8 @@ func WriteSnapshot(w io.Writer, st *State) error {
 		ids = append(ids, id)
 	}
 	sort.Strings(ids)
-	for _, id := range ids {
-		e := st.SAs[id]
-		buf = appendStr(buf[:0], e.ID)
-		buf = binary.AppendUvarint(buf, e.Term)
-		buf = binary.AppendUvarint(buf, e.Index)
-		buf = binary.AppendUvarint(buf, uint64(len(e.Sealed)))
-		buf = append(buf, e.Sealed...)
-		if _, err := bw.Write(buf); err != nil {
-			return err
-		}
+	if buf, err = writeEntries(bw, buf, st.SAs, ids); err != nil {
+		return err
 	}
 	rb := &ReplayBatchCmd{Records: make([]ReplayRecord, 0, len(st.Replay))}
 	for _, id := range ids {
@@ -257,7 +256,32 @@ func WriteSnapshot(w io.Writer, st *State) error {
 	if _, err := bw.Write(body); err != nil {
 		return err
 	}
+	keys := slices.Sorted(maps.Keys(st.IKEChains))
+	buf = binary.AppendUvarint(buf[:0], uint64(len(keys)))
+	if _, err := bw.Write(buf); err != nil {
+		return err
+	}
+	if _, err := writeEntries(bw, buf, st.IKEChains, keys); err != nil {
+		return err
+	}
 	return bw.Flush()
+}
+
+// writeEntries writes the sealed entries of ids, in that order, reusing
+// buf; it returns buf for further use.
+func writeEntries(w io.Writer, buf []byte, entries map[string]*SAEntry, ids []string) ([]byte, error) {
+	for _, id := range ids {
+		e := entries[id]
+		buf = appendStr(buf[:0], e.ID)
+		buf = binary.AppendUvarint(buf, e.Term)
+		buf = binary.AppendUvarint(buf, e.Index)
+		buf = binary.AppendUvarint(buf, uint64(len(e.Sealed)))
+		buf = append(buf, e.Sealed...)
+		if _, err := w.Write(buf); err != nil {
+			return buf, err
+		}
+	}
+	return buf, nil
 }
 
 // ErrSnapshot is wrapped by every snapshot decoding error.
@@ -316,6 +340,32 @@ func ReadSnapshot(r io.Reader) (*State, error) {
 		}
 		st.Health[o.Subject][o.Observer] = o
 	}
+	// readEntries reads a block of sealed entries into into.
+	readEntries := func(what string, n uint64, maxSealed uint64, into map[string]*SAEntry) error {
+		for i := uint64(0); i < n; i++ {
+			id, err := readBlock(what+" id", maxIDLen)
+			if err != nil {
+				return err
+			}
+			term, err1 := binary.ReadUvarint(br)
+			index, err2 := binary.ReadUvarint(br)
+			if err := errors.Join(err1, err2); err != nil {
+				return fmt.Errorf("%w: %s %s position: %w", ErrSnapshot, what, id, err)
+			}
+			sealed, err := readBlock("sealed "+what, maxSealed)
+			if err != nil {
+				return err
+			}
+			if len(id) == 0 || len(sealed) == 0 {
+				return fmt.Errorf("%w: %s entry %d without id or payload", ErrSnapshot, what, i)
+			}
+			if _, dup := into[string(id)]; dup {
+				return fmt.Errorf("%w: %s %s twice", ErrSnapshot, what, id)
+			}
+			into[string(id)] = &SAEntry{ID: string(id), Sealed: sealed, Term: term, Index: index}
+		}
+		return nil
+	}
 	n, err := binary.ReadUvarint(br)
 	if err != nil {
 		return nil, fmt.Errorf("%w: SA count: %w", ErrSnapshot, err)
@@ -323,27 +373,8 @@ func ReadSnapshot(r io.Reader) (*State, error) {
 	if n > maxSnapSAs {
 		return nil, fmt.Errorf("%w: SA count %d exceeds %d", ErrSnapshot, n, maxSnapSAs)
 	}
-	for i := uint64(0); i < n; i++ {
-		id, err := readBlock("SA id", maxIDLen)
-		if err != nil {
-			return nil, err
-		}
-		term, err1 := binary.ReadUvarint(br)
-		index, err2 := binary.ReadUvarint(br)
-		if err := errors.Join(err1, err2); err != nil {
-			return nil, fmt.Errorf("%w: SA %s position: %w", ErrSnapshot, id, err)
-		}
-		sealed, err := readBlock("sealed SA", maxSealedLen)
-		if err != nil {
-			return nil, err
-		}
-		if len(id) == 0 || len(sealed) == 0 {
-			return nil, fmt.Errorf("%w: SA entry %d without id or payload", ErrSnapshot, i)
-		}
-		if _, dup := st.SAs[string(id)]; dup {
-			return nil, fmt.Errorf("%w: SA %s twice", ErrSnapshot, id)
-		}
-		st.SAs[string(id)] = &SAEntry{ID: string(id), Sealed: sealed, Term: term, Index: index}
+	if err := readEntries("SA", n, maxSealedLen, st.SAs); err != nil {
+		return nil, err
 	}
 	body, err := readBlock("replay states", maxSnapReplay)
 	if err != nil {
@@ -355,6 +386,19 @@ func ReadSnapshot(r io.Reader) (*State, error) {
 	}
 	for _, r := range rb.Records {
 		st.Replay[r.ID] = r
+	}
+	n, err = binary.ReadUvarint(br)
+	switch {
+	case errors.Is(err, io.EOF):
+		// Written before IKE chains were replicated.
+		return st, nil
+	case err != nil:
+		return nil, fmt.Errorf("%w: IKE chain count: %w", ErrSnapshot, err)
+	case n > maxSnapSAs:
+		return nil, fmt.Errorf("%w: IKE chain count %d exceeds %d", ErrSnapshot, n, maxSnapSAs)
+	}
+	if err := readEntries("IKE chain", n, maxChainLen, st.IKEChains); err != nil {
+		return nil, err
 	}
 	return st, nil
 }

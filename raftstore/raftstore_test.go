@@ -62,6 +62,7 @@ func sampleCommands() []any {
 		&HealthCmd{Observer: "gw2", Subject: "gw1", Healthy: false, Detail: "ike 500 timeout", At: at},
 		&SABatchCmd{Upserts: []SAUpsert{{ID: "a", Sealed: []byte{1, 2, 3}}, {ID: "b", Sealed: []byte{4}}}, Deletes: []string{"c"}},
 		&ReplayBatchCmd{Records: []ReplayRecord{{ID: "a", OSeq: 1 << 40, Seq: 7, Bitmap: []uint32{0xffffffff, 1}, ReadAt: at}}},
+		&IKEChainsCmd{Node: "gw1", Upserts: []SAUpsert{{ID: "v2-01-02-r", Sealed: []byte{5, 6}}}, Deletes: []string{"v2-03-04-r"}},
 	}
 }
 
@@ -95,6 +96,8 @@ func TestDecodeRefusesAndSkips(t *testing.T) {
 		{"bad json", []byte{byte(CmdMember), 1, '{'}, ErrMalformed},
 		{"sa batch lying count", []byte{byte(CmdSABatch), 1, 0x05}, ErrMalformed},
 		{"sa batch trailing", append(encodeSABatch(&SABatchCmd{}), 0), ErrMalformed},
+		{"ike chains without node", encodeIKEChains(&IKEChainsCmd{}), ErrMalformed},
+		{"ike chain without payload", encodeIKEChains(&IKEChainsCmd{Node: "gw1", Upserts: []SAUpsert{{ID: "k"}}}), ErrMalformed},
 		{"replay truncated bitmap", []byte{byte(CmdReplayBatch), 1, 1, 1, 'a', 0, 0, 2, 0, 0}, ErrMalformed},
 	}
 	for _, c := range cases {
@@ -209,6 +212,7 @@ func sampleState(t testing.TB) *State {
 		&SABatchCmd{Upserts: []SAUpsert{{ID: "a", Sealed: []byte{1, 2}}, {ID: "b", Sealed: []byte{3}}}},
 		&ReplayBatchCmd{Records: []ReplayRecord{{ID: "a", OSeq: 42, Seq: 7, Bitmap: []uint32{3}, ReadAt: at}}},
 		&ActiveCmd{Node: "gw1", At: at, SAs: 2},
+		&IKEChainsCmd{Node: "gw1", Upserts: []SAUpsert{{ID: "v2-01-02-r", Sealed: []byte{7, 8, 9}}}},
 		&HandoverCmd{From: "gw1", To: "gw2", Reason: ReasonPromote, At: at},
 	} {
 		data, _ := Encode(p)
@@ -236,10 +240,54 @@ func TestSnapshotRoundTrip(t *testing.T) {
 	if !reflect.DeepEqual(got, st) {
 		t.Errorf("snapshot round trip:\n got %+v\nwant %+v", got, st)
 	}
+	// A snapshot written before IKE chains were replicated ends after the
+	// replay states; it restores, with no chains. Cut anywhere else, it is
+	// refused.
+	legacy := st.Clone()
+	legacy.IKEChains = map[string]*SAEntry{}
+	var old bytes.Buffer
+	if err := WriteSnapshot(&old, legacy); err != nil {
+		t.Fatal(err)
+	}
+	oldLen := old.Len() - 1 // the empty chain block is one byte
+	if got, err := ReadSnapshot(bytes.NewReader(buf.Bytes()[:oldLen])); err != nil || len(got.IKEChains) != 0 || len(got.SAs) != 2 {
+		t.Fatalf("a snapshot without the IKE chain block: %v, %d chains, %d SAs", err, len(got.IKEChains), len(got.SAs))
+	}
 	for n := 0; n < buf.Len(); n += 7 {
+		if n == oldLen {
+			continue
+		}
 		if _, err := ReadSnapshot(bytes.NewReader(buf.Bytes()[:n])); !errors.Is(err, ErrSnapshot) {
 			t.Fatalf("truncated at %d: err = %v, want ErrSnapshot", n, err)
 		}
+	}
+}
+
+// IKE chains are taken only from the node holding the active role: an old
+// active whose charon still reports cannot write over its successor's.
+func TestIKEChainsOnlyFromTheActive(t *testing.T) {
+	st := sampleState(t) // gw1 active, one chain
+	before := st.IKEChains["v2-01-02-r"]
+	for _, node := range []string{"gw2", "gw9"} {
+		err := applyAll(t, st, 3, &IKEChainsCmd{Node: node, Upserts: []SAUpsert{{ID: "v2-01-02-r", Sealed: []byte{1}}}, Deletes: []string{"v2-01-02-r"}})
+		if !errors.Is(err, ErrRefused) || st.IKEChains["v2-01-02-r"] != before {
+			t.Fatalf("chains from %q: err %v, chain now %v", node, err, st.IKEChains["v2-01-02-r"])
+		}
+	}
+	if err := applyAll(t, st, 4, &ClaimCmd{Node: "gw2", At: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	if err := applyAll(t, st, 4, &IKEChainsCmd{Node: "gw1", Deletes: []string{"v2-01-02-r"}}); !errors.Is(err, ErrRefused) {
+		t.Fatalf("the old active wrote after gw2 claimed: %v", err)
+	}
+	if err := applyAll(t, st, 4, &IKEChainsCmd{Node: "gw2", Upserts: []SAUpsert{{ID: "k2", Sealed: []byte{2}}}, Deletes: []string{"v2-01-02-r"}}); err != nil {
+		t.Fatalf("the claiming node's chains: %v", err)
+	}
+	if _, ok := st.IKEChains["v2-01-02-r"]; ok || st.IKEChains["k2"] == nil {
+		t.Fatalf("chains after the claimant's batch: %v", st.IKEChains)
+	}
+	if err := applyAll(t, st, 4, &IKEChainsCmd{Node: "gw2", Upserts: []SAUpsert{{ID: "x", Sealed: []byte{1}}, {ID: "x", Sealed: []byte{2}}}}); !errors.Is(err, ErrRefused) {
+		t.Fatalf("a chain twice in one batch: %v", err)
 	}
 }
 

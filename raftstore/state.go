@@ -76,6 +76,10 @@ type State struct {
 	Active  Active
 	SAs     map[string]*SAEntry
 	Replay  map[string]ReplayRecord
+	// IKEChains are the active gateway's IKE lineage chains, sealed, by
+	// chain key (ipsec/hasync): what a standby's charon needs to hold its
+	// IKE_SAs. ID is the chain key.
+	IKEChains map[string]*SAEntry
 	// Health is subject → observer → observation.
 	Health  map[string]map[string]Observation
 	History []HistoryEntry
@@ -90,8 +94,9 @@ func NewState() *State {
 	return &State{
 		Members: make(map[string]Member),
 		SAs:     make(map[string]*SAEntry),
-		Replay:  make(map[string]ReplayRecord),
-		Health:  make(map[string]map[string]Observation),
+		Replay:    make(map[string]ReplayRecord),
+		IKEChains: make(map[string]*SAEntry),
+		Health:    make(map[string]map[string]Observation),
 	}
 }
 
@@ -108,6 +113,7 @@ func (s *State) Clone() *State {
 		Active:    s.Active,
 		SAs:       maps.Clone(s.SAs),
 		Replay:    maps.Clone(s.Replay),
+		IKEChains: maps.Clone(s.IKEChains),
 		Health:    make(map[string]map[string]Observation, len(s.Health)),
 		History:   slices.Clone(s.History),
 		Handover:  s.Handover,
@@ -153,6 +159,8 @@ func (s *State) apply(index, term uint64, c Command) error {
 		err = s.applyReplay(p)
 	case *ReplayCurrentCmd:
 		// Local clocks only (FSM.Apply): nothing replicated changes.
+	case *IKEChainsCmd:
+		err = s.applyIKEChains(index, term, p)
 	default:
 		err = fmt.Errorf("%w: no handler for %T", ErrRefused, p)
 	}
@@ -260,6 +268,32 @@ func (s *State) applySABatch(index, term uint64, p *SABatchCmd) error {
 	for _, id := range p.Deletes {
 		delete(s.SAs, id)
 		delete(s.Replay, id)
+	}
+	return nil
+}
+
+// applyIKEChains takes chains only from the node holding the active role
+// (claiming or active): an old active that lost it, and whose charon
+// still reports, must not write over what its successor carries.
+func (s *State) applyIKEChains(index, term uint64, p *IKEChainsCmd) error {
+	if p.Node == "" || p.Node != s.Active.Node {
+		return fmt.Errorf("%w: IKE chains from %q, but the active role is %q's", ErrRefused, p.Node, s.Active.Node)
+	}
+	seen := make(map[string]bool, len(p.Upserts))
+	for _, u := range p.Upserts {
+		if u.ID == "" || len(u.Sealed) == 0 {
+			return fmt.Errorf("%w: IKE chain upsert without key or payload", ErrRefused)
+		}
+		if seen[u.ID] {
+			return fmt.Errorf("%w: IKE chain %s twice in one batch", ErrRefused, u.ID)
+		}
+		seen[u.ID] = true
+	}
+	for _, u := range p.Upserts {
+		s.IKEChains[u.ID] = &SAEntry{ID: u.ID, Sealed: u.Sealed, Term: term, Index: index}
+	}
+	for _, k := range p.Deletes {
+		delete(s.IKEChains, k)
 	}
 	return nil
 }

@@ -185,6 +185,64 @@ func (id IKEID) String() string {
 	return fmt.Sprintf("v%d %x_i %x_r (%s)", id.Version, id.SPIi, id.SPIr, r)
 }
 
+// Key is the IKE_SA's ID in text, as a replicated record's key:
+// "v2-<SPIi>-<SPIr>-i" (or "-r"), the SPIs in hex. ParseKey reads it.
+func (id IKEID) Key() string {
+	r := 'r'
+	if id.Initiator {
+		r = 'i'
+	}
+	return fmt.Sprintf("v%d-%x-%x-%c", id.Version, id.SPIi, id.SPIr, r)
+}
+
+// ParseKey reads an IKEID written by Key.
+func ParseKey(s string) (IKEID, error) {
+	var id IKEID
+	var spii, spir []byte
+	var r rune
+	if n, err := fmt.Sscanf(s, "v%d-%x-%x-%c", &id.Version, &spii, &spir, &r); err != nil || n != 4 {
+		return id, fmt.Errorf("hasync: IKE_SA key %q: want v<version>-<SPIi>-<SPIr>-<i|r>", s)
+	}
+	if len(spii) != 8 || len(spir) != 8 || (r != 'i' && r != 'r') {
+		return id, fmt.Errorf("hasync: IKE_SA key %q: want two 8-byte SPIs and i or r", s)
+	}
+	copy(id.SPIi[:], spii)
+	copy(id.SPIr[:], spir)
+	id.Initiator = r == 'i'
+	if id.Key() != s {
+		return IKEID{}, fmt.Errorf("hasync: IKE_SA key %q is not in canonical form", s)
+	}
+	return id, nil
+}
+
+// appendIKEID encodes id as an IKE_ID-kind value.
+func appendIKEID(b []byte, id IKEID) []byte {
+	b = append(b, id.Version)
+	b = append(b, id.SPIi[:]...)
+	b = append(b, id.SPIr[:]...)
+	if id.Initiator {
+		return append(b, 1)
+	}
+	return append(b, 0)
+}
+
+// IKEDeleteMessage encodes the IKE_DELETE the plugin sends when an
+// IKE_SA goes: a receiving charon deletes its copy and the CHILD_SAs
+// under it. Handoff sends it to a standby's charon for a chain the log
+// no longer holds (a compacted lineage keeps no deletions).
+func IKEDeleteMessage(id IKEID) []byte {
+	return appendIKEID([]byte{Version, byte(IKEDelete), byte(AttrIKEID)}, id)
+}
+
+// ChildDeleteMessage encodes a CHILD_DELETE for the CHILD_SA with inbound
+// SPI spi under the IKE_SA id, the SPI in the plugin's byte order (see
+// Attr.SPI).
+func ChildDeleteMessage(id IKEID, spi uint32) []byte {
+	b := appendIKEID([]byte{Version, byte(ChildDelete), byte(AttrIKEID)}, id)
+	b = append(b, byte(AttrInboundSPI))
+	return binary.BigEndian.AppendUint32(b, bits.ReverseBytes32(spi))
+}
+
 // Attr is one attribute; Raw is its encoded value (without the type byte),
 // sharing the message's buffer.
 type Attr struct {

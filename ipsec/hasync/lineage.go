@@ -3,7 +3,9 @@ package hasync
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
+	"strings"
 )
 
 // Lineage is the compacted IKE state of one gateway, built from the ha
@@ -33,10 +35,19 @@ type Lineage struct {
 	// children maps a live CHILD_SA's inbound SPI to the IKE_SA it was
 	// created under.
 	children map[uint32]IKEID
+	// changed are the chains (by key) changed since the last TakeChanged.
+	changed chainSet
+	// restoring, when not zero, is the key a chain being restored takes.
+	restoring IKEID
 }
 
 type ikeState struct {
-	seq     uint64
+	seq uint64
+	// chain is the key of the chain this IKE_SA belongs to: the first
+	// IKE_SA of the chain as this lineage learned it, inherited by every
+	// successor, so that a chain keeps its key through rekeys and
+	// compaction (a replicated record of the chain is stored under it).
+	chain   IKEID
 	add     []byte
 	update  []byte // last IKE_UPDATE without REMOTE_VIP
 	vips    []byte // last IKE_UPDATE with REMOTE_VIP
@@ -67,7 +78,7 @@ var (
 
 // NewLineage returns an empty lineage.
 func NewLineage() *Lineage {
-	return &Lineage{sas: make(map[IKEID]*ikeState), children: make(map[uint32]IKEID)}
+	return &Lineage{sas: make(map[IKEID]*ikeState), children: make(map[uint32]IKEID), changed: make(chainSet)}
 }
 
 // Apply adds one datagram (as the active charon sent it) to the lineage.
@@ -94,8 +105,13 @@ func (l *Lineage) Apply(m *Message) (bool, error) {
 		if err := l.addIKE(id, m, raw); err != nil {
 			return false, err
 		}
+		l.touch(id)
 		return true, nil
 	case IKEDelete:
+		if s := l.sas[id]; s != nil {
+			// Marked before: a deletion can drop the whole chain.
+			defer l.changed.touch(s.chain)
+		}
 		return l.deleteIKE(id)
 	case ChildDelete:
 		// By SPI, whichever IKE_SA the message names: after an IKE rekey
@@ -105,6 +121,11 @@ func (l *Lineage) Apply(m *Message) (bool, error) {
 		if !ok {
 			return false, fmt.Errorf("%w: CHILD_DELETE for %s without INBOUND_SPI", ErrMissingAttr, id)
 		}
+		under, held := l.children[spi.SPI()]
+		if !held {
+			return false, nil
+		}
+		l.touch(under)
 		return l.deleteChild(spi.SPI()), nil
 	}
 	s := l.sas[id]
@@ -141,21 +162,44 @@ func (l *Lineage) Apply(m *Message) (bool, error) {
 	default:
 		return false, fmt.Errorf("hasync: %s is not a message the lineage knows", m.Type)
 	}
+	l.touch(id)
 	return true, nil
 }
+
+// touch marks the chain of the IKE_SA id as changed.
+func (l *Lineage) touch(id IKEID) {
+	if s := l.sas[id]; s != nil {
+		l.changed.touch(s.chain)
+	}
+}
+
+type chainSet map[IKEID]struct{}
+
+func (c chainSet) touch(key IKEID) { c[key] = struct{}{} }
 
 func (l *Lineage) addIKE(id IKEID, m *Message, raw []byte) error {
 	if _, dup := l.sas[id]; dup {
 		return fmt.Errorf("%w: IKE_SA %s", ErrDuplicate, id)
 	}
-	s := &ikeState{seq: l.seq, add: raw}
+	s := &ikeState{seq: l.seq, add: raw, chain: id}
+	if l.restoring != (IKEID{}) {
+		s.chain = l.restoring
+	}
 	if a, ok := m.Find(AttrIKERekeyID); ok {
+		// A rekey of an IKE_SA the lineage does not hold starts a chain:
+		// the receiving charon derives the new IKE_SA's keys from the
+		// OLD_SKD the message carries, with or without the old IKE_SA
+		// (it only skips taking over children it does not have). That
+		// is the first IKE_ADD of a compacted chain, and what follows a
+		// lost datagram.
 		old := a.IKEID()
-		p := l.sas[old]
-		if p == nil || p.hasSucc() {
-			return fmt.Errorf("%w: IKE_SA %s rekeys %s", ErrUnknownIKE, id, old)
+		if p := l.sas[old]; p != nil {
+			if p.hasSucc() {
+				return fmt.Errorf("%w: IKE_SA %s rekeys %s, already rekeyed by %s", ErrDuplicate, id, old, p.successor)
+			}
+			p.successor, s.predecessor = id, old
+			s.chain = p.chain
 		}
-		p.successor, s.predecessor = id, old
 	}
 	l.seq++
 	l.sas[id] = s
@@ -246,6 +290,15 @@ func (l *Lineage) compact(id IKEID) {
 // chain's live IKE_SA last. The slices are the lineage's own: do not
 // modify them.
 func (l *Lineage) Replay() [][]byte {
+	var out [][]byte
+	for _, s := range l.roots() {
+		out = l.appendChain(out, s)
+	}
+	return out
+}
+
+// roots are the oldest IKE_SAs of the chains, by creation.
+func (l *Lineage) roots() []*ikeState {
 	var roots []*ikeState
 	for _, s := range l.sas {
 		if !s.hasPred() {
@@ -253,19 +306,105 @@ func (l *Lineage) Replay() [][]byte {
 		}
 	}
 	slices.SortFunc(roots, func(a, b *ikeState) int { return cmpU64(a.seq, b.seq) })
-	var out [][]byte
-	for _, s := range roots {
-		var last *ikeState
-		for ; s != nil; s = l.next(s) {
-			out = appendNonNil(out, s.add, s.update, s.vips)
-			for _, c := range s.created {
-				out = append(out, c.raw)
-			}
-			last = s
+	return roots
+}
+
+func (l *Lineage) appendChain(out [][]byte, s *ikeState) [][]byte {
+	var last *ikeState
+	for ; s != nil; s = l.next(s) {
+		out = appendNonNil(out, s.add, s.update, s.vips)
+		for _, c := range s.created {
+			out = append(out, c.raw)
 		}
-		out = appendNonNil(out, last.midI, last.midR)
+		last = s
 	}
-	return out
+	return appendNonNil(out, last.midI, last.midR)
+}
+
+// Chains returns the keys of the lineage's chains, in the order of their
+// oldest kept IKE_SA (the order Replay sends them in). A chain
+// is an IKE_SA with the IKE_SAs it replaced by rekeys that the lineage
+// still keeps; its key is its first IKE_SA's ID and stays the same
+// through rekeys and compaction.
+func (l *Lineage) Chains() []IKEID {
+	roots := l.roots()
+	keys := make([]IKEID, len(roots))
+	for i, s := range roots {
+		keys[i] = s.chain
+	}
+	return keys
+}
+
+// Chain returns the replay of one chain (see Replay), or nil when the
+// lineage holds no chain with that key. The slices are the lineage's own.
+func (l *Lineage) Chain(key IKEID) [][]byte {
+	for _, s := range l.sas {
+		if s.chain == key && !s.hasPred() {
+			return l.appendChain(nil, s)
+		}
+	}
+	return nil
+}
+
+// TakeChanged returns the keys of the chains changed (or ended) since
+// the last call, and forgets them: what a replicator must write again
+// (Chain) or delete (Chain returns nil).
+func (l *Lineage) TakeChanged() []IKEID {
+	keys := make([]IKEID, 0, len(l.changed))
+	for k := range l.changed {
+		keys = append(keys, k)
+	}
+	clear(l.changed)
+	slices.SortFunc(keys, func(a, b IKEID) int { return strings.Compare(a.Key(), b.Key()) })
+	return keys
+}
+
+// RestoreChain adds a chain from its replay (as Chain returned it, on
+// this node or another) under its key: a new active's lineage starts from
+// what the log holds. The chain must be new to the lineage; on error the
+// lineage is unchanged. A restored chain is not reported by TakeChanged.
+func (l *Lineage) RestoreChain(key IKEID, datagrams [][]byte) error {
+	if key.SPIi == [8]byte{} {
+		return fmt.Errorf("restoring a chain: %w", ErrNoIKEID)
+	}
+	if l.Chain(key) != nil {
+		return fmt.Errorf("restoring chain %s: %w", key, ErrDuplicate)
+	}
+	msgs := make([]*Message, len(datagrams))
+	for i, d := range datagrams {
+		m, err := Decode(d)
+		if err != nil {
+			return fmt.Errorf("restoring chain %s: datagram %d: %w", key, i, err)
+		}
+		if i == 0 && m.Type != IKEAdd {
+			return fmt.Errorf("restoring chain %s: it starts with %s, not IKE_ADD", key, m.Type)
+		}
+		msgs[i] = m
+	}
+	// Applied to a copy, so that a chain refused halfway leaves nothing.
+	trial := l.clone()
+	trial.restoring = key
+	for i, m := range msgs {
+		if _, err := trial.Apply(m); err != nil {
+			return fmt.Errorf("restoring chain %s: datagram %d (%s): %w", key, i, m.Type, err)
+		}
+	}
+	trial.restoring = IKEID{}
+	trial.changed = l.changed
+	*l = *trial
+	return nil
+}
+
+// clone copies the lineage's bookkeeping; the datagrams are shared (they
+// are never modified).
+func (l *Lineage) clone() *Lineage {
+	c := &Lineage{sas: make(map[IKEID]*ikeState, len(l.sas)), seq: l.seq, children: maps.Clone(l.children), changed: make(chainSet)}
+	for id, s := range l.sas {
+		cs := *s
+		cs.created = slices.Clone(s.created)
+		c.sas[id] = &cs
+	}
+	return c
 }
 
 func (s *ikeState) hasSucc() bool { return s.successor != IKEID{} }

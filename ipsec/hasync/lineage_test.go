@@ -105,7 +105,6 @@ func TestLineageRefusesWhatItCannotPlace(t *testing.T) {
 		{"UPDATE for an unknown IKE_SA", update(b, false), ErrUnknownIKE},
 		{"CHILD_ADD under an unknown IKE_SA", child(b, 0xb1), ErrUnknownIKE},
 		{"IKE_DELETE of an unknown IKE_SA", del(b), ErrUnknownIKE},
-		{"rekey of an unknown IKE_SA", add(ike(3), b), ErrUnknownIKE},
 		{"IKE_ADD twice", add(a), ErrDuplicate},
 		{"CHILD_ADD twice", child(a, 0xa1), ErrDuplicate},
 		{"CHILD_ADD without an inbound SPI", raw(ChildAdd, ikeAttr(AttrIKEID, a)), ErrMissingAttr},
@@ -130,6 +129,100 @@ func TestLineageRefusesWhatItCannotPlace(t *testing.T) {
 	apply(t, l, add(b, a), del(a))
 	if changed, err := l.Apply(decode(t, midR(a, 4))); changed || err != nil {
 		t.Errorf("late MID of a retired IKE_SA: changed %v, err %v", changed, err)
+	}
+	if changed, err := l.Apply(decode(t, add(ike(3), a))); !errors.Is(err, ErrDuplicate) || changed {
+		t.Errorf("a second rekey of one IKE_SA: changed %v, err %v, want %v", changed, err, ErrDuplicate)
+	}
+}
+
+// Chains keep their key through rekeys and compaction; TakeChanged names
+// every chain a message touched (or ended) once; a chain's replay restores
+// into another lineage under the same key and gives the same replay; a
+// rekey of an IKE_SA the lineage never held starts a chain, as it does in
+// the receiving charon.
+func TestLineageChains(t *testing.T) {
+	a, b, c, d := ike(1), ike(2), ike(3), ike(4)
+	l := NewLineage()
+	apply(t, l, add(a), update(a, false), child(a, 0xa1), add(c), update(c, false))
+	if got := l.TakeChanged(); !slices.Equal(got, []IKEID{a, c}) {
+		t.Fatalf("changed after two IKE_SAs: %v", got)
+	}
+	if got := l.TakeChanged(); len(got) != 0 {
+		t.Fatalf("changed twice: %v", got)
+	}
+	// a is rekeyed by b; the child created under a is deleted, so a goes,
+	// and the chain is still a's.
+	apply(t, l, add(b, a), del(a), child(b, 0xb1), childDel(b, 0xa1), midR(b, 5))
+	if got := l.TakeChanged(); !slices.Equal(got, []IKEID{a}) {
+		t.Fatalf("changed after a's rekey: %v, want the chain of a", got)
+	}
+	if got := l.Chains(); !slices.Equal(got, []IKEID{c, a}) {
+		t.Fatalf("chains %v, want keys c and a (by their oldest kept IKE_SA: c, then b)", got)
+	}
+	want := []string{"IKE_ADD " + b.String(), "CHILD_ADD 000000b1", "IKE_MID_RESPONDER " + b.String() + " 5"}
+	if got := describe(t, l.Chain(a)); !slices.Equal(got, want) {
+		t.Fatalf("chain a: %v, want %v", got, want)
+	}
+	if l.Chain(b) != nil {
+		t.Fatal("a chain is found by its key only, not by a later IKE_SA's ID")
+	}
+
+	// Restored elsewhere, under its key, the chain replays the same and
+	// follows the same messages.
+	r := NewLineage()
+	for _, key := range l.Chains() {
+		if err := r.RestoreChain(key, l.Chain(key)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !slices.EqualFunc(r.Replay(), l.Replay(), bytes.Equal) || len(r.TakeChanged()) != 0 {
+		t.Fatal("restored lineage differs, or reports restored chains as changed")
+	}
+	apply(t, r, midR(b, 6))
+	if got := r.TakeChanged(); !slices.Equal(got, []IKEID{a}) {
+		t.Fatalf("restored lineage: changed %v, want the chain of a", got)
+	}
+	if err := r.RestoreChain(a, l.Chain(a)); !errors.Is(err, ErrDuplicate) {
+		t.Fatalf("restoring a chain twice: %v", err)
+	}
+	before := r.Replay()
+	if err := r.RestoreChain(d, [][]byte{add(d), child(ike(9), 1)}); !errors.Is(err, ErrUnknownIKE) {
+		t.Fatalf("restoring a chain with a stray child: %v", err)
+	}
+	if err := r.RestoreChain(d, [][]byte{update(d, false)}); err == nil {
+		t.Fatal("restoring a chain that does not start with IKE_ADD")
+	}
+	if !slices.EqualFunc(r.Replay(), before, bytes.Equal) {
+		t.Fatal("a refused restore changed the lineage")
+	}
+
+	// Deleting the live IKE_SA ends the chain; a rekey of an IKE_SA never
+	// seen starts one.
+	apply(t, l, del(b), add(d, ike(99)), update(d, false))
+	if got := l.TakeChanged(); !slices.Equal(got, []IKEID{a, d}) || l.Chain(a) != nil || l.Chain(d) == nil {
+		t.Fatalf("after deleting b and a rekey of an unknown IKE_SA: changed %v", got)
+	}
+}
+
+// The deletions Handoff writes itself are what the plugin would send,
+// and keys read back.
+func TestDeleteMessagesAndKeys(t *testing.T) {
+	a := ike(7)
+	a.Initiator = true
+	if got, want := IKEDeleteMessage(a), del(a); !bytes.Equal(got, want) {
+		t.Fatalf("IKE_DELETE % x, want % x", got, want)
+	}
+	if got, want := ChildDeleteMessage(a, 0x5256023f), childDel(a, 0x5256023f); !bytes.Equal(got, want) {
+		t.Fatalf("CHILD_DELETE % x, want % x", got, want)
+	}
+	back, err := ParseKey(a.Key())
+	if err != nil || back != a {
+		t.Fatalf("ParseKey(%q) = %v, %v", a.Key(), back, err)
+	}
+	for _, bad := range []string{"", "v2-01-02-i", "v2-0000000000000007-00000000000007ff-x", "v2-0000000000000007-00000000000007FF-i", "x"} {
+		if _, err := ParseKey(bad); err == nil {
+			t.Errorf("ParseKey(%q) accepted", bad)
+		}
 	}
 }
 
