@@ -92,8 +92,8 @@ type State struct {
 // NewState returns an empty state.
 func NewState() *State {
 	return &State{
-		Members: make(map[string]Member),
-		SAs:     make(map[string]*SAEntry),
+		Members:   make(map[string]Member),
+		SAs:       make(map[string]*SAEntry),
 		Replay:    make(map[string]ReplayRecord),
 		IKEChains: make(map[string]*SAEntry),
 		Health:    make(map[string]map[string]Observation),
