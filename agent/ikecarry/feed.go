@@ -1,0 +1,321 @@
+package ikecarry
+
+import (
+	"context"
+	"crypto/sha256"
+	"fmt"
+	"maps"
+	"slices"
+	"time"
+
+	"github.com/handoffvpn/handoff/ipsec/hasync"
+	"github.com/handoffvpn/handoff/raftstore"
+)
+
+// fedChain is what a standby's charon was given of one chain.
+type fedChain struct {
+	index uint64 // log index of the entry fed
+	// sent are the hashes of the chain's datagrams as last fed: a
+	// datagram of a later version of the chain not among them is new.
+	sent map[[32]byte]struct{}
+	// ikes are the chain's IKE_SAs, oldest first; children its CHILD_SAs
+	// by inbound SPI.
+	ikes     []hasync.IKEID
+	children map[uint32]struct{}
+}
+
+func newFed(index uint64, chain [][]byte) *fedChain {
+	f := &fedChain{index: index, sent: make(map[[32]byte]struct{}, len(chain)), children: make(map[uint32]struct{})}
+	for _, d := range chain {
+		f.sent[sha256.Sum256(d)] = struct{}{}
+		m, err := hasync.Decode(d)
+		if err != nil {
+			continue // decodeChain checked every datagram
+		}
+		switch m.Type {
+		case hasync.IKEAdd:
+			if id, ok := m.IKEID(); ok {
+				f.ikes = append(f.ikes, id)
+			}
+		case hasync.ChildAdd:
+			if a, ok := m.Find(hasync.AttrInboundSPI); ok {
+				f.children[a.SPI()] = struct{}{}
+			}
+		}
+	}
+	return f
+}
+
+// live is the chain's newest IKE_SA, which holds its children on the
+// receiving charon (an IKE rekey hands them over).
+func (f *fedChain) live() hasync.IKEID {
+	if len(f.ikes) == 0 {
+		return hasync.IKEID{}
+	}
+	return f.ikes[len(f.ikes)-1]
+}
+
+// deletes are the datagrams that retire the whole chain, newest IKE_SA
+// first (an IKE_SA charon does not hold is ignored by it).
+func (f *fedChain) deletes(out [][]byte) [][]byte {
+	for _, id := range slices.Backward(f.ikes) {
+		out = append(out, hasync.IKEDeleteMessage(id))
+	}
+	return out
+}
+
+// minFeedInterval spaces the feeder's rounds: the state machine changes
+// with every replicated SA, and a round reads every chain's position.
+const minFeedInterval = 50 * time.Millisecond
+
+// feedLoop keeps a standby's charon fed with the committed chains.
+func (c *Carrier) feedLoop(ctx context.Context) {
+	retry := time.NewTicker(5 * time.Second)
+	defer retry.Stop()
+	for {
+		changed := c.state.Changed()
+		if err := c.feedRound(ctx); err != nil && ctx.Err() == nil {
+			c.slog.Warn("ha channel: feeding the local charon", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-changed:
+		case <-c.feed:
+		case <-retry.C:
+		}
+		t := time.NewTimer(minFeedInterval)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+	}
+}
+
+func (c *Carrier) feedRound(ctx context.Context) error {
+	c.feedMu.Lock()
+	defer c.feedMu.Unlock()
+	c.mu.Lock()
+	active := c.active
+	c.mu.Unlock()
+	if active {
+		return nil
+	}
+	return c.feedLocked(ctx)
+}
+
+// feedLocked sends the local charon what the log holds and it was not
+// given: new chains whole, changed chains' new datagrams, and deletions
+// for the chains and children the log no longer holds. c.feedMu is held.
+func (c *Carrier) feedLocked(ctx context.Context) error {
+	c.mu.Lock()
+	fed, purge := c.fed, c.purge
+	c.mu.Unlock()
+
+	var entries []raftstore.SAEntry
+	c.state.View(func(st *raftstore.State) {
+		entries = make([]raftstore.SAEntry, 0, len(st.IKEChains))
+		for _, e := range st.IKEChains {
+			entries = append(entries, *e)
+		}
+	})
+	// Oldest write first: the order the active's charon saw them in.
+	slices.SortFunc(entries, func(a, b raftstore.SAEntry) int { return compareU64(a.Index, b.Index) })
+
+	var out [][]byte
+	next := make(map[string]*fedChain, len(entries))
+	var bad []error
+	for _, e := range entries {
+		if f := fed[e.ID]; f != nil && f.index == e.Index {
+			next[e.ID] = f
+			continue
+		}
+		chain, err := c.open(e)
+		if err != nil {
+			bad = append(bad, err)
+			if f := fed[e.ID]; f != nil {
+				next[e.ID] = f
+			}
+			continue
+		}
+		nf := newFed(e.Index, chain)
+		next[e.ID] = nf
+		switch f := fed[e.ID]; {
+		case purge:
+			// It may hold copies from before this process: retire them,
+			// then feed the chain whole.
+			out = nf.deletes(out)
+			out = append(out, chain...)
+		case f == nil:
+			out = append(out, chain...)
+		default:
+			for _, d := range chain {
+				if _, ok := f.sent[sha256.Sum256(d)]; !ok {
+					out = append(out, d)
+				}
+			}
+			live := nf.live()
+			for spi := range f.children {
+				if _, ok := nf.children[spi]; !ok && live != (hasync.IKEID{}) {
+					out = append(out, hasync.ChildDeleteMessage(live, spi))
+				}
+			}
+		}
+	}
+	for key, f := range fed {
+		if _, ok := next[key]; !ok {
+			out = f.deletes(out)
+		}
+	}
+	if len(out) > 0 {
+		err := c.ch.Send(ctx, out, c.cfg.Gap)
+		clear(out)
+		if err != nil {
+			// What charon got of this round is unknown: start over clean.
+			c.mu.Lock()
+			c.fed, c.purge = nil, true
+			c.mu.Unlock()
+			return fmt.Errorf("feeding %d datagrams: %w", len(out), err)
+		}
+	}
+	c.mu.Lock()
+	c.fed, c.purge = next, false
+	c.mu.Unlock()
+	if len(bad) > 0 {
+		return fmt.Errorf("%d of %d IKE chains could not be opened; the first: %w", len(bad), len(entries), bad[0])
+	}
+	return nil
+}
+
+// open unseals and decodes one chain.
+func (c *Carrier) open(e raftstore.SAEntry) ([][]byte, error) {
+	pt, err := c.sealer.Open(chainAD(e.ID), e.Sealed)
+	if err != nil {
+		return nil, fmt.Errorf("IKE chain %s: %w", e.ID, err)
+	}
+	chain, err := decodeChain(pt)
+	clear(pt)
+	if err != nil {
+		return nil, fmt.Errorf("IKE chain %s: %w", e.ID, err)
+	}
+	return chain, nil
+}
+
+// Carried is what a takeover carried: the IKE_SAs the new active's
+// charon holds, one per chain, and the inbound SPIs of their CHILD_SAs.
+type Carried struct {
+	IKEs     []hasync.IKEID
+	Children map[uint32]bool
+}
+
+// Activate makes this node's charon take over the IKE_SAs it holds
+// passive: it feeds whatever the log holds and charon was not given
+// (the caller has applied every committed entry: the barrier of a new
+// leader), then activates the segment, and from then on records charon's
+// reports. A chain that does not open or restore is left out (its peers
+// fall back to re-establishment). Already active, it only activates the
+// segment again.
+func (c *Carrier) Activate(ctx context.Context) (Carried, error) {
+	c.feedMu.Lock()
+	defer c.feedMu.Unlock()
+	c.mu.Lock()
+	already := c.active
+	c.mu.Unlock()
+	var lineage *hasync.Lineage
+	if !already {
+		if err := c.feedLocked(ctx); err != nil {
+			return Carried{}, fmt.Errorf("feeding charon before activating: %w", err)
+		}
+		lineage = c.restore()
+	}
+	if err := c.ch.Send(ctx, [][]byte{hasync.SegmentMessage(hasync.SegmentDrop, 1)}, 0); err != nil {
+		return Carried{}, fmt.Errorf("activating charon's passive IKE_SAs: %w", err)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !already {
+		c.active, c.lineage, c.fed = true, lineage, nil
+		clear(c.pending)
+	}
+	ikes, children := c.lineage.Live()
+	carried := Carried{IKEs: ikes, Children: make(map[uint32]bool, len(children))}
+	for _, spi := range children {
+		carried.Children[spi] = true
+	}
+	return carried, nil
+}
+
+// restore builds the lineage the log holds.
+func (c *Carrier) restore() *hasync.Lineage {
+	var entries []raftstore.SAEntry
+	c.state.View(func(st *raftstore.State) {
+		for _, e := range st.IKEChains {
+			entries = append(entries, *e)
+		}
+	})
+	slices.SortFunc(entries, func(a, b raftstore.SAEntry) int { return compareU64(a.Index, b.Index) })
+	l := hasync.NewLineage()
+	for _, e := range entries {
+		key, err := hasync.ParseKey(e.ID)
+		if err != nil {
+			c.slog.Warn("ha channel: an IKE chain's key does not parse; its peers are not carried", "chain", e.ID, "err", err)
+			continue
+		}
+		chain, err := c.open(e)
+		if err == nil {
+			err = l.RestoreChain(key, chain)
+		}
+		if err != nil {
+			c.slog.Warn("ha channel: an IKE chain does not restore; its peers are not carried", "chain", e.ID, "err", err)
+		}
+	}
+	return l
+}
+
+// Deactivate makes this node's charon hold its IKE_SAs passive (it stops
+// answering and initiating on them) and the carrier a standby: called
+// when the node fences, and at start. For a node that was active, what
+// its charon reported is what it holds: the feeder sends it only what the
+// log holds beyond that, and deletes what the log never got.
+func (c *Carrier) Deactivate(ctx context.Context) error {
+	c.feedMu.Lock()
+	defer c.feedMu.Unlock()
+	err := c.ch.Send(ctx, [][]byte{hasync.SegmentMessage(hasync.SegmentTake, 1)}, 0)
+	c.mu.Lock()
+	if c.active {
+		// Index 0: the next round compares every chain of the log with it.
+		fed := make(map[string]*fedChain)
+		for _, k := range c.lineage.Chains() {
+			fed[k.Key()] = newFed(0, c.lineage.Chain(k))
+		}
+		c.active, c.lineage = false, nil
+		clear(c.pending)
+		c.fed, c.purge = fed, false
+	}
+	c.mu.Unlock()
+	signal(c.feed)
+	if err != nil {
+		return fmt.Errorf("deactivating charon's IKE_SAs: %w", err)
+	}
+	return nil
+}
+
+// Fed reports the chain keys the standby's charon was given (for tests
+// and status).
+func (c *Carrier) Fed() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return slices.Sorted(maps.Keys(c.fed))
+}
+
+func compareU64(a, b uint64) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
