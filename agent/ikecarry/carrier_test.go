@@ -32,10 +32,10 @@ type fakeCharon struct {
 	// reported counts the reports the carrier has handled.
 	reported atomic.Int64
 
-	mu    sync.Mutex
-	got   [][]byte
-	ever  map[string]bool // every datagram ever received
-	holds *hasync.Lineage
+	mu      sync.Mutex
+	got     [][]byte
+	ever    map[string]bool // every datagram ever received
+	holds   *hasync.Lineage
 	refused []error
 }
 
