@@ -1,0 +1,362 @@
+package ikecarry
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/strongswan/govici/vici"
+
+	"github.com/handoffvpn/handoff/ipsec/hasync"
+	"github.com/handoffvpn/handoff/lab/hostlab"
+	"github.com/handoffvpn/handoff/raftstore"
+)
+
+// labHA loads the ha plugin as docs/ipsec.md tells operators to: its peer
+// is Handoff on 127.0.0.2, one segment, no monitor (Handoff decides who
+// is active), resync on (charon's restart signal), no FIFO (the carrier
+// drives segments over the channel).
+var labHA = fmt.Sprintf(`	load = %s ha
+	plugins {
+		ha {
+			local = 127.0.0.1
+			remote = 127.0.0.2
+			segment_count = 1
+			monitor = no
+			resync = yes
+			autobalance = 0
+			fifo_interface = no
+		}
+	}`, hostlab.Plugins)
+
+// ikeSA is one IKE_SA as a charon lists it.
+type ikeSA struct {
+	spis     string // "spii_spir"
+	state    string
+	children []string // "in/out state", sorted
+}
+
+func (s ikeSA) String() string { return fmt.Sprintf("%s %s %v", s.spis, s.state, s.children) }
+
+func listIKE(ctx context.Context, c *hostlab.Charon) ([]ikeSA, error) {
+	s, err := c.Session(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer s.Close()
+	var out []ikeSA
+	for m, err := range s.CallStreaming(ctx, "list-sas", "list-sa", nil) {
+		if err != nil {
+			return nil, fmt.Errorf("list-sas: %w", err)
+		}
+		for _, name := range m.Keys() {
+			ike, ok := m.Get(name).(*vici.Message)
+			if !ok {
+				continue
+			}
+			sa := ikeSA{spis: fmt.Sprint(ike.Get("initiator-spi"), "_", ike.Get("responder-spi")), state: fmt.Sprint(ike.Get("state"))}
+			if children, _ := ike.Get("child-sas").(*vici.Message); children != nil {
+				for _, k := range children.Keys() {
+					if ch, _ := children.Get(k).(*vici.Message); ch != nil {
+						sa.children = append(sa.children, fmt.Sprint(ch.Get("spi-in"), "/", ch.Get("spi-out"), " ", ch.Get("state")))
+					}
+				}
+			}
+			slices.Sort(sa.children)
+			out = append(out, sa)
+		}
+	}
+	slices.SortFunc(out, func(a, b ikeSA) int { return strings.Compare(a.spis, b.spis) })
+	return out, nil
+}
+
+// mirror is the gateway's view of the client's SAs: the gateway lists
+// spi-in/spi-out the other way round.
+func mirror(client []ikeSA) []string {
+	var out []string
+	for _, s := range client {
+		for _, ch := range s.children {
+			in, rest, _ := strings.Cut(ch, "/")
+			outSPI, _, _ := strings.Cut(rest, " ")
+			out = append(out, s.spis+" "+outSPI+"/"+in)
+		}
+		if len(s.children) == 0 {
+			out = append(out, s.spis)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// shape is a listing in mirror's form (the gateway's own) with states.
+func shape(sas []ikeSA) (spis []string, states []string) {
+	for _, s := range sas {
+		for _, ch := range s.children {
+			sp, st, _ := strings.Cut(ch, " ")
+			spis = append(spis, s.spis+" "+sp)
+			states = append(states, s.state+"/"+st)
+		}
+		if len(s.children) == 0 {
+			spis = append(spis, s.spis)
+			states = append(states, s.state)
+		}
+	}
+	slices.Sort(spis)
+	slices.Sort(states)
+	return spis, states
+}
+
+// A real client's IKE_SA survives the death of the gateway that made it:
+// the active gateway's charon reports to its carrier, the chains go
+// through the log (a real state machine), the standby's carrier feeds its
+// own charon, which holds the IKE_SA and the CHILD_SA passive with the
+// client's SPIs through a CHILD_SA rekey and an IKE_SA rekey. The active's
+// charon is killed and its address moves; the standby activates; the
+// client's DPD, a CHILD_SA rekey and an IKE_SA rekey complete against it,
+// with the client's IKE_SA the same one (same SPIs), never re-initiated,
+// and traffic flows through the rekeyed CHILD_SA. The new active's own
+// reports become the log's chains; the old gateway's charon, restarted as
+// a standby, is fed them and holds the client's SAs passive in turn.
+func TestPrivilegedCarrierTakesOverARealClient(t *testing.T) {
+	lab := hostlab.New(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+
+	// client 203.0.113.2 on br0; gw1 203.0.113.1 (the address that moves),
+	// gw2 203.0.113.3; each gateway has the inside address on lo (charon's
+	// userspace ESP routes a CHILD_SA from an address in its selector).
+	client, gw1ns, gw2ns := lab.Netns("client"), lab.Netns("gw1"), lab.Netns("gw2")
+	client.IP("link", "add", "br0", "type", "bridge")
+	client.IP("addr", "add", hostlab.ClientOuter.String()+"/24", "dev", "br0")
+	client.IP("link", "set", "br0", "up")
+	client.IP("addr", "add", hostlab.ClientInner.String()+"/32", "dev", "lo")
+	lab.Veth(gw1ns, "out0", hostlab.GatewayOuter.String()+"/24", client, "p1", "")
+	lab.Veth(gw2ns, "out0", "203.0.113.3/24", client, "p2", "")
+	for _, p := range []string{"p1", "p2"} {
+		client.IP("link", "set", p, "master", "br0")
+	}
+	for _, g := range []*hostlab.Netns{gw1ns, gw2ns} {
+		g.IP("addr", "add", hostlab.GatewayInner.String()+"/32", "dev", "lo")
+	}
+
+	var logs lockedLog
+	logger := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("carriers' logs:\n%s", logs.String())
+		}
+	})
+	log := &fsmLog{fsm: raftstore.NewFSM(logger)}
+	sealer := testSealer(t, 7)
+	for _, id := range []string{"gw1", "gw2"} {
+		if _, err := log.Apply(ctx, &raftstore.MemberCmd{ID: id, Address: id + ":7946", Role: raftstore.RoleGateway}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var wg sync.WaitGroup
+	runCtx, stop := context.WithCancel(ctx)
+	defer func() {
+		stop()
+		wg.Wait()
+	}()
+	carrier := func(id string, ns *hostlab.Netns) *Carrier {
+		var conn *hasync.Conn
+		if err := ns.Do(func() error {
+			var err error
+			conn, err = hasync.Listen(netip.MustParseAddrPort("127.0.0.2:4510"), netip.MustParseAddrPort("127.0.0.1:4510"), 0)
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { conn.Close() })
+		c := New(Config{Node: id}, conn, log, log.fsm, sealer, logger.With("node", id))
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_ = c.Run(runCtx)
+		}()
+		return c
+	}
+	c1, c2 := carrier("gw1", gw1ns), carrier("gw2", gw2ns)
+
+	gw1 := lab.StartCharon(gw1ns, "gw1", hostlab.CharonConfig{Swanctl: hostlab.GatewaySwanctl(), Settings: labHA})
+	gw2 := lab.StartCharon(gw2ns, "gw2", hostlab.CharonConfig{Swanctl: hostlab.GatewaySwanctl(), Settings: labHA})
+	cl := lab.StartCharon(client, "client", hostlab.CharonConfig{Swanctl: hostlab.ClientSwanctl("2s")})
+	dump := func() string {
+		return fmt.Sprintf("client:\n%s\ngw1:\n%s\ngw2:\n%s", cl.LogTail(25), gw1.LogTail(25), gw2.LogTail(25))
+	}
+
+	if _, err := log.Apply(ctx, &raftstore.ClaimCmd{Node: "gw1", At: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c1.Activate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := cl.Initiate(ctx, "client"); err != nil {
+		t.Fatalf("initiating: %v\n%s", err, dump())
+	}
+
+	// wait polls (bounded) until cond holds.
+	wait := func(what string, cond func() (bool, string)) {
+		t.Helper()
+		var detail string
+		for deadline := time.Now().Add(30 * time.Second); ; {
+			var ok bool
+			if ok, detail = cond(); ok {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("waited 30s for %s: %s\n%s", what, detail, dump())
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	list := func(c *hostlab.Charon) []ikeSA {
+		t.Helper()
+		sas, err := listIKE(ctx, c)
+		if err != nil {
+			t.Fatalf("%v\n%s", err, dump())
+		}
+		return sas
+	}
+	// holds waits until gw lists exactly the client's SAs, in state want
+	// ("PASSIVE/INSTALLED" or "ESTABLISHED/INSTALLED").
+	holds := func(step string, gw *hostlab.Charon, want string) []ikeSA {
+		t.Helper()
+		var c []ikeSA
+		wait(step, func() (bool, string) {
+			c = list(cl)
+			g := list(gw)
+			spis, states := shape(g)
+			ok := len(c) == 1 && len(c[0].children) == 1 && slices.Equal(spis, mirror(c)) &&
+				len(states) == 1 && states[0] == want
+			return ok, fmt.Sprintf("client lists %v, the gateway %v", c, g)
+		})
+		return c
+	}
+
+	up := holds("the standby to hold the client's SAs passive", gw2, "PASSIVE/INSTALLED")
+	if out, err := cl.Swanctl(ctx, "--rekey", "--child", "client"); err != nil {
+		t.Fatalf("rekeying the CHILD_SA: %v\n%s", err, out)
+	}
+	wait("the client's CHILD_SA rekey", func() (bool, string) {
+		c := list(cl)
+		return len(c) == 1 && len(c[0].children) == 1 && c[0].children[0] != up[0].children[0], fmt.Sprint(c)
+	})
+	holds("the standby to follow the CHILD_SA rekey", gw2, "PASSIVE/INSTALLED")
+	if out, err := cl.Swanctl(ctx, "--rekey", "--ike", "client"); err != nil {
+		t.Fatalf("rekeying the IKE_SA: %v\n%s", err, out)
+	}
+	wait("the client's IKE_SA rekey", func() (bool, string) {
+		c := list(cl)
+		return len(c) == 1 && c[0].spis != up[0].spis && c[0].state == "ESTABLISHED", fmt.Sprint(c)
+	})
+	before := holds("the standby to follow the IKE_SA rekey", gw2, "PASSIVE/INSTALLED")
+
+	// The takeover: gw1's charon dies, its address moves to gw2, gw2
+	// claims and activates.
+	if err := gw1.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	gw1ns.IP("addr", "del", hostlab.GatewayOuter.String()+"/24", "dev", "out0")
+	gw2ns.IP("addr", "add", hostlab.GatewayOuter.String()+"/24", "dev", "out0")
+	client.IP("neigh", "flush", "dev", "br0")
+	if _, err := log.Apply(ctx, &raftstore.ClaimCmd{Node: "gw2", At: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	carried, err := c2.Activate(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(carried.IKEs) != 1 || len(carried.Children) != 1 {
+		t.Fatalf("carried %v %v, want the client's IKE_SA and CHILD_SA", carried.IKEs, carried.Children)
+	}
+	holds("the new active to take the client's SAs over", gw2, "ESTABLISHED/INSTALLED")
+
+	// DPD every 2 s from the client (an empty INFORMATIONAL when the
+	// IKE_SA is idle): gw2 answers them.
+	answered := func() int { return strings.Count(readFile(t, gw2.LogPath()), "generating INFORMATIONAL response") }
+	from := answered()
+	wait("the new active to answer two DPDs", func() (bool, string) {
+		n := answered() - from
+		return n >= 2, fmt.Sprintf("%d answered", n)
+	})
+	after := list(cl)
+	if len(after) != 1 || after[0].spis != before[0].spis || after[0].state != "ESTABLISHED" {
+		t.Fatalf("after the takeover and the client's DPDs the client lists %v, before %v\n%s", after, before, dump())
+	}
+
+	// The client's CHILD_SA rekey and IKE_SA rekey complete against gw2.
+	if out, err := cl.Swanctl(ctx, "--rekey", "--child", "client"); err != nil {
+		t.Fatalf("rekeying the CHILD_SA against the new active: %v\n%s\n%s", err, out, dump())
+	}
+	wait("the CHILD_SA rekey against the new active", func() (bool, string) {
+		c := list(cl)
+		return len(c) == 1 && c[0].spis == before[0].spis && len(c[0].children) == 1 && c[0].children[0] != before[0].children[0], fmt.Sprint(c)
+	})
+	holds("the new active to hold the rekeyed CHILD_SA", gw2, "ESTABLISHED/INSTALLED")
+	if out, err := cl.Swanctl(ctx, "--rekey", "--ike", "client"); err != nil {
+		t.Fatalf("rekeying the IKE_SA against the new active: %v\n%s\n%s", err, out, dump())
+	}
+	wait("the IKE_SA rekey against the new active", func() (bool, string) {
+		c := list(cl)
+		return len(c) == 1 && c[0].spis != before[0].spis && c[0].state == "ESTABLISHED", fmt.Sprint(c)
+	})
+	final := holds("the new active to hold the rekeyed IKE_SA", gw2, "ESTABLISHED/INSTALLED")
+	// One authentication: the client never set up a new IKE_SA (rekeys
+	// run CREATE_CHILD_SA, not IKE_AUTH).
+	if n := strings.Count(readFile(t, cl.LogPath()), "generating IKE_AUTH request"); n != 1 {
+		t.Fatalf("the client authenticated %d times, want only the first\n%s", n, dump())
+	}
+
+	// Traffic through the CHILD_SA the client rekeyed with the new active.
+	if out, err := client.Exec(ctx, "ping", "-c", "3", "-W", "2", "-I", hostlab.ClientInner.String(), hostlab.GatewayInner.String()); err != nil {
+		t.Fatalf("ping through the tunnel after the takeover: %v\n%s\n%s", err, out, dump())
+	}
+
+	// gw1's charon comes back as a standby: its carrier deactivates (as
+	// the agent's fence does), charon's restart signal makes it feed the
+	// whole log, now gw2's chains, and gw1 holds the client's SAs passive.
+	_ = c1.Deactivate(ctx) // charon is dead: the segment message may bounce
+	if err := gw1.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	holds("the restarted old active to hold the client's SAs passive", gw1, "PASSIVE/INSTALLED")
+	if got := list(gw1); got[0].spis != final[0].spis {
+		t.Fatalf("the old active holds %v, the client %v", got, final)
+	}
+}
+
+func readFile(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+// lockedLog is a log sink the carriers' goroutines share.
+type lockedLog struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lockedLog) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedLog) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
