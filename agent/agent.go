@@ -17,6 +17,7 @@ import (
 
 	"github.com/hashicorp/raft"
 
+	"github.com/handoffvpn/handoff/agent/ikecarry"
 	"github.com/handoffvpn/handoff/internal/buildinfo"
 	"github.com/handoffvpn/handoff/internal/bulk"
 	"github.com/handoffvpn/handoff/providers"
@@ -170,6 +171,9 @@ type Agent struct {
 	// standby's decoded copy of the SA set.
 	lane   *bulk.Lane
 	staged *stage
+	// ike carries the IKE_SAs (nil without an ha channel; see ike.go).
+	ikeCh ikecarry.Channel
+	ike   *ikecarry.Carrier
 
 	mu           sync.Mutex // guards the following fields
 	lastFollower time.Time  // when this node last saw itself as follower
@@ -226,6 +230,7 @@ func New(cfg Config, store *raftstore.Store, dp Dataplane, prov providers.Provid
 		a.lane = bulk.NewLane(0, 0)
 	}
 	a.log = a.log.With("node", cfg.NodeID)
+	a.newIKECarrier()
 	store.OnStateChange(a.onRaftState)
 	return a, nil
 }
@@ -296,6 +301,12 @@ func (a *Agent) Run(ctx context.Context) error {
 		a.stageStandby(ctx)
 	}()
 	defer func() { <-stageDone }()
+	ikeDone := make(chan struct{})
+	go func() {
+		defer close(ikeDone)
+		a.runIKE(ctx)
+	}()
+	defer func() { <-ikeDone }()
 	var (
 		cancelLead context.CancelFunc
 		leadDone   chan struct{}
@@ -370,6 +381,7 @@ func (a *Agent) fence(reason raftstore.Reason, detail string) {
 	if r, ok := a.prov.(providers.Releaser); ok && len(a.cfg.Resources) > 0 {
 		err = errors.Join(err, r.Release(ctx, a.cfg.Resources))
 	}
+	err = errors.Join(err, a.deactivateIKE(ctx))
 	now := time.Now()
 	a.mu.Lock()
 	a.fencedAt = now
@@ -449,6 +461,7 @@ func (a *Agent) lead(ctx context.Context) {
 	}
 	if cur.Node == a.cfg.NodeID && cur.Term == term && cur.Phase == raftstore.PhaseActive {
 		a.setActive()
+		a.activateIKE(ctx)
 		a.runActive(ctx, nil)
 		return
 	}
@@ -479,6 +492,9 @@ func (a *Agent) lead(ctx context.Context) {
 		a.failed(ctx, term, reason, "install", err)
 		return
 	}
+	// The carried IKE_SAs go live before the move too: the first IKE
+	// request that reaches this node must find them answering.
+	carried := a.activateIKE(ctx)
 	t.Install = time.Since(installStart)
 
 	moveStart := time.Now()
@@ -495,9 +511,15 @@ func (a *Agent) lead(ctx context.Context) {
 	// CHILD_SAs (in the lab's flap runs that failed, and the client's
 	// tunnel went dead).
 	reelected := cur.Node == a.cfg.NodeID && cur.Phase == raftstore.PhaseActive
-	if re, ok := a.dp.(Reestablisher); ok && len(installed) > 0 && !reelected {
+	// Peers whose IKE_SA came with the takeover keep it: re-establishment
+	// is the fallback for the others.
+	if re, ok := a.dp.(Reestablisher); ok && !reelected {
+		rest := notCarried(installed, carried)
 		go func() {
-			if err := re.Reestablish(ctx, installed); err != nil && ctx.Err() == nil {
+			if len(rest) == 0 {
+				return
+			}
+			if err := re.Reestablish(ctx, rest); err != nil && ctx.Err() == nil {
 				a.log.Warn("re-establishing IKE SAs after takeover", "err", err)
 			}
 		}()

@@ -230,6 +230,49 @@ type DataplaneBlock struct {
 	// the peers' next DPD or rekey finds a live IKE SA. Empty: no
 	// re-establishment (the peers restart at their next DPD or rekey).
 	ReestablishTemplate string `hcl:"reestablish_template,optional" yaml:"reestablish_template" json:"reestablish_template"`
+	// HAListen turns IKE continuity on: the address Handoff binds, port
+	// 4510, as the peer of the local charon's ha plugin (its `remote`
+	// setting). The IKE_SAs are then replicated and carried across a
+	// takeover, and re-establishment is only the fallback (docs/ipsec.md,
+	// "IKE continuity"). HACharon is the plugin's `local` address.
+	HAListen string `hcl:"ha_listen,optional" yaml:"ha_listen" json:"ha_listen"`
+	HACharon string `hcl:"ha_charon,optional" yaml:"ha_charon" json:"ha_charon"`
+}
+
+// haPort is the ha plugin's fixed UDP port (HA_PORT in strongSwan).
+const haPort = 4510
+
+// haChannel checks the ha channel's addresses: both or none, distinct,
+// loopback (the channel carries key material unencrypted), and only with
+// the strongswan dataplane.
+func haChannel(d *DataplaneBlock, dataplane string, bad func(key, format string, args ...any)) (listen, charon netip.AddrPort) {
+	if d.HAListen == "" && d.HACharon == "" {
+		return
+	}
+	if dataplane != "strongswan" {
+		bad("dataplane.ha_listen", "IKE continuity needs dataplane type \"strongswan\" (charon's ha plugin), not %q", dataplane)
+		return
+	}
+	parse := func(key, v string) netip.Addr {
+		if v == "" {
+			bad(key, "required with the other ha_ key (the ha plugin's `remote` and `local` settings)")
+			return netip.Addr{}
+		}
+		a, err := netip.ParseAddr(v)
+		if err != nil {
+			bad(key, "%q is not an IP address (the port is always %d)", v, haPort)
+			return netip.Addr{}
+		}
+		if !a.IsLoopback() {
+			bad(key, "%s is not a loopback address: the ha channel carries key material in clear, and must not leave the host", a)
+		}
+		return a
+	}
+	l, c := parse("dataplane.ha_listen", d.HAListen), parse("dataplane.ha_charon", d.HACharon)
+	if l.IsValid() && l == c {
+		bad("dataplane.ha_listen", "%s is also ha_charon: the two ends need different addresses", l)
+	}
+	return netip.AddrPortFrom(l, haPort), netip.AddrPortFrom(c, haPort)
 }
 
 // Defaults returns the built-in configuration.
@@ -435,6 +478,9 @@ type Config struct {
 	ProviderSettings any
 	DataplaneType    string
 	ViciSocket       string
+	// HAListen and HACharon are the ha channel's two ends (with port
+	// hasync.Port); HAListen is invalid when IKE continuity is off.
+	HAListen, HACharon netip.AddrPort
 	// Reestablish is the decoded reestablish_template (nil if unset).
 	Reestablish map[string]any
 	Health      Health
@@ -646,6 +692,7 @@ func Resolve(f File) (*Config, error) {
 	if path := f.Dataplane.ReestablishTemplate; path != "" {
 		c.Reestablish = readTemplate(path, bad)
 	}
+	c.HAListen, c.HACharon = haChannel(f.Dataplane, c.DataplaneType, bad)
 	h := f.Health
 	c.Health = Health{Rise: *h.Rise, Fall: *h.Fall, CharonProcess: h.CharonProcess, LocalChecks: c.DataplaneType == "strongswan"}
 	if h.LocalChecks != nil {

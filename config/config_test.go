@@ -357,3 +357,36 @@ func TestParseErrorsNameEveryProblem(t *testing.T) {
 		t.Errorf("YAML error names Go types or YAML tags:\n%v", err)
 	}
 }
+
+// The ha channel (IKE continuity): both ends or none, loopback, distinct,
+// only with the strongswan dataplane; each refusal names its key.
+func TestHAChannel(t *testing.T) {
+	f := validFile()
+	f.Dataplane = &DataplaneBlock{Type: "strongswan", HAListen: "127.0.0.2", HACharon: "127.0.0.1"}
+	c, err := Resolve(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.HAListen.String() != "127.0.0.2:4510" || c.HACharon.String() != "127.0.0.1:4510" {
+		t.Fatalf("ha channel %v → %v", c.HAListen, c.HACharon)
+	}
+	f.Dataplane = &DataplaneBlock{Type: "strongswan"}
+	if c, err := Resolve(f); err != nil || c.HAListen.IsValid() {
+		t.Fatalf("without ha keys: %v, listen %v", err, c.HAListen)
+	}
+	for _, tc := range []struct {
+		name, key string
+		d         DataplaneBlock
+	}{
+		{"one end only", "dataplane.ha_charon", DataplaneBlock{Type: "strongswan", HAListen: "127.0.0.2"}},
+		{"not an address", "dataplane.ha_listen", DataplaneBlock{Type: "strongswan", HAListen: "127.0.0.2:4510", HACharon: "127.0.0.1"}},
+		{"off the host", "dataplane.ha_charon", DataplaneBlock{Type: "strongswan", HAListen: "127.0.0.2", HACharon: "192.0.2.1"}},
+		{"same address", "dataplane.ha_listen", DataplaneBlock{Type: "strongswan", HAListen: "127.0.0.1", HACharon: "127.0.0.1"}},
+		{"memory dataplane", "dataplane.ha_listen", DataplaneBlock{Type: "memory", HAListen: "127.0.0.2", HACharon: "127.0.0.1"}},
+	} {
+		f.Dataplane = &tc.d
+		if _, err := Resolve(f); err == nil || !strings.Contains(err.Error(), tc.key) {
+			t.Errorf("%s: err = %v, want one naming %s", tc.name, err, tc.key)
+		}
+	}
+}

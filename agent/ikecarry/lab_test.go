@@ -12,106 +12,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/strongswan/govici/vici"
-
 	"github.com/handoffvpn/handoff/ipsec/hasync"
 	"github.com/handoffvpn/handoff/lab/hostlab"
 	"github.com/handoffvpn/handoff/raftstore"
 )
-
-// labHA loads the ha plugin as docs/ipsec.md tells operators to: its peer
-// is Handoff on 127.0.0.2, one segment, no monitor (Handoff decides who
-// is active), resync on (charon's restart signal), no FIFO (the carrier
-// drives segments over the channel).
-var labHA = fmt.Sprintf(`	load = %s ha
-	plugins {
-		ha {
-			local = 127.0.0.1
-			remote = 127.0.0.2
-			segment_count = 1
-			monitor = no
-			resync = yes
-			autobalance = 0
-			fifo_interface = no
-		}
-	}`, hostlab.Plugins)
-
-// ikeSA is one IKE_SA as a charon lists it.
-type ikeSA struct {
-	spis     string // "spii_spir"
-	state    string
-	children []string // "in/out state", sorted
-}
-
-func (s ikeSA) String() string { return fmt.Sprintf("%s %s %v", s.spis, s.state, s.children) }
-
-func listIKE(ctx context.Context, c *hostlab.Charon) ([]ikeSA, error) {
-	s, err := c.Session(ctx)
-	if err != nil {
-		return nil, err
-	}
-	defer s.Close()
-	var out []ikeSA
-	for m, err := range s.CallStreaming(ctx, "list-sas", "list-sa", nil) {
-		if err != nil {
-			return nil, fmt.Errorf("list-sas: %w", err)
-		}
-		for _, name := range m.Keys() {
-			ike, ok := m.Get(name).(*vici.Message)
-			if !ok {
-				continue
-			}
-			sa := ikeSA{spis: fmt.Sprint(ike.Get("initiator-spi"), "_", ike.Get("responder-spi")), state: fmt.Sprint(ike.Get("state"))}
-			if children, _ := ike.Get("child-sas").(*vici.Message); children != nil {
-				for _, k := range children.Keys() {
-					if ch, _ := children.Get(k).(*vici.Message); ch != nil {
-						sa.children = append(sa.children, fmt.Sprint(ch.Get("spi-in"), "/", ch.Get("spi-out"), " ", ch.Get("state")))
-					}
-				}
-			}
-			slices.Sort(sa.children)
-			out = append(out, sa)
-		}
-	}
-	slices.SortFunc(out, func(a, b ikeSA) int { return strings.Compare(a.spis, b.spis) })
-	return out, nil
-}
-
-// mirror is the gateway's view of the client's SAs: the gateway lists
-// spi-in/spi-out the other way round.
-func mirror(client []ikeSA) []string {
-	var out []string
-	for _, s := range client {
-		for _, ch := range s.children {
-			in, rest, _ := strings.Cut(ch, "/")
-			outSPI, _, _ := strings.Cut(rest, " ")
-			out = append(out, s.spis+" "+outSPI+"/"+in)
-		}
-		if len(s.children) == 0 {
-			out = append(out, s.spis)
-		}
-	}
-	slices.Sort(out)
-	return out
-}
-
-// shape is a listing in mirror's form (the gateway's own) with states.
-func shape(sas []ikeSA) (spis []string, states []string) {
-	for _, s := range sas {
-		for _, ch := range s.children {
-			sp, st, _ := strings.Cut(ch, " ")
-			spis = append(spis, s.spis+" "+sp)
-			states = append(states, s.state+"/"+st)
-		}
-		if len(s.children) == 0 {
-			spis = append(spis, s.spis)
-			states = append(states, s.state)
-		}
-	}
-	slices.Sort(spis)
-	slices.Sort(states)
-	return spis, states
-}
 
 // A real client's IKE_SA survives the death of the gateway that made it:
 // the active gateway's charon reports to its carrier, the chains go
@@ -129,22 +33,8 @@ func TestPrivilegedCarrierTakesOverARealClient(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 
-	// client 203.0.113.2 on br0; gw1 203.0.113.1 (the address that moves),
-	// gw2 203.0.113.3; each gateway has the inside address on lo (charon's
-	// userspace ESP routes a CHILD_SA from an address in its selector).
-	client, gw1ns, gw2ns := lab.Netns("client"), lab.Netns("gw1"), lab.Netns("gw2")
-	client.IP("link", "add", "br0", "type", "bridge")
-	client.IP("addr", "add", hostlab.ClientOuter.String()+"/24", "dev", "br0")
-	client.IP("link", "set", "br0", "up")
-	client.IP("addr", "add", hostlab.ClientInner.String()+"/32", "dev", "lo")
-	lab.Veth(gw1ns, "out0", hostlab.GatewayOuter.String()+"/24", client, "p1", "")
-	lab.Veth(gw2ns, "out0", "203.0.113.3/24", client, "p2", "")
-	for _, p := range []string{"p1", "p2"} {
-		client.IP("link", "set", p, "master", "br0")
-	}
-	for _, g := range []*hostlab.Netns{gw1ns, gw2ns} {
-		g.IP("addr", "add", hostlab.GatewayInner.String()+"/32", "dev", "lo")
-	}
+	site := lab.NewHASite()
+	client, gw1ns, gw2ns := site.Client, site.Gateways[0], site.Gateways[1]
 
 	var logs lockedLog
 	logger := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
@@ -186,8 +76,8 @@ func TestPrivilegedCarrierTakesOverARealClient(t *testing.T) {
 	}
 	c1, c2 := carrier("gw1", gw1ns), carrier("gw2", gw2ns)
 
-	gw1 := lab.StartCharon(gw1ns, "gw1", hostlab.CharonConfig{Swanctl: hostlab.GatewaySwanctl(), Settings: labHA})
-	gw2 := lab.StartCharon(gw2ns, "gw2", hostlab.CharonConfig{Swanctl: hostlab.GatewaySwanctl(), Settings: labHA})
+	gw1 := lab.StartCharon(gw1ns, "gw1", hostlab.CharonConfig{Swanctl: hostlab.GatewaySwanctl(), Settings: hostlab.HASettings})
+	gw2 := lab.StartCharon(gw2ns, "gw2", hostlab.CharonConfig{Swanctl: hostlab.GatewaySwanctl(), Settings: hostlab.HASettings})
 	cl := lab.StartCharon(client, "client", hostlab.CharonConfig{Swanctl: hostlab.ClientSwanctl("2s")})
 	dump := func() string {
 		return fmt.Sprintf("client:\n%s\ngw1:\n%s\ngw2:\n%s", cl.LogTail(25), gw1.LogTail(25), gw2.LogTail(25))
@@ -218,9 +108,9 @@ func TestPrivilegedCarrierTakesOverARealClient(t *testing.T) {
 			time.Sleep(100 * time.Millisecond)
 		}
 	}
-	list := func(c *hostlab.Charon) []ikeSA {
+	list := func(c *hostlab.Charon) []hostlab.IKESA {
 		t.Helper()
-		sas, err := listIKE(ctx, c)
+		sas, err := c.ListSAs(ctx)
 		if err != nil {
 			t.Fatalf("%v\n%s", err, dump())
 		}
@@ -228,14 +118,14 @@ func TestPrivilegedCarrierTakesOverARealClient(t *testing.T) {
 	}
 	// holds waits until gw lists exactly the client's SAs, in state want
 	// ("PASSIVE/INSTALLED" or "ESTABLISHED/INSTALLED").
-	holds := func(step string, gw *hostlab.Charon, want string) []ikeSA {
+	holds := func(step string, gw *hostlab.Charon, want string) []hostlab.IKESA {
 		t.Helper()
-		var c []ikeSA
+		var c []hostlab.IKESA
 		wait(step, func() (bool, string) {
 			c = list(cl)
 			g := list(gw)
-			spis, states := shape(g)
-			ok := len(c) == 1 && len(c[0].children) == 1 && slices.Equal(spis, mirror(c)) &&
+			spis, states := hostlab.Shape(g)
+			ok := len(c) == 1 && len(c[0].Children) == 1 && slices.Equal(spis, hostlab.Mirrored(c)) &&
 				len(states) == 1 && states[0] == want
 			return ok, fmt.Sprintf("client lists %v, the gateway %v", c, g)
 		})
@@ -248,7 +138,7 @@ func TestPrivilegedCarrierTakesOverARealClient(t *testing.T) {
 	}
 	wait("the client's CHILD_SA rekey", func() (bool, string) {
 		c := list(cl)
-		return len(c) == 1 && len(c[0].children) == 1 && c[0].children[0] != up[0].children[0], fmt.Sprint(c)
+		return len(c) == 1 && len(c[0].Children) == 1 && c[0].Children[0] != up[0].Children[0], fmt.Sprint(c)
 	})
 	holds("the standby to follow the CHILD_SA rekey", gw2, "PASSIVE/INSTALLED")
 	if out, err := cl.Swanctl(ctx, "--rekey", "--ike", "client"); err != nil {
@@ -256,7 +146,7 @@ func TestPrivilegedCarrierTakesOverARealClient(t *testing.T) {
 	}
 	wait("the client's IKE_SA rekey", func() (bool, string) {
 		c := list(cl)
-		return len(c) == 1 && c[0].spis != up[0].spis && c[0].state == "ESTABLISHED", fmt.Sprint(c)
+		return len(c) == 1 && c[0].SPIs != up[0].SPIs && c[0].State == "ESTABLISHED", fmt.Sprint(c)
 	})
 	before := holds("the standby to follow the IKE_SA rekey", gw2, "PASSIVE/INSTALLED")
 
@@ -265,9 +155,9 @@ func TestPrivilegedCarrierTakesOverARealClient(t *testing.T) {
 	if err := gw1.Kill(); err != nil {
 		t.Fatal(err)
 	}
-	gw1ns.IP("addr", "del", hostlab.GatewayOuter.String()+"/24", "dev", "out0")
-	gw2ns.IP("addr", "add", hostlab.GatewayOuter.String()+"/24", "dev", "out0")
-	client.IP("neigh", "flush", "dev", "br0")
+	if err := site.MoveGatewayAddress(1); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := log.Apply(ctx, &raftstore.ClaimCmd{Node: "gw2", At: time.Now()}); err != nil {
 		t.Fatal(err)
 	}
@@ -289,7 +179,7 @@ func TestPrivilegedCarrierTakesOverARealClient(t *testing.T) {
 		return n >= 2, fmt.Sprintf("%d answered", n)
 	})
 	after := list(cl)
-	if len(after) != 1 || after[0].spis != before[0].spis || after[0].state != "ESTABLISHED" {
+	if len(after) != 1 || after[0].SPIs != before[0].SPIs || after[0].State != "ESTABLISHED" {
 		t.Fatalf("after the takeover and the client's DPDs the client lists %v, before %v\n%s", after, before, dump())
 	}
 
@@ -299,7 +189,7 @@ func TestPrivilegedCarrierTakesOverARealClient(t *testing.T) {
 	}
 	wait("the CHILD_SA rekey against the new active", func() (bool, string) {
 		c := list(cl)
-		return len(c) == 1 && c[0].spis == before[0].spis && len(c[0].children) == 1 && c[0].children[0] != before[0].children[0], fmt.Sprint(c)
+		return len(c) == 1 && c[0].SPIs == before[0].SPIs && len(c[0].Children) == 1 && c[0].Children[0] != before[0].Children[0], fmt.Sprint(c)
 	})
 	holds("the new active to hold the rekeyed CHILD_SA", gw2, "ESTABLISHED/INSTALLED")
 	if out, err := cl.Swanctl(ctx, "--rekey", "--ike", "client"); err != nil {
@@ -307,7 +197,7 @@ func TestPrivilegedCarrierTakesOverARealClient(t *testing.T) {
 	}
 	wait("the IKE_SA rekey against the new active", func() (bool, string) {
 		c := list(cl)
-		return len(c) == 1 && c[0].spis != before[0].spis && c[0].state == "ESTABLISHED", fmt.Sprint(c)
+		return len(c) == 1 && c[0].SPIs != before[0].SPIs && c[0].State == "ESTABLISHED", fmt.Sprint(c)
 	})
 	final := holds("the new active to hold the rekeyed IKE_SA", gw2, "ESTABLISHED/INSTALLED")
 	// One authentication: the client never set up a new IKE_SA (rekeys
@@ -329,7 +219,7 @@ func TestPrivilegedCarrierTakesOverARealClient(t *testing.T) {
 		t.Fatal(err)
 	}
 	holds("the restarted old active to hold the client's SAs passive", gw1, "PASSIVE/INSTALLED")
-	if got := list(gw1); got[0].spis != final[0].spis {
+	if got := list(gw1); got[0].SPIs != final[0].SPIs {
 		t.Fatalf("the old active holds %v, the client %v", got, final)
 	}
 }

@@ -20,6 +20,7 @@ import (
 	"github.com/handoffvpn/handoff/internal/profiling"
 	"github.com/handoffvpn/handoff/internal/rtsched"
 	"github.com/handoffvpn/handoff/ipsec"
+	"github.com/handoffvpn/handoff/ipsec/hasync"
 	"github.com/handoffvpn/handoff/ipsec/memdp"
 	"github.com/handoffvpn/handoff/ipsec/vici"
 	"github.com/handoffvpn/handoff/ipsec/xfrm"
@@ -199,6 +200,18 @@ func runAgent(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	if observe != nil {
 		opts = append(opts, agent.WithActiveObserver(checkerVerdict{observe}))
+	}
+	if cfg.HAListen.IsValid() {
+		// IKE continuity: Handoff is the peer of charon's ha plugin.
+		// Bound before the agent runs, so that charon's first reports
+		// (its restart signal among them) are not refused.
+		ha, err := hasync.Listen(cfg.HAListen, cfg.HACharon, 0)
+		if err != nil {
+			return fmt.Errorf("IKE continuity (dataplane.ha_listen): %w", err)
+		}
+		defer ha.Close()
+		opts = append(opts, agent.WithIKEChannel(ha))
+		log.Info("IKE continuity on: carrying IKE_SAs through charon's ha plugin", "listen", cfg.HAListen, "charon", cfg.HACharon)
 	}
 	ag, err := agent.New(agent.Config{
 		NodeID: cfg.NodeID, Role: raftstore.Role(cfg.Role), Priority: cfg.Priority, Resources: resources,

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/handoffvpn/handoff/agent"
+	"github.com/handoffvpn/handoff/agent/ikecarry"
 	"github.com/handoffvpn/handoff/internal/bulk"
 	"github.com/handoffvpn/handoff/internal/faultnet"
 	"github.com/handoffvpn/handoff/internal/pki"
@@ -67,6 +68,9 @@ type Options struct {
 	// Lane paces the nodes' bulk work; they share one process and so one
 	// lane. Default: a lane of GOMAXPROCS−1 seats.
 	Lane *bulk.Lane
+	// IKEChannel, if set, returns a node's end of its charon's ha channel
+	// (nil: that node carries no IKE_SAs); see agent.WithIKEChannel.
+	IKEChannel func(node string) ikecarry.Channel
 	// SnapshotThreshold and TrailingLogs tune Raft's log compaction
 	// (tests use small values to force snapshot installs).
 	SnapshotThreshold uint64
@@ -230,6 +234,11 @@ func (c *Cluster) open(spec NodeSpec) (*Node, error) {
 	}
 	if c.opts.Health != nil {
 		opts = append(opts, agent.WithHealth(c.opts.Health(spec.ID)))
+	}
+	if c.opts.IKEChannel != nil {
+		if ch := c.opts.IKEChannel(spec.ID); ch != nil {
+			opts = append(opts, agent.WithIKEChannel(ch))
+		}
 	}
 	ag, err := agent.New(acfg, store, dp, prov, sealer, opts...)
 	if err != nil {

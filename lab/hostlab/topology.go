@@ -1,6 +1,7 @@
 package hostlab
 
 import (
+	"context"
 	"fmt"
 	"net/netip"
 )
@@ -127,3 +128,69 @@ secrets {
 }
 `, ClientOuter, GatewayOuter, dpdDelay, ClientInner, InsideNet, PSK)
 }
+
+// HASite is a client and two gateways on one bridge, for IKE continuity:
+// the gateway address GatewayOuter starts on Gateways[0] and moves at a
+// takeover (MoveGatewayAddress); Gateways[1] has 203.0.113.3. Each gateway
+// has GatewayInner on lo (charon's userspace ESP routes a CHILD_SA from
+// an address inside its selector).
+//
+//	client 203.0.113.2 on br0 (inner 198.51.100.10 on lo)
+//	  ├─ gw1 203.0.113.1
+//	  └─ gw2 203.0.113.3
+type HASite struct {
+	Client   *Netns
+	Gateways [2]*Netns
+}
+
+// NewHASite builds the namespaces and links, without charon.
+func (l *Lab) NewHASite() *HASite {
+	l.t.Helper()
+	s := &HASite{Client: l.Netns("client"), Gateways: [2]*Netns{l.Netns("gw1"), l.Netns("gw2")}}
+	s.Client.IP("link", "add", "br0", "type", "bridge")
+	s.Client.IP("addr", "add", ClientOuter.String()+"/24", "dev", "br0")
+	s.Client.IP("link", "set", "br0", "up")
+	s.Client.IP("addr", "add", ClientInner.String()+"/32", "dev", "lo")
+	l.Veth(s.Gateways[0], "out0", GatewayOuter.String()+"/24", s.Client, "p1", "")
+	l.Veth(s.Gateways[1], "out0", "203.0.113.3/24", s.Client, "p2", "")
+	for _, p := range []string{"p1", "p2"} {
+		s.Client.IP("link", "set", p, "master", "br0")
+	}
+	for _, g := range s.Gateways {
+		g.IP("addr", "add", GatewayInner.String()+"/32", "dev", "lo")
+	}
+	return s
+}
+
+// MoveGatewayAddress moves GatewayOuter to gateway to (0 or 1) and makes
+// the client forget the old neighbour entry, as a gratuitous ARP would.
+func (s *HASite) MoveGatewayAddress(to int) error {
+	ctx := context.Background()
+	from := s.Gateways[1-to]
+	// Not there any more is fine: moving is idempotent.
+	_, _ = run(ctx, "ip", "-n", from.name, "addr", "del", GatewayOuter.String()+"/24", "dev", "out0")
+	if out, err := run(ctx, "ip", "-n", s.Gateways[to].name, "addr", "replace", GatewayOuter.String()+"/24", "dev", "out0"); err != nil {
+		return fmt.Errorf("moving %s to %s: %w: %s", GatewayOuter, s.Gateways[to].Tag, err, out)
+	}
+	if out, err := run(ctx, "ip", "-n", s.Client.name, "neigh", "flush", "dev", "br0"); err != nil {
+		return fmt.Errorf("flushing the client's neighbours: %w: %s", err, out)
+	}
+	return nil
+}
+
+// HASettings load the ha plugin into a gateway charon as docs/ipsec.md
+// tells operators to: its peer is Handoff on 127.0.0.2, one segment, no
+// monitor (Handoff decides who is active), resync on (charon's restart
+// signal), no FIFO (Handoff drives segments over the channel).
+var HASettings = fmt.Sprintf(`	load = %s ha
+	plugins {
+		ha {
+			local = 127.0.0.1
+			remote = 127.0.0.2
+			segment_count = 1
+			monitor = no
+			resync = yes
+			autobalance = 0
+			fifo_interface = no
+		}
+	}`, Plugins)

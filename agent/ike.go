@@ -1,0 +1,89 @@
+package agent
+
+import (
+	"context"
+	"time"
+
+	"github.com/handoffvpn/handoff/agent/ikecarry"
+	"github.com/handoffvpn/handoff/ipsec/sa"
+)
+
+// WithIKEChannel makes the agent carry the gateway's IKE_SAs across
+// takeovers through ch, its end of the local charon's ha channel
+// (ipsec/hasync.Conn; see package ikecarry): as active it replicates what
+// charon reports, as a standby it feeds charon the replicated IKE_SAs,
+// and a takeover activates them instead of re-initiating every peer.
+func WithIKEChannel(ch ikecarry.Channel) Option {
+	return func(a *Agent) { a.ikeCh = ch }
+}
+
+// newIKECarrier builds the carrier once the agent has its store, sealer
+// and logger.
+func (a *Agent) newIKECarrier() {
+	if a.ikeCh == nil {
+		return
+	}
+	a.ike = ikecarry.New(ikecarry.Config{Node: a.cfg.NodeID}, a.ikeCh, a.store, a.store.FSM(), a.sealer, a.log.With("part", "ike"))
+}
+
+// runIKE runs the carrier until ctx ends.
+func (a *Agent) runIKE(ctx context.Context) {
+	if a.ike == nil {
+		return
+	}
+	if err := a.ike.Run(ctx); err != nil {
+		a.log.Error("ha channel stopped; IKE_SAs are not carried any more", "err", err)
+	}
+}
+
+// activateIKE makes the local charon take over the IKE_SAs it holds
+// passive. It returns the inbound SPIs of the CHILD_SAs whose IKE_SA came
+// with them (nil when none, or when the carrier failed: every peer then
+// falls back to re-establishment).
+func (a *Agent) activateIKE(ctx context.Context) map[uint32]bool {
+	if a.ike == nil {
+		return nil
+	}
+	start := time.Now()
+	carried, err := a.ike.Activate(ctx)
+	if err != nil {
+		a.log.Error("activating the carried IKE_SAs; every peer is re-established instead", "err", err)
+		return nil
+	}
+	a.log.Info("activated the carried IKE_SAs", "ike_sas", len(carried.IKEs), "child_sas", len(carried.Children), "took", time.Since(start))
+	return carried.Children
+}
+
+// deactivateIKE makes the local charon hold its IKE_SAs passive: a fenced
+// node must not answer a peer (advancing message IDs its successor does
+// not know) nor initiate anything.
+func (a *Agent) deactivateIKE(ctx context.Context) error {
+	if a.ike == nil {
+		return nil
+	}
+	return a.ike.Deactivate(ctx)
+}
+
+// notCarried returns the SAs of the peers whose IKE_SA the takeover did
+// not carry: those are re-established. A peer is carried whole when any
+// of its CHILD_SAs is (they share its IKE_SA).
+func notCarried(sas []*sa.ChildSA, carried map[uint32]bool) []*sa.ChildSA {
+	if len(carried) == 0 {
+		return sas
+	}
+	type peerKey struct{ remote, id string }
+	key := func(c *sa.ChildSA) peerKey { return peerKey{c.IKE.Remote.String(), c.IKE.RemoteID} }
+	held := map[peerKey]bool{}
+	for _, c := range sas {
+		if carried[c.In.SPI] {
+			held[key(c)] = true
+		}
+	}
+	var out []*sa.ChildSA
+	for _, c := range sas {
+		if !held[key(c)] {
+			out = append(out, c)
+		}
+	}
+	return out
+}

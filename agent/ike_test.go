@@ -1,0 +1,28 @@
+package agent
+
+import (
+	"net/netip"
+	"slices"
+	"testing"
+
+	"github.com/handoffvpn/handoff/ipsec/sa"
+)
+
+// Re-establishment is the fallback: a peer any of whose CHILD_SAs came
+// with a carried IKE_SA is left alone, whole; the others are all
+// re-established; with nothing carried, everyone is.
+func TestNotCarriedLeavesCarriedPeersAlone(t *testing.T) {
+	child := func(remote string, spi uint32) *sa.ChildSA {
+		return &sa.ChildSA{ID: remote + string(rune(spi)), IKE: sa.IKE{Remote: netip.MustParseAddrPort(remote), RemoteID: "peer@" + remote}, In: sa.State{SPI: spi}}
+	}
+	a1, a2 := child("192.0.2.10:4500", 0xa1), child("192.0.2.10:4500", 0xa2)
+	b1 := child("192.0.2.11:4500", 0xb1)
+	c1 := child("192.0.2.12:500", 0xc1)
+	all := []*sa.ChildSA{a1, a2, b1, c1}
+	if got := notCarried(all, map[uint32]bool{0xa2: true, 0xc1: true}); !slices.Equal(got, []*sa.ChildSA{b1}) {
+		t.Fatalf("re-established %v, want only b's", got)
+	}
+	if got := notCarried(all, nil); !slices.Equal(got, all) {
+		t.Fatalf("with nothing carried, re-established %d of %d", len(got), len(all))
+	}
+}
