@@ -172,8 +172,9 @@ type Agent struct {
 	lane   *bulk.Lane
 	staged *stage
 	// ike carries the IKE_SAs (nil without an ha channel; see ike.go).
-	ikeCh ikecarry.Channel
-	ike   *ikecarry.Carrier
+	ikeCh  ikecarry.Channel
+	ike    *ikecarry.Carrier
+	egress EgressFence
 
 	mu           sync.Mutex // guards the following fields
 	lastFollower time.Time  // when this node last saw itself as follower

@@ -2,6 +2,8 @@ package agent
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"time"
 
 	"github.com/handoffvpn/handoff/agent/ikecarry"
@@ -15,6 +17,25 @@ import (
 // and a takeover activates them instead of re-initiating every peer.
 func WithIKEChannel(ch ikecarry.Channel) Option {
 	return func(a *Agent) { a.ikeCh = ch }
+}
+
+// EgressFence keeps a standby from sending ESP (ipsec/egress): with IKE
+// continuity its charon holds the carried CHILD_SAs' outbound states at
+// sequence number 0 under the active's keys.
+type EgressFence interface {
+	Block() error
+	Lift() error
+}
+
+// WithEgressFence sets the ESP egress fence the agent raises when it
+// fences and lifts at a takeover once the carried CHILD_SAs' counters
+// are jumped.
+func WithEgressFence(f EgressFence) Option { return func(a *Agent) { a.egress = f } }
+
+// StrayFencer is optionally implemented by dataplanes (ipsec.Dataplane):
+// it deletes outbound states it did not install (see activateIKE).
+type StrayFencer interface {
+	FenceStrays(ctx context.Context) error
 }
 
 // newIKECarrier builds the carrier once the agent has its store, sealer
@@ -50,6 +71,20 @@ func (a *Agent) activateIKE(ctx context.Context) map[uint32]bool {
 		a.log.Error("activating the carried IKE_SAs; every peer is re-established instead", "err", err)
 		return nil
 	}
+	// The installed SAs replaced charon's copies with the jumped
+	// counters; a CHILD_SA charon holds that the log did not bring still
+	// has its outbound state at 0: it goes before the egress fence does.
+	if sf, ok := a.dp.(StrayFencer); ok {
+		if err := sf.FenceStrays(ctx); err != nil {
+			a.log.Error("deleting stray outbound states; the ESP egress fence stays up", "err", err)
+			return carried.Children
+		}
+	}
+	if a.egress != nil {
+		if err := a.egress.Lift(); err != nil {
+			a.log.Error("lifting the ESP egress fence", "err", err)
+		}
+	}
 	a.log.Info("activated the carried IKE_SAs", "ike_sas", len(carried.IKEs), "child_sas", len(carried.Children), "took", time.Since(start))
 	return carried.Children
 }
@@ -58,10 +93,17 @@ func (a *Agent) activateIKE(ctx context.Context) map[uint32]bool {
 // node must not answer a peer (advancing message IDs its successor does
 // not know) nor initiate anything.
 func (a *Agent) deactivateIKE(ctx context.Context) error {
-	if a.ike == nil {
-		return nil
+	var err error
+	if a.egress != nil {
+		// Up before charon can be fed anything (this runs at start too).
+		if err = a.egress.Block(); err != nil {
+			err = fmt.Errorf("raising the ESP egress fence: %w", err)
+		}
 	}
-	return a.ike.Deactivate(ctx)
+	if a.ike == nil {
+		return err
+	}
+	return errors.Join(err, a.ike.Deactivate(ctx))
 }
 
 // notCarried returns the SAs of the peers whose IKE_SA the takeover did

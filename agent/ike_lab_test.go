@@ -10,8 +10,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vishvananda/netns"
+
+	"github.com/handoffvpn/handoff/agent"
 	"github.com/handoffvpn/handoff/agent/ikecarry"
 	"github.com/handoffvpn/handoff/internal/cluster"
+	"github.com/handoffvpn/handoff/ipsec/egress"
 	"github.com/handoffvpn/handoff/ipsec/hasync"
 	"github.com/handoffvpn/handoff/lab/hostlab"
 	"github.com/handoffvpn/handoff/providers"
@@ -56,6 +60,19 @@ func TestPrivilegedAgentsCarryAClientsIKESA(t *testing.T) {
 		}
 		t.Cleanup(func() { conns[id].Close() })
 	}
+	fences := map[string]*egress.Fence{}
+	for i, id := range []string{"gw1", "gw2"} {
+		var ns netns.NsHandle
+		if err := site.Gateways[i].Do(func() error {
+			var err error
+			ns, err = netns.Get()
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { ns.Close() })
+		fences[id] = egress.New(int(ns))
+	}
 	gws := map[string]*hostlab.Charon{}
 	for i, id := range []string{"gw1", "gw2"} {
 		gws[id] = lab.StartCharon(site.Gateways[i], id, hostlab.CharonConfig{Swanctl: hostlab.GatewaySwanctl(), Settings: hostlab.HASettings})
@@ -70,6 +87,12 @@ func TestPrivilegedAgentsCarryAClientsIKESA(t *testing.T) {
 		IKEChannel: func(node string) ikecarry.Channel {
 			if c, ok := conns[node]; ok {
 				return c
+			}
+			return nil
+		},
+		Egress: func(node string) agent.EgressFence {
+			if f, ok := fences[node]; ok {
+				return f
 			}
 			return nil
 		},
@@ -122,6 +145,12 @@ func TestPrivilegedAgentsCarryAClientsIKESA(t *testing.T) {
 		return c
 	}
 	before := holds("the standby to hold the client's SAs passive", gws["gw2"], "PASSIVE/INSTALLED")
+	// The standby sends no ESP; the active does (its tunnel works).
+	for id, want := range map[string]bool{"gw1": false, "gw2": true} {
+		if up, err := fences[id].Blocked(); err != nil || up != want {
+			t.Fatalf("%s's egress fence up: %v (%v), want %v", id, up, err, want)
+		}
+	}
 
 	if err := gws["gw1"].Kill(); err != nil {
 		t.Fatal(err)
@@ -134,6 +163,9 @@ func TestPrivilegedAgentsCarryAClientsIKESA(t *testing.T) {
 		t.Fatalf("%s took over, want gw2", next.Spec.ID)
 	}
 	holds("the new active to take the client's SAs over", gws["gw2"], "ESTABLISHED/INSTALLED")
+	if up, err := fences["gw2"].Blocked(); err != nil || up {
+		t.Fatalf("the new active's egress fence is still up (%v)", err)
+	}
 
 	answered := func() int {
 		b, _ := os.ReadFile(gws["gw2"].LogPath())

@@ -445,32 +445,69 @@ func (d *Dataplane) Fence(ctx context.Context) error {
 	}
 	d.mu.Unlock()
 	var errs []error
+	used, err := d.outboundStates(ctx)
+	if err != nil {
+		// Without a fresh view, still delete what is known.
+		errs = append(errs, err)
+	}
+	for k := range used {
+		targets[k] = true
+	}
+	return d.deleteOutbound(ctx, targets, errs, "fenced")
+}
+
+// FenceStrays deletes the outbound states an outbound policy points at
+// that this node did not install: with IKE continuity, the new active's
+// charon installed every carried CHILD_SA at sequence number 0, and
+// Install replaced (with the jumped counters) those whose SA came through
+// the log; one that did not (created just before the takeover) must not
+// send under a key its peer saw in use. Its CHILD_SA stays inbound-only
+// until its next rekey.
+func (d *Dataplane) FenceStrays(ctx context.Context) error {
+	used, err := d.outboundStates(ctx)
+	if err != nil {
+		return fmt.Errorf("fencing stray outbound states: %w", err)
+	}
+	d.mu.Lock()
+	for _, ins := range d.installed {
+		delete(used, ins.out)
+	}
+	d.mu.Unlock()
+	return d.deleteOutbound(ctx, used, nil, "stray outbound states deleted")
+}
+
+// outboundStates are the states an outbound policy's template points at.
+func (d *Dataplane) outboundStates(ctx context.Context) (map[xfrm.Key]bool, error) {
 	pols, perr := d.x.Policies(ctx)
 	states, serr := d.x.States(ctx)
-	if perr != nil || serr != nil {
-		// Without a fresh view, still delete what is known.
-		errs = append(errs, perr, serr)
-	} else {
-		type tmplKey struct {
-			src, dst netip.Addr
-			proto    uint8
-			reqid    uint32
+	if err := errors.Join(perr, serr); err != nil {
+		return nil, err
+	}
+	type tmplKey struct {
+		src, dst netip.Addr
+		proto    uint8
+		reqid    uint32
+	}
+	outTmpl := map[tmplKey]bool{}
+	for _, p := range pols {
+		if p.Dir != sa.DirOut {
+			continue
 		}
-		outTmpl := map[tmplKey]bool{}
-		for _, p := range pols {
-			if p.Dir != sa.DirOut {
-				continue
-			}
-			for _, t := range p.Templates {
-				outTmpl[tmplKey{t.Src, t.Dst, t.Proto, t.Reqid}] = true
-			}
-		}
-		for _, s := range states {
-			if outTmpl[tmplKey{s.Src, s.Dst, s.Proto, s.Reqid}] {
-				targets[s.Key()] = true
-			}
+		for _, t := range p.Templates {
+			outTmpl[tmplKey{t.Src, t.Dst, t.Proto, t.Reqid}] = true
 		}
 	}
+	used := map[xfrm.Key]bool{}
+	for _, s := range states {
+		if outTmpl[tmplKey{s.Src, s.Dst, s.Proto, s.Reqid}] {
+			used[s.Key()] = true
+		}
+	}
+	return used, nil
+}
+
+// deleteOutbound deletes targets, collecting errors after errs.
+func (d *Dataplane) deleteOutbound(ctx context.Context, targets map[xfrm.Key]bool, errs []error, what string) error {
 	n := 0
 	for k := range targets {
 		if err := d.x.Delete(ctx, k); err != nil {
@@ -479,9 +516,9 @@ func (d *Dataplane) Fence(ctx context.Context) error {
 		}
 		n++
 	}
-	d.log.Info("ipsec: fenced: outbound states deleted", "count", n, "errors", len(errs))
+	d.log.Info("ipsec: "+what, "count", n, "errors", len(errs))
 	if err := errors.Join(errs...); err != nil {
-		return fmt.Errorf("fencing: %w", err)
+		return fmt.Errorf("%s: %w", what, err)
 	}
 	return nil
 }

@@ -548,3 +548,41 @@ func TestReestablishRecorded(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestInstallOverCharonsCarriedStates: with IKE continuity the new active's
+// charon installed the carried CHILD_SAs itself (its own reqid, counters
+// at 0). Install puts the replicated SA in their place with the jumped
+// counters, and FenceStrays then deletes the outbound state of a CHILD_SA
+// charon holds but the log did not bring (created just before the
+// takeover): it keeps the installed one and every inbound state.
+func TestInstallOverCharonsCarriedStates(t *testing.T) {
+	ctx := context.Background()
+	c := exported(t, newFakeCharon(t), newFakeXFRM(), client, 0xc1000001, 0xc2000001, 1, "198.51.100.10/32")
+
+	x := newFakeXFRM()
+	x.addChild(client, 0xc1000001, 0xc2000001, 9, "198.51.100.10/32", 0, 0) // charon's copy of c
+	stray := netip.MustParseAddr("203.0.113.7")
+	x.addChild(stray, 0xc3000001, 0xc3000002, 10, "198.51.100.77/32", 0, 0)
+	d := newTestDataplane(t, newFakeCharon(t), x, nil)
+
+	if err := d.Install(ctx, []sa.Install{{SA: c, OSeq: 0x25e + 100_000, Replay: sa.Replay{ID: c.ID, OSeq: 0x25e, Seq: 0x260, Bitmap: []uint32{1}}}}); err != nil {
+		t.Fatal(err)
+	}
+	if out, ok := x.has(xfrm.KeyOf(&c.Out)); !ok || out.Replay.OSeq != 0x25e+100_000 || out.Reqid != c.Out.Reqid {
+		t.Fatalf("the carried SA's outbound state after install: %+v", out)
+	}
+	if err := d.FenceStrays(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := x.has(xfrm.Key{Dst: stray, SPI: 0xc3000002, Proto: sa.ProtoESP}); ok {
+		t.Error("the stray outbound state, at sequence number 0, survived")
+	}
+	if _, ok := x.has(xfrm.KeyOf(&c.Out)); !ok {
+		t.Error("FenceStrays deleted the installed outbound state")
+	}
+	for _, k := range []xfrm.Key{xfrm.KeyOf(&c.In), {Dst: vip, SPI: 0xc3000001, Proto: sa.ProtoESP}} {
+		if _, ok := x.has(k); !ok {
+			t.Errorf("FenceStrays deleted inbound state %v", k)
+		}
+	}
+}

@@ -20,6 +20,7 @@ import (
 	"github.com/handoffvpn/handoff/internal/profiling"
 	"github.com/handoffvpn/handoff/internal/rtsched"
 	"github.com/handoffvpn/handoff/ipsec"
+	"github.com/handoffvpn/handoff/ipsec/egress"
 	"github.com/handoffvpn/handoff/ipsec/hasync"
 	"github.com/handoffvpn/handoff/ipsec/memdp"
 	"github.com/handoffvpn/handoff/ipsec/vici"
@@ -210,7 +211,9 @@ func runAgent(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			return fmt.Errorf("IKE continuity (dataplane.ha_listen): %w", err)
 		}
 		defer ha.Close()
-		opts = append(opts, agent.WithIKEChannel(ha))
+		// A standby's charon holds the carried CHILD_SAs installed: the
+		// node sends no ESP until a takeover jumped their counters.
+		opts = append(opts, agent.WithIKEChannel(ha), agent.WithEgressFence(egress.New(-1)))
 		log.Info("IKE continuity on: carrying IKE_SAs through charon's ha plugin", "listen", cfg.HAListen, "charon", cfg.HACharon)
 	}
 	ag, err := agent.New(agent.Config{

@@ -71,6 +71,9 @@ type Options struct {
 	// IKEChannel, if set, returns a node's end of its charon's ha channel
 	// (nil: that node carries no IKE_SAs); see agent.WithIKEChannel.
 	IKEChannel func(node string) ikecarry.Channel
+	// Egress, if set, returns a node's ESP egress fence (nil: none); see
+	// agent.WithEgressFence.
+	Egress func(node string) agent.EgressFence
 	// SnapshotThreshold and TrailingLogs tune Raft's log compaction
 	// (tests use small values to force snapshot installs).
 	SnapshotThreshold uint64
@@ -234,6 +237,11 @@ func (c *Cluster) open(spec NodeSpec) (*Node, error) {
 	}
 	if c.opts.Health != nil {
 		opts = append(opts, agent.WithHealth(c.opts.Health(spec.ID)))
+	}
+	if c.opts.Egress != nil {
+		if f := c.opts.Egress(spec.ID); f != nil {
+			opts = append(opts, agent.WithEgressFence(f))
+		}
 	}
 	if c.opts.IKEChannel != nil {
 		if ch := c.opts.IKEChannel(spec.ID); ch != nil {
