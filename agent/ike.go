@@ -106,6 +106,28 @@ func (a *Agent) deactivateIKE(ctx context.Context) error {
 	return errors.Join(err, a.ike.Deactivate(ctx))
 }
 
+// quiesceIKE readies a planned hand-over (see ikecarry.Quiesce); on error
+// the hand-over goes on, and the successor's reconciliation of message IDs
+// is what is left.
+func (a *Agent) quiesceIKE(ctx context.Context) {
+	if a.ike == nil || !a.IsActive() {
+		return
+	}
+	if err := a.ike.Quiesce(ctx); err != nil {
+		a.log.Warn("readying the IKE_SAs for the hand-over", "err", err)
+	}
+}
+
+// resumeIKE undoes quiesceIKE after a hand-over that did not happen.
+func (a *Agent) resumeIKE(ctx context.Context) {
+	if a.ike == nil || !a.IsActive() {
+		return
+	}
+	if err := a.ike.Resume(ctx); err != nil {
+		a.log.Error("making the IKE_SAs active again after a failed hand-over", "err", err)
+	}
+}
+
 // notCarried returns the SAs of the peers whose IKE_SA the takeover did
 // not carry: those are re-established. A peer is carried whole when any
 // of its CHILD_SAs is (they share its IKE_SA).

@@ -532,9 +532,11 @@ func (a *Agent) promoteLocal(ctx context.Context, node string, reason raftstore.
 		}
 		h.ReplaySynced = n
 	}
+	a.quiesceIKE(ctx)
 	a.log.Info("operator "+string(reason)+": transferring leadership", "to", node, "replay_synced", h.ReplaySynced)
 	a.announceHandover(ctx, node, reason, detail)
 	if err := a.transferPlanned(ctx, h.Term, node, string(p.Address)); err != nil {
+		a.resumeIKE(ctx)
 		a.withdrawHandover(ctx)
 		return h, fmt.Errorf("%s %s: %w", reason, node, err)
 	}

@@ -85,8 +85,11 @@ type Carrier struct {
 	// feedMu serialises everything sent to charon: the feeder's rounds,
 	// activation and deactivation. Taken before mu.
 	feedMu sync.Mutex
-	mu     sync.Mutex // guards the following fields
-	active bool
+	// commitMu serialises commits: two versions of one chain must reach
+	// the log in the order they were taken.
+	commitMu sync.Mutex
+	mu       sync.Mutex // guards the following fields
+	active   bool
 	// lineage is the active's view of its charon's IKE state, restored
 	// from the log at activation and followed from charon's reports.
 	lineage *hasync.Lineage
@@ -218,6 +221,8 @@ func chainAD(key string) string { return "ike-chain/" + key }
 // at most MaxEntry bytes. Chains whose commit failed stay pending while
 // the node is active.
 func (c *Carrier) commitPending(ctx context.Context) error {
+	c.commitMu.Lock()
+	defer c.commitMu.Unlock()
 	c.mu.Lock()
 	if !c.active {
 		clear(c.pending)

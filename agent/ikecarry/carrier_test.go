@@ -419,3 +419,47 @@ func midResponder(id hasync.IKEID, mid uint32) []byte {
 	b[1] = byte(hasync.IKEMIDResponder)
 	return append(b, byte(hasync.AttrMID), byte(mid>>24), byte(mid>>16), byte(mid>>8), byte(mid))
 }
+
+// A planned hand-over: Quiesce makes the active's charon passive first,
+// and when it returns the report charon sent as it went passive is in the
+// log; Resume makes charon active again.
+func TestQuiesceCommitsTheLastReports(t *testing.T) {
+	c := newCluster(t, testSealer(t, 1), "gw1", "gw2")
+	gw1 := c.nodes["gw1"]
+	c.claim("gw1")
+	capture := loadCapture(t)
+	for _, m := range capture[1:5] {
+		gw1.charon.in <- m
+	}
+	eventually(t, "the first reports to be handled", func() bool { return gw1.charon.reported.Load() == 4 })
+	gw1.charon.take()
+	done := make(chan error, 1)
+	go func() { done <- gw1.carrier.Quiesce(context.Background()) }()
+	eventually(t, "charon to be told to go passive", func() bool {
+		gw1.charon.mu.Lock()
+		defer gw1.charon.mu.Unlock()
+		return len(gw1.charon.got) == 1
+	})
+	gw1.charon.in <- capture[6] // IKE_MID_RESPONDER 3, reported as charon went passive
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if got := gw1.charon.take(); !bytes.Equal(got[0], hasync.SegmentMessage(hasync.SegmentTake, 1)) {
+		t.Fatalf("quiesce sent %x first, want SEGMENT_TAKE", got[0])
+	}
+	var chain [][]byte
+	c.log.fsm.View(func(st *raftstore.State) {
+		for _, e := range st.IKEChains {
+			chain, _ = gw1.carrier.open(*e)
+		}
+	})
+	if len(chain) == 0 || !bytes.Equal(chain[len(chain)-1], capture[6].Raw) {
+		t.Fatalf("the log's chain ends %x, want the last MID %x", chain[len(chain)-1], capture[6].Raw)
+	}
+	if err := gw1.carrier.Resume(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if got := gw1.charon.take(); len(got) != 1 || !bytes.Equal(got[0], hasync.SegmentMessage(hasync.SegmentDrop, 1)) {
+		t.Fatalf("resume sent %x, want SEGMENT_DROP", got)
+	}
+}

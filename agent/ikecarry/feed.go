@@ -305,6 +305,55 @@ func (c *Carrier) Deactivate(ctx context.Context) error {
 	return nil
 }
 
+// quiesceSettle is how long Quiesce lets charon's last reports arrive
+// after it stopped answering: a request it was processing when the
+// segment went passive is reported by a worker thread, asynchronously.
+const quiesceSettle = 100 * time.Millisecond
+
+// Quiesce prepares a planned hand-over on the active: charon's IKE_SAs go
+// passive (a peer's request is dropped before any message ID moves, and
+// its retransmission finds the successor), then, once charon's last
+// reports had time to arrive, every one of them is committed. The
+// successor then holds exactly the message IDs the peers expect. Resume
+// undoes it when the hand-over does not happen.
+func (c *Carrier) Quiesce(ctx context.Context) error {
+	c.mu.Lock()
+	active := c.active
+	c.mu.Unlock()
+	if !active {
+		return nil
+	}
+	if err := c.ch.Send(ctx, [][]byte{hasync.SegmentMessage(hasync.SegmentTake, 1)}, 0); err != nil {
+		return fmt.Errorf("making charon's IKE_SAs passive for the hand-over: %w", err)
+	}
+	t := time.NewTimer(quiesceSettle)
+	select {
+	case <-ctx.Done():
+		t.Stop()
+		return ctx.Err()
+	case <-t.C:
+	}
+	if err := c.commitPending(ctx); err != nil {
+		return fmt.Errorf("committing charon's last reports before the hand-over: %w", err)
+	}
+	return nil
+}
+
+// Resume makes charon's IKE_SAs active again after a Quiesce whose
+// hand-over did not happen.
+func (c *Carrier) Resume(ctx context.Context) error {
+	c.mu.Lock()
+	active := c.active
+	c.mu.Unlock()
+	if !active {
+		return nil
+	}
+	if err := c.ch.Send(ctx, [][]byte{hasync.SegmentMessage(hasync.SegmentDrop, 1)}, 0); err != nil {
+		return fmt.Errorf("making charon's IKE_SAs active again: %w", err)
+	}
+	return nil
+}
+
 // Fed reports the chain keys the standby's charon was given (for tests
 // and status).
 func (c *Carrier) Fed() []string {
