@@ -172,9 +172,10 @@ type Agent struct {
 	lane   *bulk.Lane
 	staged *stage
 	// ike carries the IKE_SAs (nil without an ha channel; see ike.go).
-	ikeCh  ikecarry.Channel
-	ike    *ikecarry.Carrier
-	egress EgressFence
+	ikeCh      ikecarry.Channel
+	ike        *ikecarry.Carrier
+	egress     EgressFence
+	egressOnce sync.Once
 
 	mu           sync.Mutex // guards the following fields
 	lastFollower time.Time  // when this node last saw itself as follower
@@ -488,6 +489,7 @@ func (a *Agent) lead(ctx context.Context) {
 	// the move lost probes in every planned drain in the lab: the inside
 	// VIP followed the outside one to the successor before its SAs were in.
 	installStart := time.Now()
+	a.prepareIKE(ctx)
 	installed, hashes, err := a.installReplicated(ctx)
 	if err != nil {
 		a.failed(ctx, term, reason, "install", err)

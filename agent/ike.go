@@ -3,10 +3,10 @@ package agent
 import (
 	"context"
 	"errors"
-	"fmt"
 	"time"
 
 	"github.com/handoffvpn/handoff/agent/ikecarry"
+	"github.com/handoffvpn/handoff/ipsec/egress"
 	"github.com/handoffvpn/handoff/ipsec/sa"
 )
 
@@ -44,7 +44,36 @@ func (a *Agent) newIKECarrier() {
 	if a.ikeCh == nil {
 		return
 	}
-	a.ike = ikecarry.New(ikecarry.Config{Node: a.cfg.NodeID}, a.ikeCh, a.store, a.store.FSM(), a.sealer, a.log.With("part", "ike"))
+	a.ike = ikecarry.New(ikecarry.Config{Node: a.cfg.NodeID, ChildrenFed: a.dropStandbyOutbound},
+		a.ikeCh, a.store, a.store.FSM(), a.sealer, a.log.With("part", "ike"))
+}
+
+// dropStandbyOutbound deletes the outbound states a standby's charon
+// installed for the CHILD_SAs it was just fed (at sequence number 0,
+// under keys the active uses): a standby keeps none, and a takeover
+// installs them from the log with the jumped counters. With the ESP
+// egress fence up this is the second guard; where the kernel has no
+// nftables inet family (the lab guest) it is the only one, and a packet
+// the standby sent between charon's install and this deletion (a few
+// milliseconds) would still leave.
+func (a *Agent) dropStandbyOutbound(ctx context.Context) {
+	if a.IsActive() {
+		return
+	}
+	if err := a.dp.Fence(ctx); err != nil {
+		a.log.Error("deleting the outbound states charon installed on this standby", "err", err)
+	}
+}
+
+// prepareIKE feeds the local charon the last committed IKE state before
+// the takeover installs the CHILD_SAs (see ikecarry.Prepare).
+func (a *Agent) prepareIKE(ctx context.Context) {
+	if a.ike == nil {
+		return
+	}
+	if err := a.ike.Prepare(ctx); err != nil {
+		a.log.Warn("feeding charon the last IKE state before the install", "err", err)
+	}
 }
 
 // runIKE runs the carrier until ctx ends.
@@ -81,7 +110,7 @@ func (a *Agent) activateIKE(ctx context.Context) map[uint32]bool {
 		}
 	}
 	if a.egress != nil {
-		if err := a.egress.Lift(); err != nil {
+		if err := a.egress.Lift(); err != nil && !errors.Is(err, egress.ErrUnsupported) {
 			a.log.Error("lifting the ESP egress fence", "err", err)
 		}
 	}
@@ -96,8 +125,13 @@ func (a *Agent) deactivateIKE(ctx context.Context) error {
 	var err error
 	if a.egress != nil {
 		// Up before charon can be fed anything (this runs at start too).
-		if err = a.egress.Block(); err != nil {
-			err = fmt.Errorf("raising the ESP egress fence: %w", err)
+		switch berr := a.egress.Block(); {
+		case errors.Is(berr, egress.ErrUnsupported):
+			a.egressOnce.Do(func() {
+				a.log.Warn("no ESP egress fence on this kernel; a standby deletes the outbound states its charon installs instead", "err", berr)
+			})
+		case berr != nil:
+			err = berr
 		}
 	}
 	if a.ike == nil {

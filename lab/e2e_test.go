@@ -35,14 +35,21 @@ type e2eResult struct {
 		Node string `json:"node"`
 		SAs  int    `json:"sas"`
 	} `json:"terms"`
-	VIPHolders     []string `json:"vip_holders"`
-	ClientChildSAs int      `json:"client_child_sas"`
-	SAsCarried     int      `json:"sas_carried"`
-	ESPSeqReused   int      `json:"esp_seq_reused"`
-	SPIs           int      `json:"spis_seen"`
-	SecondGapMS    float64  `json:"second_gap_ms"`
-	SecondLost     int      `json:"second_lost"`
-	SecondSent     int      `json:"second_sent"`
+	VIPHolders      []string `json:"vip_holders"`
+	ClientChildSAs  int      `json:"client_child_sas"`
+	SAsCarried      int      `json:"sas_carried"`
+	ESPSeqReused    int      `json:"esp_seq_reused"`
+	SPIs            int      `json:"spis_seen"`
+	SecondGapMS     float64  `json:"second_gap_ms"`
+	SecondLost      int      `json:"second_lost"`
+	SecondSent      int      `json:"second_sent"`
+	ClientIKEKept   bool     `json:"client_ike_kept"`
+	IKECarried      int      `json:"ike_carried"`
+	StandbyInbound  int      `json:"standby_inbound"`
+	StandbyOutbound int      `json:"standby_outbound"`
+	// ClientIKERestarted: the client's IKE_SA after the second phase is
+	// not the one it had before the fault.
+	ClientIKERestarted bool `json:"client_ike_restarted"`
 }
 
 // e2eCase is one fault and what must hold after it.
@@ -57,6 +64,10 @@ type e2eCase struct {
 	// moves: the active role moves to another gateway (false: a standby
 	// was hit and the active must stay where it is).
 	moves bool
+	// ikeCarried: the agents carry the IKE_SAs (-ike-carry): the client
+	// must keep its IKE_SA (same SPIs) through the takeover and after the
+	// second phase, and the new active must say it activated it.
+	ikeCarried bool
 	// loaded: the case runs under load, and a failover before the fault
 	// is what it is about: it fails the case at once, with no rerun.
 	loaded bool
@@ -163,6 +174,13 @@ func e2eCases() []e2eCase {
 		// fail over before the kill; then the kill's usual invariants.
 		{name: "kill-loaded", fault: "kill", args: []string{"-busy-loops", "2", "-netem-delay", "2ms", "-netem-jitter", "1ms",
 			"-realtime", "10", "-warmup", "10s", "-after", "5s"}, moves: true, loaded: true},
+		// IKE continuity (issue 18): charon's ha plugin on every gateway,
+		// the agents carrying the IKE_SAs. The client keeps its IKE_SA:
+		// same SPIs after the takeover, its DPD and a CHILD_SA rekey
+		// answered by the new active (the second phase), never
+		// re-initiated.
+		{name: "kill-ike", fault: "kill", args: []string{"-ike-carry", "-after", "5s"}, moves: true, ikeCarried: true},
+		{name: "drain-ike", fault: "drain", args: []string{"-ike-carry", "-after", "5s"}, moves: true, ikeCarried: true},
 		// A link that flaps faster than the lease: the old active may lose
 		// the role and win it back (it fences and takes over again).
 		{fault: "flap", args: []string{"-after", "5s"}, moves: true, mayStay: true},
@@ -227,6 +245,28 @@ func checkE2E(tc e2eCase, r e2eResult) (safety, timing []string) {
 	if r.SecondSent > 0 && r.SecondGapMS >= secondOutage {
 		bad(&timing, "second outage at the client's DPD/rekey: gap %.1f ms, %d of %d probes lost", r.SecondGapMS, r.SecondLost, r.SecondSent)
 	}
+	if tc.ikeCarried {
+		// Each standby's charon holds the client's CHILD_SA, inbound
+		// only: an outbound state there would send at sequence number 0
+		// under the active's key.
+		if r.StandbyOutbound != 0 {
+			bad(&safety, "the standbys held %d outbound states before the fault", r.StandbyOutbound)
+		}
+		if r.StandbyInbound < 2 {
+			bad(&safety, "the standbys held %d inbound states of the client's CHILD_SA before the fault, want one each", r.StandbyInbound)
+		}
+	}
+	if tc.ikeCarried && len(r.Terms) > 0 {
+		if r.IKECarried < 1 {
+			bad(&safety, "the new active activated %d carried IKE_SAs, want the client's", r.IKECarried)
+		}
+		if !r.ClientIKEKept {
+			bad(&safety, "the client's IKE_SA did not survive the takeover (its SPIs changed, or it has none)")
+		}
+		if r.ClientIKERestarted {
+			bad(&timing, "the client's IKE_SA was replaced after the takeover (second phase)")
+		}
+	}
 	if tc.moves {
 		if !tc.mayStay && (r.NewActive == r.OldActive || len(r.Terms) == 0) {
 			bad(&timing, "the active stayed on %s (terms after the fault: %+v)", r.OldActive, r.Terms)
@@ -259,5 +299,6 @@ func e2eScenario(prog, handoff string, args ...string) Scenario {
 		// The linux provider opens netlink for every family the library
 		// knows, netfilter included: without nfnetlink it fails to start.
 		// sch_netem: the loaded case shapes the gateways' links.
-		Modules: []string{"nfnetlink", "sch_netem"}}
+		// nf_tables: the ESP egress fence of IKE continuity's standbys.
+		Modules: []string{"nfnetlink", "sch_netem", "nf_tables"}}
 }

@@ -56,6 +56,11 @@ type Config struct {
 	// under the size at which the Raft transport's decoder starts copying;
 	// see agent.DefaultMaxBatch).
 	MaxEntry int
+	// ChildrenFed, if set, runs on a standby after a feed that gave
+	// charon CHILD_SAs: charon installed their outbound states at
+	// sequence number 0, and the agent deletes them (a standby keeps no
+	// outbound state; the ESP egress fence is the other guard).
+	ChildrenFed func(ctx context.Context)
 }
 
 func (c *Config) defaults() {

@@ -375,7 +375,7 @@ func TestCarrierStartsClean(t *testing.T) {
 	}
 	c.apply(&raftstore.IKEChainsCmd{Node: "gw1", Upserts: []raftstore.SAUpsert{{ID: "v2-0000000000000001-0000000000000002-r", Sealed: bogus}}})
 	gw2.carrier.feedMu.Lock()
-	err = gw2.carrier.feedLocked(context.Background())
+	_, err = gw2.carrier.feedLocked(context.Background())
 	gw2.carrier.feedMu.Unlock()
 	if !errors.Is(err, raftstore.ErrSealKey) || !strings.Contains(err.Error(), "v2-0000000000000001-0000000000000002-r") {
 		t.Fatalf("feeding a chain sealed with another key: %v", err)

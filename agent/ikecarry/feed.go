@@ -105,13 +105,35 @@ func (c *Carrier) feedRound(ctx context.Context) error {
 	if active {
 		return nil
 	}
-	return c.feedLocked(ctx)
+	children, err := c.feedLocked(ctx)
+	if children > 0 && c.cfg.ChildrenFed != nil {
+		c.cfg.ChildrenFed(ctx)
+	}
+	return err
+}
+
+// Prepare feeds a standby's charon what the log holds and it was not
+// given, at once: a takeover calls it before installing the replicated
+// CHILD_SAs, so that these replace every outbound state charon installed
+// (at sequence number 0) with the jumped counters.
+func (c *Carrier) Prepare(ctx context.Context) error {
+	c.feedMu.Lock()
+	defer c.feedMu.Unlock()
+	c.mu.Lock()
+	active := c.active
+	c.mu.Unlock()
+	if active {
+		return nil
+	}
+	_, err := c.feedLocked(ctx)
+	return err
 }
 
 // feedLocked sends the local charon what the log holds and it was not
 // given: new chains whole, changed chains' new datagrams, and deletions
-// for the chains and children the log no longer holds. c.feedMu is held.
-func (c *Carrier) feedLocked(ctx context.Context) error {
+// for the chains and children the log no longer holds. It returns how
+// many CHILD_ADDs it sent. c.feedMu is held.
+func (c *Carrier) feedLocked(ctx context.Context) (children int, err error) {
 	c.mu.Lock()
 	fed, purge := c.fed, c.purge
 	c.mu.Unlock()
@@ -171,6 +193,11 @@ func (c *Carrier) feedLocked(ctx context.Context) error {
 			out = f.deletes(out)
 		}
 	}
+	for _, d := range out {
+		if hasync.MsgType(d[1]) == hasync.ChildAdd {
+			children++
+		}
+	}
 	if len(out) > 0 {
 		err := c.ch.Send(ctx, out, c.cfg.Gap)
 		clear(out)
@@ -179,16 +206,16 @@ func (c *Carrier) feedLocked(ctx context.Context) error {
 			c.mu.Lock()
 			c.fed, c.purge = nil, true
 			c.mu.Unlock()
-			return fmt.Errorf("feeding %d datagrams: %w", len(out), err)
+			return children, fmt.Errorf("feeding %d datagrams: %w", len(out), err)
 		}
 	}
 	c.mu.Lock()
 	c.fed, c.purge = next, false
 	c.mu.Unlock()
 	if len(bad) > 0 {
-		return fmt.Errorf("%d of %d IKE chains could not be opened; the first: %w", len(bad), len(entries), bad[0])
+		return children, fmt.Errorf("%d of %d IKE chains could not be opened; the first: %w", len(bad), len(entries), bad[0])
 	}
-	return nil
+	return children, nil
 }
 
 // open unseals and decodes one chain.
@@ -227,7 +254,7 @@ func (c *Carrier) Activate(ctx context.Context) (Carried, error) {
 	c.mu.Unlock()
 	var lineage *hasync.Lineage
 	if !already {
-		if err := c.feedLocked(ctx); err != nil {
+		if _, err := c.feedLocked(ctx); err != nil {
 			return Carried{}, fmt.Errorf("feeding charon before activating: %w", err)
 		}
 		lineage = c.restore()

@@ -53,6 +53,11 @@ func (f *Fence) conn() (*nftables.Conn, error) {
 
 var table = &nftables.Table{Name: Table, Family: nftables.TableFamilyINet}
 
+// ErrUnsupported: the kernel's nf_tables has no inet family (Debian's
+// user-mode-linux kernel, the lab guest, is built so). The standby then
+// relies on its agent deleting the outbound states charon installs.
+var ErrUnsupported = errors.New("nftables inet tables are not supported by this kernel")
+
 // Block raises the fence (again: it replaces a table left from before, in
 // one transaction, so there is no moment without it).
 func (f *Fence) Block() error {
@@ -93,6 +98,9 @@ func (f *Fence) Block() error {
 		&expr.Verdict{Kind: expr.VerdictDrop},
 	}})
 	if err := c.Flush(); err != nil {
+		if errors.Is(err, unix.EOPNOTSUPP) {
+			err = fmt.Errorf("%w: %w", ErrUnsupported, err)
+		}
 		return fmt.Errorf("raising the ESP egress fence (nftables table inet %s): %w", Table, err)
 	}
 	return nil

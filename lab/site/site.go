@@ -55,7 +55,9 @@ type Options struct {
 	LogLevel int
 	// NoCapture skips the ESP capture.
 	NoCapture bool
-	Log       *slog.Logger
+	// HA loads charon's ha plugin on the gateways (IKE continuity).
+	HA  bool
+	Log *slog.Logger
 }
 
 // Site is a running site. Close tears it down.
@@ -150,7 +152,7 @@ func (s *Site) start(ctx context.Context) error {
 	s.Gateways = make([]*swan.Charon, len(tp.Gateways))
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
-		c, err := s.startCharon(gctx, tp.Client, s.opts.ClientRetransmit, p.RoadWarrior || s.opts.Libipsec)
+		c, err := s.startCharon(gctx, tp.Client, s.opts.ClientRetransmit, p.RoadWarrior || s.opts.Libipsec, false)
 		if err != nil {
 			return err
 		}
@@ -160,7 +162,7 @@ func (s *Site) start(ctx context.Context) error {
 	})
 	for i, gw := range tp.Gateways {
 		g.Go(func() error {
-			c, err := s.startCharon(gctx, gw, swan.Retransmit{}, s.opts.Libipsec)
+			c, err := s.startCharon(gctx, gw, swan.Retransmit{}, s.opts.Libipsec, s.opts.HA)
 			if err != nil {
 				return err
 			}
@@ -176,10 +178,11 @@ func (s *Site) start(ctx context.Context) error {
 	return nil
 }
 
-func (s *Site) startCharon(ctx context.Context, n *topo.Node, rt swan.Retransmit, routes bool) (*swan.Charon, error) {
+func (s *Site) startCharon(ctx context.Context, n *topo.Node, rt swan.Retransmit, routes, ha bool) (*swan.Charon, error) {
 	return swan.Start(ctx, n, swan.Options{
 		Daemon: swan.Daemon{
 			Name:          n.Name,
+			HA:            ha,
 			Libipsec:      s.opts.Libipsec,
 			InstallRoutes: routes,
 			Retransmit:    rt,

@@ -57,6 +57,11 @@ type Daemon struct {
 	LogLevel int
 	// ExtraPlugins are appended to the load list.
 	ExtraPlugins []string
+	// HA loads the ha plugin with Handoff as its peer on 127.0.0.2 (IKE
+	// continuity; docs/ipsec.md): one segment, no monitor, resync on, no
+	// FIFO. Each gateway is in its own network namespace, so each has its
+	// own loopback pair.
+	HA bool
 }
 
 // Plugins is the explicit plugin list of a Daemon.
@@ -66,6 +71,9 @@ func (d Daemon) Plugins() []string {
 		p = append(p, "kernel-libipsec")
 	}
 	p = append(p, "kernel-netlink", "socket-default", "vici", "updown", "attr")
+	if d.HA {
+		p = append(p, "ha")
+	}
 	return append(p, d.ExtraPlugins...)
 }
 
@@ -86,6 +94,18 @@ charon {
 		vici {
 			socket = unix://{{.D.Socket}}
 		}
+{{- if .D.HA}}
+		ha {
+			local = 127.0.0.1
+			remote = 127.0.0.2
+			segment_count = 1
+			monitor = no
+			resync = yes
+			autobalance = 0
+			fifo_interface = no
+			buflen = 4096
+		}
+{{- end}}
 	}
 	filelog {
 		lab {

@@ -80,6 +80,8 @@ type agentSpec struct {
 	// Reestablish is the connection template file (JSON) the agent
 	// re-establishes IKE SAs from after a takeover; empty: none.
 	Reestablish string
+	// HA: the agent carries the IKE_SAs through charon's ha plugin.
+	HA bool
 }
 
 var agentConf = template.Must(template.New("agent").Parse(`# Handoff agent {{.ID}} in the kernel lab (lab/scenario/e2e).
@@ -192,6 +194,10 @@ dataplane {
   vici_socket = "{{.Vici}}"
 {{- if .Reestablish}}
   reestablish_template = "{{.Reestablish}}"
+{{- end}}
+{{- if .HA}}
+  ha_listen = "127.0.0.2"
+  ha_charon = "127.0.0.1"
 {{- end}}
 }
 
@@ -332,6 +338,7 @@ type logLine struct {
 	Total   int64     `json:"total"`
 	Reason  string    `json:"reason"`
 	Err     string    `json:"err"`
+	IKESAs  int       `json:"ike_sas"`
 }
 
 // Lines parses the agent's log so far (non-JSON lines are skipped).

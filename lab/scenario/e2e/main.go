@@ -36,6 +36,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/vishvananda/netlink"
@@ -59,6 +60,10 @@ type config struct {
 	// reestablish: the agents get a connection template (IKE SAs are
 	// re-established after a takeover).
 	reestablish bool
+	// ikeCarry: the gateways' charons load the ha plugin and the agents
+	// carry the IKE_SAs across the takeover (re-establishment then serves
+	// only the peers not carried).
+	ikeCarry bool
 	// provider: linux (the agents move the VIP with ARP) or aws (through
 	// the emulated EC2 account, the fabric steering the lab's packets).
 	provider    string
@@ -137,6 +142,17 @@ type Result struct {
 	SecondGapMS float64 `json:"second_gap_ms"`
 	SecondLost  int     `json:"second_lost"`
 	SecondSent  int     `json:"second_sent"`
+	// ClientIKEKept: the client's IKE_SA at the end of the main stream is
+	// the one it had before the fault (same SPIs): it was carried, not
+	// re-established. IKECarried is what the new active's agent logged
+	// it activated.
+	ClientIKEKept bool `json:"client_ike_kept"`
+	IKECarried    int  `json:"ike_carried"`
+	// StandbyInbound and StandbyOutbound count the XFRM states to and
+	// from the VIP on the standbys before the fault (IKE continuity: their
+	// charons hold the carried CHILD_SAs; outbound states must be gone).
+	StandbyInbound  int `json:"standby_inbound"`
+	StandbyOutbound int `json:"standby_outbound"`
 	// ClientIKERestarted: the client's IKE SA after the second phase is
 	// not the one it had before the fault.
 	ClientIKERestarted bool `json:"client_ike_restarted"`
@@ -161,6 +177,7 @@ func main() {
 	fs.DurationVar(&c.after, "after", 3*time.Second, "probe time after the fault")
 	fs.DurationVar(&c.dpd, "dpd", time.Second, "client DPD delay")
 	fs.BoolVar(&c.reestablish, "reestablish", true, "give the agents a connection template to re-establish IKE SAs from after a takeover")
+	fs.BoolVar(&c.ikeCarry, "ike-carry", false, "IKE continuity: charon's ha plugin on the gateways, dataplane.ha_listen on the agents")
 	fs.BoolVar(&c.cpuProfile, "cpuprofile", false, "agents write CPU profiles (gw*/cpu.prof, of the agents that stop on SIGTERM)")
 	fs.StringVar(&c.provider, "provider", "linux", "linux, or aws (the built-in emulator, its fabric moving the VIP in the lab)")
 	fs.BoolVar(&c.second, "second", true, "run the second phase (client DPD and rekey after the failover)")
@@ -229,7 +246,7 @@ func run(ctx context.Context, env *guest.Env, c config) (res Result, err error) 
 		Gateways: 3, Profile: swan.Profile{Encap: true, DPDDelay: c.dpd},
 		// As the baseline: a dead peer is declared 1.4 s after the DPD.
 		ClientRetransmit: swan.Retransmit{Timeout: 500 * time.Millisecond, Tries: 1, Base: 1.8},
-		Dir:              env.Dir, RunDir: env.RunDir, Log: log,
+		Dir:              env.Dir, RunDir: env.RunDir, Log: log, HA: c.ikeCarry,
 	})
 	if err != nil {
 		return res, err
@@ -291,7 +308,7 @@ func run(ctx context.Context, env *guest.Env, c config) (res Result, err error) 
 			Witness: c.fault == "witness" && i == 2, Bootstrap: i == 0,
 			Join: fmt.Sprintf("%s:%d", topo.GatewayOuter(1), raftPort), Vici: s.Gateways[i].Socket(),
 			Dir: env.Path(gw.Name), DataDir: filepath.Join(env.RunDir, gw.Name, "raft"),
-			StateDir: filepath.Join(env.RunDir, gw.Name, "vips"), PKI: pkiDir, Timing: c.timing, Nice: c.nice, Realtime: c.realtime, ProcsPerCPU: c.procsPerCPU, APIToken: token, Reestablish: tmplPath,
+			StateDir: filepath.Join(env.RunDir, gw.Name, "vips"), PKI: pkiDir, Timing: c.timing, Nice: c.nice, Realtime: c.realtime, ProcsPerCPU: c.procsPerCPU, APIToken: token, Reestablish: tmplPath, HA: c.ikeCarry,
 			AWS: c.provider == "aws", AWSCAFile: awsCAFile(env.Dir), CPUProfile: c.cpuProfile,
 		}
 	}
@@ -342,6 +359,15 @@ func run(ctx context.Context, env *guest.Env, c config) (res Result, err error) 
 	ikeBefore, err := clientIKEIDs(ctx, clientVICI)
 	if err != nil {
 		return res, err
+	}
+	spisBefore, err := clientIKESPIs(ctx, clientVICI)
+	if err != nil {
+		return res, err
+	}
+	if c.ikeCarry {
+		if res.StandbyInbound, res.StandbyOutbound, err = standbyStates(ctx, s, 0); err != nil {
+			return res, err
+		}
 	}
 	res.SetupMS = time.Since(t0).Milliseconds()
 	log.Info("site, cluster and tunnel up", "took", time.Since(t0).Round(time.Millisecond))
@@ -408,6 +434,11 @@ func run(ctx context.Context, env *guest.Env, c config) (res Result, err error) 
 		}
 	}
 	res.GapMS, res.ProbesSent, res.ProbesLost, res.GapLost = rep.GapMS(), rep.Sent, rep.Lost, rep.GapLost
+	spisAfter, err := clientIKESPIs(ctx, clientVICI)
+	if err != nil {
+		return res, err
+	}
+	res.ClientIKEKept = spisBefore != "" && spisAfter == spisBefore
 	if !rep.GapStart.IsZero() {
 		res.GapStartMS = ms(rep.GapStart.Sub(faultAt))
 	}
@@ -426,6 +457,8 @@ func run(ctx context.Context, env *guest.Env, c config) (res Result, err error) 
 					MoveMS: nsMS(l.Move), InstallMS: nsMS(l.Install), TotalMS: nsMS(l.Total), AtMS: ms(l.Time.Sub(faultAt))}
 				res.Terms = append(res.Terms, t)
 				byTerm[l.Term] = append(byTerm[l.Term], a.spec.ID)
+			case l.Msg == "activated the carried IKE_SAs" && l.Time.After(faultAt):
+				res.IKECarried = l.IKESAs
 			case l.Msg == "fenced" && a == agents[oldActive] && l.Time.After(faultAt) && res.FencedMS == 0:
 				res.FencedMS = ms(l.Time.Sub(faultAt))
 			}
@@ -675,6 +708,63 @@ func clientIKEIDs(ctx context.Context, c *vici.Client) (map[uint32]bool, error) 
 		}
 	}
 	return ids, nil
+}
+
+// standbyStates waits (up to 10 s) until every gateway but the active one
+// holds an inbound XFRM state to the VIP (its charon installed the carried
+// CHILD_SA) and reports how many inbound and outbound (from the VIP)
+// states the standbys hold: with IKE continuity a standby must hold no
+// outbound state, which its charon installed at sequence number 0.
+func standbyStates(ctx context.Context, s *site.Site, active int) (in, out int, err error) {
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		in, out = 0, 0
+		ready := true
+		for i, gw := range s.Topo.Gateways {
+			if i == active {
+				continue
+			}
+			states, err := site.KernelStates(gw)
+			if err != nil {
+				return 0, 0, err
+			}
+			n := 0
+			for _, st := range states {
+				switch topo.VIPOuter {
+				case st.Dst:
+					n++
+				case st.Src:
+					out++
+				}
+			}
+			in += n
+			ready = ready && n > 0
+		}
+		if ready || time.Now().After(deadline) {
+			return in, out, nil
+		}
+		if err := sleep(ctx, 100*time.Millisecond); err != nil {
+			return in, out, err
+		}
+	}
+}
+
+// clientIKESPIs names the client's established IKE_SAs by their SPIs
+// (sorted, joined), "" when it has none: what a peer keeps when its IKE_SA
+// is carried, and loses when it is re-established or restarted.
+func clientIKESPIs(ctx context.Context, c *vici.Client) (string, error) {
+	ikes, err := c.ListSAs(ctx, vici.ListFilter{})
+	if err != nil {
+		return "", fmt.Errorf("listing the client's SAs: %w", err)
+	}
+	var spis []string
+	for _, ike := range ikes {
+		if ike.State == "ESTABLISHED" {
+			spis = append(spis, fmt.Sprintf("%016x_%016x", ike.InitiatorSPI, ike.ResponderSPI))
+		}
+	}
+	slices.Sort(spis)
+	return strings.Join(spis, ","), nil
 }
 
 func sameKeys(a, b map[uint32]bool) bool {
