@@ -463,3 +463,41 @@ func TestQuiesceCommitsTheLastReports(t *testing.T) {
 		t.Fatalf("resume sent %x, want SEGMENT_DROP", got)
 	}
 }
+
+// After a round that fed CHILD_SAs a standby runs ChildrenFed at each of
+// sweepAfter (charon installs their states after the feed returns), and
+// not after rounds that fed none.
+func TestStandbySweepsAfterFeedingChildren(t *testing.T) {
+	sealer := testSealer(t, 1)
+	c := newCluster(t, sealer, "gw1")
+	gw1 := c.nodes["gw1"]
+	c.claim("gw1")
+	var sweeps atomic.Int64
+	standby := newFakeCharon()
+	sc := New(Config{Node: "gw2", ChildrenFed: func(context.Context) { sweeps.Add(1) }}, standby, c.log, c.log.fsm, sealer, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = sc.Run(ctx)
+	}()
+	defer func() {
+		cancel()
+		<-done
+	}()
+	capture := loadCapture(t)
+	for _, m := range capture[1:4] { // IKE_ADD, MID, UPDATE: no child
+		gw1.charon.in <- m
+	}
+	eventually(t, "the IKE_SA fed", func() bool { _, _, _ = standby.view(); return len(sc.Fed()) == 1 })
+	time.Sleep(sweepAfter[len(sweepAfter)-1] + 200*time.Millisecond)
+	if n := sweeps.Load(); n != 0 {
+		t.Fatalf("%d sweeps after feeding no CHILD_SA", n)
+	}
+	gw1.charon.in <- capture[4] // CHILD_ADD
+	eventually(t, "three sweeps after the child was fed", func() bool { return sweeps.Load() == int64(len(sweepAfter)) })
+	time.Sleep(500 * time.Millisecond)
+	if n := sweeps.Load(); n != int64(len(sweepAfter)) {
+		t.Fatalf("%d sweeps, want %d", n, len(sweepAfter))
+	}
+}

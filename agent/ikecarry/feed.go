@@ -70,46 +70,99 @@ func (f *fedChain) deletes(out [][]byte) [][]byte {
 // with every replicated SA, and a round reads every chain's position.
 const minFeedInterval = 50 * time.Millisecond
 
+// sweepAfter are the delays, after a round that fed CHILD_SAs, at which
+// ChildrenFed runs: charon installs their states asynchronously (its ha
+// dispatcher is one thread deriving keys and calling the kernel for one
+// datagram after the other), so a sweep right after the send can come
+// before them.
+var sweepAfter = []time.Duration{50 * time.Millisecond, 300 * time.Millisecond, 1500 * time.Millisecond}
+
 // feedLoop keeps a standby's charon fed with the committed chains.
 func (c *Carrier) feedLoop(ctx context.Context) {
 	retry := time.NewTicker(5 * time.Second)
 	defer retry.Stop()
+	sweep := time.NewTimer(time.Hour)
+	sweep.Stop()
+	defer sweep.Stop()
+	var sweeps []time.Time // pending ChildrenFed runs, in order
+	next := time.Now()
 	for {
+		var wait <-chan time.Time
+		if d := time.Until(next); d > 0 {
+			t := time.NewTimer(d)
+			wait = t.C
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return
+			case <-wait:
+			case <-sweep.C:
+				t.Stop()
+				sweeps = c.sweep(ctx, sweeps, sweep)
+				continue
+			}
+		}
 		changed := c.state.Changed()
-		if err := c.feedRound(ctx); err != nil && ctx.Err() == nil {
+		children, err := c.feedRound(ctx)
+		if err != nil && ctx.Err() == nil {
 			c.slog.Warn("ha channel: feeding the local charon", "err", err)
 		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-changed:
-		case <-c.feed:
-		case <-retry.C:
+		if children > 0 && c.cfg.ChildrenFed != nil {
+			now := time.Now()
+			sweeps = sweeps[:0]
+			for _, d := range sweepAfter {
+				sweeps = append(sweeps, now.Add(d))
+			}
+			sweep.Reset(sweepAfter[0])
 		}
-		t := time.NewTimer(minFeedInterval)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return
-		case <-t.C:
+		for waiting := true; waiting; {
+			select {
+			case <-ctx.Done():
+				return
+			case <-changed:
+				waiting = false
+			case <-c.feed:
+				waiting = false
+			case <-retry.C:
+				waiting = false
+			case <-sweep.C:
+				sweeps = c.sweep(ctx, sweeps, sweep)
+			}
 		}
+		next = time.Now().Add(minFeedInterval)
 	}
 }
 
-func (c *Carrier) feedRound(ctx context.Context) error {
+// sweep runs ChildrenFed for the due entries of sweeps and arms timer
+// for the next one; it returns the entries left.
+func (c *Carrier) sweep(ctx context.Context, sweeps []time.Time, timer *time.Timer) []time.Time {
+	now := time.Now()
+	due := 0
+	for due < len(sweeps) && !sweeps[due].After(now) {
+		due++
+	}
+	if due > 0 {
+		c.cfg.ChildrenFed(ctx)
+	}
+	sweeps = sweeps[due:]
+	if len(sweeps) > 0 {
+		timer.Reset(time.Until(sweeps[0]))
+	}
+	return sweeps
+}
+
+// feedRound feeds a standby's charon (see feedLocked); it returns how
+// many CHILD_SAs it fed.
+func (c *Carrier) feedRound(ctx context.Context) (int, error) {
 	c.feedMu.Lock()
 	defer c.feedMu.Unlock()
 	c.mu.Lock()
 	active := c.active
 	c.mu.Unlock()
 	if active {
-		return nil
+		return 0, nil
 	}
-	children, err := c.feedLocked(ctx)
-	if children > 0 && c.cfg.ChildrenFed != nil {
-		c.cfg.ChildrenFed(ctx)
-	}
-	return err
+	return c.feedLocked(ctx)
 }
 
 // Prepare feeds a standby's charon what the log holds and it was not

@@ -712,9 +712,11 @@ func clientIKEIDs(ctx context.Context, c *vici.Client) (map[uint32]bool, error) 
 
 // standbyStates waits (up to 10 s) until every gateway but the active one
 // holds an inbound XFRM state to the VIP (its charon installed the carried
-// CHILD_SA) and reports how many inbound and outbound (from the VIP)
-// states the standbys hold: with IKE continuity a standby must hold no
-// outbound state, which its charon installed at sequence number 0.
+// CHILD_SA) and none from it, and reports how many inbound and outbound
+// states the standbys hold then: with IKE continuity a standby must keep
+// no outbound state, which its charon installs at sequence number 0 and
+// its agent deletes (within 1.5 s in this guest, which lacks nftables'
+// inet family for the egress fence).
 func standbyStates(ctx context.Context, s *site.Site, active int) (in, out int, err error) {
 	deadline := time.Now().Add(10 * time.Second)
 	for {
@@ -740,6 +742,7 @@ func standbyStates(ctx context.Context, s *site.Site, active int) (in, out int, 
 			in += n
 			ready = ready && n > 0
 		}
+		ready = ready && out == 0
 		if ready || time.Now().After(deadline) {
 			return in, out, nil
 		}
