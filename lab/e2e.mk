@@ -21,8 +21,9 @@ BENCH_RUNS ?= 5
 # can run them (scheduling.realtime_priority 10): at normal priority the
 # one-CPU guest needed 200/200/80 at best (docs/failover-timings.md). The
 # test tier keeps the scenario's 300/300/140 at normal priority for a host
-# twice as busy.
-E2E_FLAGS ?= -heartbeat 150ms -election 150ms -lease 50ms -realtime 10
+# twice as busy. -ike-carry: the gateways carry the IKE_SAs (charon's ha
+# plugin, dataplane.ha_listen), re-establishment is only the fallback.
+E2E_FLAGS ?= -heartbeat 150ms -election 150ms -lease 50ms -realtime 10 -ike-carry
 E2E_TEST_FLAGS ?= -count=1 -timeout 12m -v
 
 .PHONY: lab-e2e bench-failover

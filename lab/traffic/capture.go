@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"net"
 	"net/netip"
 	"os"
@@ -37,9 +38,14 @@ type SPIStats struct {
 	LastSeq  uint32 `json:"last_seq"`
 	MaxSeq   uint32 `json:"max_seq"`
 	// Reused counts packets whose sequence number had been seen before for
-	// this SPI: an ESP sender never repeats one, so any is a reuse (with
-	// AES-GCM, a nonce reuse).
+	// this SPI with another ciphertext: an ESP sender never repeats one,
+	// so any is a reuse (with AES-GCM, a nonce reuse).
 	Reused int `json:"reused"`
+	// Duplicates counts packets seen again byte for byte from the SPI on
+	// (the same packet twice on the wire: a gateway that lost an address
+	// forwarding what still reached it, a flooded frame), which reuses
+	// nothing.
+	Duplicates int `json:"duplicates,omitempty"`
 	// Backwards counts packets with a lower sequence number than the
 	// previous one of the SPI (reordering, or a second sender).
 	Backwards int `json:"backwards"`
@@ -58,8 +64,10 @@ type CaptureReport struct {
 	// IKE counts IKE packets (UDP 500, and 4500 behind the non-ESP marker).
 	IKE int `json:"ike"`
 	// Reused is the sum of SPIStats.Reused: the number that must be 0.
-	Reused int        `json:"reused"`
-	SPIs   []SPIStats `json:"spis"`
+	Reused int `json:"reused"`
+	// Duplicates is the sum of SPIStats.Duplicates (harmless copies).
+	Duplicates int        `json:"duplicates"`
+	SPIs       []SPIStats `json:"spis"`
 	// Truncated: more sequence numbers than the capture tracks; later ones
 	// were not checked for reuse.
 	Truncated bool `json:"truncated,omitempty"`
@@ -71,8 +79,10 @@ type spiKey struct {
 }
 
 type spiState struct {
-	stats   SPIStats
-	seen    map[uint32]struct{}
+	stats SPIStats
+	// seen maps each sequence number to a hash of the packet from its
+	// SPI on (as far as the capture reads it).
+	seen    map[uint32]uint64
 	senders map[[6]byte]struct{}
 }
 
@@ -182,6 +192,9 @@ type esp struct {
 	src, dst netip.Addr
 	spi, seq uint32
 	encap    bool
+	// body is the packet from the SPI on, as far as it was read: what a
+	// forwarded copy shares with the original (the IP header changes).
+	body []byte
 }
 
 // parseFrame classifies an Ethernet frame: ESP (with its header), IKE, or
@@ -208,6 +221,7 @@ func parseFrame(frame []byte) (p esp, isESP, isIKE bool) {
 		}
 		p.spi = binary.BigEndian.Uint32(l4[0:])
 		p.seq = binary.BigEndian.Uint32(l4[4:])
+		p.body = l4
 		return p, true, false
 	case unix.IPPROTO_UDP:
 		if len(l4) < 8 {
@@ -230,6 +244,7 @@ func parseFrame(frame []byte) (p esp, isESP, isIKE bool) {
 		p.spi = binary.BigEndian.Uint32(payload[0:])
 		p.seq = binary.BigEndian.Uint32(payload[4:])
 		p.encap = true
+		p.body = payload
 		return p, true, false
 	}
 	return p, false, false
@@ -255,7 +270,7 @@ func (c *Capture) frame(frame []byte, now time.Time) {
 				SPI: fmt.Sprintf("%08x", p.spi), Src: p.src.String(), Dst: p.dst.String(),
 				UDPEncap: p.encap, FirstSeq: p.seq, FirstSeen: now,
 			},
-			seen:    make(map[uint32]struct{}),
+			seen:    make(map[uint32]uint64),
 			senders: make(map[[6]byte]struct{}),
 		}
 		c.spis[k] = st
@@ -267,15 +282,22 @@ func (c *Capture) frame(frame []byte, now time.Time) {
 	st.stats.LastSeen = now
 	st.stats.MaxSeq = max(st.stats.MaxSeq, p.seq)
 	st.senders[[6]byte(frame[6:12])] = struct{}{}
-	if _, dup := st.seen[p.seq]; dup {
-		st.stats.Reused++
+	h := fnv.New64a()
+	h.Write(p.body)
+	sum := h.Sum64()
+	if prev, dup := st.seen[p.seq]; dup {
+		if prev == sum {
+			st.stats.Duplicates++
+		} else {
+			st.stats.Reused++
+		}
 		return
 	}
 	if c.tracked >= maxTrackedSeqs {
 		c.truncated = true
 		return
 	}
-	st.seen[p.seq] = struct{}{}
+	st.seen[p.seq] = sum
 	c.tracked++
 }
 
@@ -289,6 +311,7 @@ func (c *Capture) Report() CaptureReport {
 		s := st.stats
 		s.Senders = len(st.senders)
 		r.Reused += s.Reused
+		r.Duplicates += s.Duplicates
 		r.SPIs = append(r.SPIs, s)
 	}
 	sort.Slice(r.SPIs, func(i, j int) bool { return r.SPIs[i].FirstSeen.Before(r.SPIs[j].FirstSeen) })

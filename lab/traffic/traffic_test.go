@@ -202,16 +202,22 @@ func TestCaptureDetectsReuse(t *testing.T) {
 	}
 	// The second gateway jumped ahead: fine.
 	c.frame(frame(2, 50, espHdr(0xaa, 100_001)), now)
-	// ...but then sends a number the first one had used.
-	c.frame(frame(2, 50, espHdr(0xaa, 3)), now)
+	// ...but then sends a number the first one had used (another
+	// ciphertext).
+	reuse := espHdr(0xaa, 3)
+	reuse[8] = 0x22
+	c.frame(frame(2, 50, reuse), now)
+	// The same packet forwarded by another host (same bytes from the SPI
+	// on): a duplicate, not a reuse.
+	c.frame(frame(3, 50, espHdr(0xaa, 4)), now)
 	c.frame(frame(1, 17, udp(500, 500, make([]byte, 40))), now)
 	c.frame(frame(1, 50, espHdr(0xbb, 1)), now.Add(time.Second))
 	r := c.Report()
-	if r.ESP != 8 || r.IKE != 1 || r.Reused != 1 || len(r.SPIs) != 2 {
+	if r.ESP != 9 || r.IKE != 1 || r.Reused != 1 || len(r.SPIs) != 2 {
 		t.Fatalf("report: %+v", r)
 	}
 	a := r.SPIs[0]
-	if a.SPI != "000000aa" || a.Packets != 7 || a.Reused != 1 || a.Backwards != 1 || a.Senders != 2 || a.MaxSeq != 100_001 || a.FirstSeq != 1 || a.LastSeq != 3 {
+	if a.SPI != "000000aa" || a.Packets != 8 || a.Reused != 1 || a.Duplicates != 1 || a.Backwards != 1 || a.Senders != 3 || a.MaxSeq != 100_001 || a.FirstSeq != 1 || a.LastSeq != 4 {
 		t.Errorf("SPI aa: %+v", a)
 	}
 	if b := r.SPIs[1]; b.SPI != "000000bb" || b.Reused != 0 || b.Senders != 1 {

@@ -137,7 +137,10 @@ type Result struct {
 	SAsCarried     int `json:"sas_carried"`
 	// The wire.
 	ESPSeqReused int `json:"esp_seq_reused"`
-	SPIs         int `json:"spis_seen"`
+	// ESPDuplicates: packets seen twice byte for byte (forwarded or
+	// flooded copies), which reuse no sequence number.
+	ESPDuplicates int `json:"esp_duplicates"`
+	SPIs          int `json:"spis_seen"`
 	// Second phase: idle (DPD), then probes with a CHILD_SA rekey.
 	SecondGapMS float64 `json:"second_gap_ms"`
 	SecondLost  int     `json:"second_lost"`
@@ -502,7 +505,7 @@ func run(ctx context.Context, env *guest.Env, c config) (res Result, err error) 
 		res.ClientIKERestarted = !sameKeys(ikeBefore, ikeAfter)
 	}
 	capRep := s.Capture.Report()
-	res.ESPSeqReused, res.SPIs = capRep.Reused, len(capRep.SPIs)
+	res.ESPSeqReused, res.ESPDuplicates, res.SPIs = capRep.Reused, capRep.Duplicates, len(capRep.SPIs)
 	if err := steer.Err(); err != nil {
 		log.Warn("steering traffic to the active", "err", err)
 	}
