@@ -368,7 +368,7 @@ func run(ctx context.Context, env *guest.Env, c config) (res Result, err error) 
 		return res, err
 	}
 	if c.ikeCarry {
-		if res.StandbyInbound, res.StandbyOutbound, err = standbyStates(ctx, s, 0); err != nil {
+		if res.StandbyInbound, res.StandbyOutbound, err = standbyStates(ctx, s, active); err != nil {
 			return res, err
 		}
 	}
