@@ -99,29 +99,50 @@ Outside UML (real hardware, or a host kernel with ESP) system calls are
 
 ### Second outage at the client's next DPD / rekey
 
-The *second-phase gap* column (client idle for 1.5 × DPD, then probes and a
-client CHILD_SA rekey) is the switch to the re-established IKE SA, no
-outage (` + "`make lab-e2e`" + ` fails a run whose second-phase gap reaches a
-second). Until 2026-12-02 the lab's agents had no connection template (the
-scenario never wrote one), so the figures of earlier runs measured the
-client's own restart after its DPD went unanswered; now the new active
-initiates a fresh IKE SA to each peer it knows right after the takeover
-(` + "`ipsec.Dataplane.Reestablish`" + `, INITIAL_CONTACT), so the client's
-next DPD and rekey are answered; what remains is the switch to the new IKE
-SA and a UML stall or two.
+Since 2026-12-08 the benchmark runs with IKE continuity (` + "`-ike-carry`" + `:
+charon's ` + "`ha`" + ` plugin on every gateway, ` + "`dataplane.ha_listen`" + ` on the
+agents; docs/ipsec.md). The new active's charon holds the client's IKE_SA
+(same SPIs) and activates it at the takeover: nothing is re-initiated, and
+the client's next DPD and CHILD_SA rekey (the *second-phase gap* column:
+client idle for 1.5 × DPD, then probes and a client CHILD_SA rekey) run on
+the IKE_SA it always had. ` + "`make lab-e2e`" + `'s ` + "`kill-ike`" + ` checks the SPIs are
+the same and the rekey answered, at 300/300/140: second phase 0 probes
+lost in every run so far.
+
+Open, at the benchmark's 150/150/50 in the guest: in some kill runs with
+IKE continuity the new active **lost its lease** about eight seconds
+after the takeover, in the second phase, with two live voters left
+(itself and one standby): the standby's heartbeat answers stopped for
+over 50 ms, nothing in either agent's or charon's log explains it, and
+the third gateway took over, carrying the IKE_SA again (the client kept
+it). Those runs show a second-phase gap of 200–350 ms: three of five in
+the first benchmark with IKE continuity (04:15), none of five in the one
+above, two of two in test runs at this timing. None in five runs without
+IKE continuity (01:58), none at 300/300/140 with it. With one voter dead
+any stall of the other longer than the lease ends the term; the suspects
+are the guest's single-threaded kernel (a standby's charon now installs
+every carried CHILD_SA, and its agent deletes the outbound half) and the
+standby agent's own work. Not found yet.
+
+Before IKE continuity the new active initiated a fresh IKE SA to each peer
+it knew right after the takeover (` + "`ipsec.Dataplane.Reestablish`" + `,
+INITIAL_CONTACT); that stays as the fallback for peers whose IKE_SA was
+not carried, and its switch cost 20–200 ms (see below).
 
 ### Planned hand-over (drain)
 
 The old active keeps its VIPs and outbound SAs until the successor's
 ` + "`active`" + ` entry reaches its log (at most ` + "`takeover.handover_grace`" + `,
-3 s in the lab). The successor installs the SAs **before** it moves
-anything, then adds and announces the outside VIP, then the inside one,
-and only then asks the old active to yield them, inside first. In that
-order the move loses nothing: every probe the drains of 2026-12-02 lost
-(0–37 per drain) was lost after the successor was active (the *lost
-runs* column), in the IKE re-establishment below. Three things lost
-probes in the move before, each found with the per-run lost runs (added
-to the probe report for this):
+3 s in the lab). With IKE continuity it first makes its charon's IKE_SAs
+passive and commits their last state, so the successor expects exactly
+the message IDs the peer sends next. The successor feeds its charon the
+last IKE state, installs the SAs **before** it moves anything, activates
+the carried IKE_SAs, then adds and announces the outside VIP, then the
+inside one, and only then asks the old active to yield them, inside
+first. With the IKE_SAs carried nothing is re-established, and the drains
+lose nothing (*drain lost* above; 0 in the ` + "`drain-ike`" + ` test runs too).
+Three things lost probes in the move before, each found with the per-run
+lost runs:
 
 - the successor installed the SAs after the move, so the first VIP
   pointed at it before it could decrypt or encrypt;
@@ -130,32 +151,31 @@ to the probe report for this):
 - with the agent moving both VIPs in parallel, a node that held the
   inside VIP but not the outside one drew the protected host's replies and
   could not encrypt them: the kernel's XFRM output does not route from a
-  non-local source address (10–20 probes per drain, at the new active when
-  its inside VIP came first, at the old one when it yielded the outside VIP
-  first).
+  non-local source address (10–20 probes per drain).
 
-What remains is the **IKE re-establishment**: the
-successor initiates a fresh IKE SA with INITIAL_CONTACT, so that the
-client's next DPD and rekey are answered. On INITIAL_CONTACT the client
+And until IKE continuity, the **IKE re-establishment** lost 0–37 probes
+per drain (median 22 at 150/150/50): on INITIAL_CONTACT the client
 installs the new CHILD_SA, deletes the old one and answers; until the
 successor has that answer and has installed its half, the client sends on
 an SPI the successor does not know yet and drops what the successor still
-sends on the old one. The client's charon (5.9.8) deletes the old
-CHILD_SA before it installs the new one, and in the guest that alone took
-90–130 ms: with the round trip, 20–200 ms, 0–37 probes at 100/s. On real
-hardware it is a millisecond or two. Waiting a second after the takeover
-before re-establishing (tried: the guest is calmer then) did not shorten
-it. Without INITIAL_CONTACT (` + "`ipsec.ReestablishConfig.MakeBeforeBreak`" + `,
-built earlier) the client keeps its old CHILD_SA next to the new one and
-nothing falls into the switch, but a client whose ` + "`dpd_action`" + ` is
-` + "`restart`" + ` later restarts the dead old IKE SA and deletes the shared
-policies, an outage as large as the one avoided (docs/ipsec.md); it stays
-off, and is not yet a configuration option.
+sends on the old one (the client's charon deleted the old CHILD_SA before
+it installed the new one, 90–130 ms in the guest). Without INITIAL_CONTACT
+(` + "`ipsec.ReestablishConfig.MakeBeforeBreak`" + `) a client whose
+` + "`dpd_action`" + ` is ` + "`restart`" + ` later restarted the dead old IKE SA and
+deleted the shared policies (docs/ipsec.md).
 
-Earlier runs also lost 45–125 probes now and then when the guest's Raft
-did not settle after the transfer (the new leader, starved, missed
-heartbeats; a follower started an election; the new active fenced and took
-over again): the same starvation as above.
+### ESP sequence numbers on the wire
+
+The capture on the client's link counts a sequence number seen twice for
+one SPI as a reuse only when the packet differs from the SPI on; the same
+packet seen twice (a gateway that just lost the VIP forwards what still
+reaches it, or the bridge floods a frame) is a duplicate and reuses
+nothing. Until 2026-12-08 both counted as reuse. Re-run with the
+distinction, the 17 and 24 "reused" numbers of two runs with IKE
+continuity at 150/150/50 were duplicates (21 and 17 in the re-runs, 0
+reused), all in the client's own outbound SA (the gateways' inbound one):
+packets the client sent once, seen twice. The 25 of 2026-12-07 (logs
+lost) fit the same pattern; that one is not proven.
 
 ### Lab stand-ins
 
