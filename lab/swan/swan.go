@@ -181,6 +181,9 @@ func (c *Charon) waitSocket(ctx context.Context) error {
 // Name is the node name.
 func (c *Charon) Name() string { return c.name }
 
+// LogFile is the path of the instance's charon log.
+func (c *Charon) LogFile() string { return c.opts.Daemon.LogFile }
+
 // Socket is the VICI socket path.
 func (c *Charon) Socket() string { return c.opts.Daemon.Socket }
 

@@ -64,6 +64,11 @@ type config struct {
 	// carry the IKE_SAs across the takeover (re-establishment then serves
 	// only the peers not carried).
 	ikeCarry bool
+	// secondIKERekey: the second phase ends with a client IKE_SA rekey
+	// (after its CHILD_SA rekey); rekeyBefore, when set, makes the client
+	// rekey its CHILD_SA this long before the fault.
+	secondIKERekey bool
+	rekeyBefore    time.Duration
 	// provider: linux (the agents move the VIP with ARP) or aws (through
 	// the emulated EC2 account, the fabric steering the lab's packets).
 	provider    string
@@ -150,7 +155,13 @@ type Result struct {
 	// re-established. IKECarried is what the new active's agent logged
 	// it activated.
 	ClientIKEKept bool `json:"client_ike_kept"`
-	IKECarried    int  `json:"ike_carried"`
+	// ClientIKEAuths counts the IKE_AUTH exchanges the client ran (its
+	// charon log): 1 when it never set up a new IKE_SA.
+	ClientIKEAuths int `json:"client_ike_auths"`
+	// RekeyedBeforeMS: the client rekeyed its CHILD_SA this long before
+	// the fault (-rekey-before).
+	RekeyedBeforeMS int64 `json:"rekeyed_before_ms,omitempty"`
+	IKECarried      int   `json:"ike_carried"`
 	// StandbyInbound and StandbyOutbound count the XFRM states to and
 	// from the VIP on the standbys before the fault (IKE continuity: their
 	// charons hold the carried CHILD_SAs; outbound states must be gone).
@@ -181,6 +192,8 @@ func main() {
 	fs.DurationVar(&c.dpd, "dpd", time.Second, "client DPD delay")
 	fs.BoolVar(&c.reestablish, "reestablish", true, "give the agents a connection template to re-establish IKE SAs from after a takeover")
 	fs.BoolVar(&c.ikeCarry, "ike-carry", false, "IKE continuity: charon's ha plugin on the gateways, dataplane.ha_listen on the agents")
+	fs.BoolVar(&c.secondIKERekey, "second-ike-rekey", false, "end the second phase with a client IKE_SA rekey")
+	fs.DurationVar(&c.rekeyBefore, "rekey-before", 0, "the client rekeys its CHILD_SA this long before the fault (0: not)")
 	fs.BoolVar(&c.cpuProfile, "cpuprofile", false, "agents write CPU profiles (gw*/cpu.prof, of the agents that stop on SIGTERM)")
 	fs.StringVar(&c.provider, "provider", "linux", "linux, or aws (the built-in emulator, its fabric moving the VIP in the lab)")
 	fs.BoolVar(&c.second, "second", true, "run the second phase (client DPD and rekey after the failover)")
@@ -391,7 +404,21 @@ func run(ctx context.Context, env *guest.Env, c config) (res Result, err error) 
 	if err != nil {
 		return res, err
 	}
-	if err := sleep(ctx, c.warmup); err != nil {
+	if c.rekeyBefore > 0 && c.rekeyBefore < c.warmup {
+		// A takeover seconds after a CHILD_SA rekey: the successor must
+		// hold the new CHILD_SA (and nothing of the retired one the
+		// client deleted).
+		if err := sleep(ctx, c.warmup-c.rekeyBefore); err != nil {
+			return res, err
+		}
+		if _, err := clientVICI.Rekey(ctx, vici.RekeyRequest{Child: swan.ChildName}); err != nil {
+			return res, fmt.Errorf("client CHILD_SA rekey before the fault: %w", err)
+		}
+		res.RekeyedBeforeMS = c.rekeyBefore.Milliseconds()
+		if err := sleep(ctx, c.rekeyBefore); err != nil {
+			return res, err
+		}
+	} else if err := sleep(ctx, c.warmup); err != nil {
 		return res, err
 	}
 	// A failover between settling and the fault is a false one; count it,
@@ -503,6 +530,11 @@ func run(ctx context.Context, env *guest.Env, c config) (res Result, err error) 
 			return res, err
 		}
 		res.ClientIKERestarted = !sameKeys(ikeBefore, ikeAfter)
+	}
+	if b, err := os.ReadFile(s.Client.LogFile()); err == nil {
+		// One IKE_AUTH in the client's life: it never set up a new IKE_SA
+		// (rekeys are CREATE_CHILD_SA exchanges).
+		res.ClientIKEAuths = strings.Count(string(b), "generating IKE_AUTH request")
 	}
 	capRep := s.Capture.Report()
 	res.ESPSeqReused, res.ESPDuplicates, res.SPIs = capRep.Reused, capRep.Duplicates, len(capRep.SPIs)
@@ -694,6 +726,13 @@ func secondPhase(ctx context.Context, c config, s *site.Site, cl *vici.Client, l
 		if _, err := cl.Rekey(ctx, vici.RekeyRequest{Child: swan.ChildName}); err != nil {
 			// Keep going: the probes tell what the client made of it.
 			log.Warn("client CHILD_SA rekey", "err", err)
+		}
+	}
+	if c.secondIKERekey {
+		if err := sleep(ctx, time.Second); err == nil {
+			if _, err := cl.Rekey(ctx, vici.RekeyRequest{IKE: swan.ConnName}); err != nil {
+				log.Warn("client IKE_SA rekey", "err", err)
+			}
 		}
 	}
 	return p.Wait(ctx)
