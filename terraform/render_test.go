@@ -262,6 +262,7 @@ func renderNode(t *testing.T, cloud, node string, keys fleetPKI) (configText, cl
 		"election_timeout":     cty.StringVal("150ms"),
 		"leader_lease_timeout": cty.StringVal("50ms"),
 		"dataplane":            cty.StringVal("strongswan"),
+		"ike_continuity":       cty.BoolVal(role == "gateway"),
 		"api_addr":             cty.StringVal(op.apiAddr),
 		"api_tls":              cty.BoolVal(op.apiTLS),
 		"has_api_token":        cty.BoolVal(op.apiToken != ""),
@@ -280,7 +281,7 @@ func renderNode(t *testing.T, cloud, node string, keys fleetPKI) (configText, cl
 	packages := strs("curl")
 	swanctl, vips := "", strs()
 	if role == "gateway" {
-		packages = strs("curl", "strongswan-swanctl", "charon-systemd")
+		packages = strs("curl", "strongswan-swanctl", "charon-systemd", "libcharon-extra-plugins")
 		swanctl = "connections {}\n"
 		if cloud != "azure" {
 			vips = strs("203.0.113.100/32")
@@ -297,6 +298,7 @@ func renderNode(t *testing.T, cloud, node string, keys fleetPKI) (configText, cl
 		"key_pem":        cty.StringVal(keys.certs[node][1]),
 		"unit":           cty.StringVal(string(unit)),
 		"swanctl_conf":   cty.StringVal(swanctl),
+		"ike_continuity": cty.BoolVal(role == "gateway"),
 		"api_token":      cty.StringVal(op.apiToken),
 		"webhook_secret": cty.StringVal(op.webhookSecret),
 		"notify_script":  cty.StringVal(op.notifyScript),
@@ -487,6 +489,9 @@ func TestRenderedNodesAreValid(t *testing.T) {
 					t.Errorf("handoff validate of the rendered %s: %v\n%s", node, err, out)
 				}
 				if !gateway {
+					if _, ok := files["/etc/strongswan.d/charon/ha.conf"]; ok || c.HAListen.IsValid() {
+						t.Error("the witness is given IKE continuity")
+					}
 					if c.Role != "witness" || c.ProviderType != "memory" || len(c.Resources) != 0 || c.DataplaneType != "memory" {
 						t.Errorf("witness: role %s provider %s resources %v dataplane %s", c.Role, c.ProviderType, c.Resources, c.DataplaneType)
 					}
@@ -494,6 +499,20 @@ func TestRenderedNodesAreValid(t *testing.T) {
 				}
 				if c.Role != "gateway" || c.ProviderType != cloud || c.DataplaneType != "strongswan" {
 					t.Errorf("role %s provider %s dataplane %s", c.Role, c.ProviderType, c.DataplaneType)
+				}
+				// IKE continuity: the agent is charon's ha peer, and charon
+				// loads the plugin with the settings that match it.
+				if c.HAListen.String() != "127.0.0.2:4510" || c.HACharon.String() != "127.0.0.1:4510" {
+					t.Errorf("ha channel %v → %v, want 127.0.0.2:4510 → 127.0.0.1:4510", c.HAListen, c.HACharon)
+				}
+				ha := string(files["/etc/strongswan.d/charon/ha.conf"])
+				for _, want := range []string{"load = yes", "local = 127.0.0.1", "remote = 127.0.0.2", "monitor = no", "resync = yes", "segment_count = 1"} {
+					if !strings.Contains(ha, want) {
+						t.Errorf("ha.conf lacks %q:\n%s", want, ha)
+					}
+				}
+				if !slices.Contains(cc.Packages, "libcharon-extra-plugins") {
+					t.Errorf("packages %v: the ha plugin's package is missing", cc.Packages)
 				}
 				if want := cloudVars[cloud]["resources"].LengthInt(); len(c.Resources) != want {
 					t.Errorf("%d resources, want %d", len(c.Resources), want)

@@ -57,6 +57,7 @@ locals {
     region               = data.aws_region.current.name
     eip_private_ips      = var.create_eip ? { (aws_eip.vip[0].allocation_id) = local.vip } : {}
     dataplane            = var.dataplane
+    ike_continuity       = var.ike_continuity && var.dataplane == "strongswan"
     api_addr             = var.api_listen == "private" ? "${local.node_ips[id]}:${var.api_port}" : "127.0.0.1:${var.api_port}"
     api_tls              = var.api_tls
     has_api_token        = var.api_token != ""
@@ -68,7 +69,7 @@ locals {
   cloud_init = { for id in local.node_ids : id => templatefile("${path.module}/../../files/cloud-init.yaml.tftpl", {
     node_id        = id
     role           = id == "witness" ? "witness" : "gateway"
-    packages       = id == "witness" ? ["curl"] : concat(["curl", "strongswan-swanctl", "charon-systemd"], var.extra_packages)
+    packages       = id == "witness" ? ["curl"] : concat(["curl", "strongswan-swanctl", "charon-systemd"], var.ike_continuity ? ["libcharon-extra-plugins"] : [], var.extra_packages)
     config         = local.configs[id]
     cluster_key    = var.cluster_key
     ca_pem         = var.tls_ca_pem
@@ -76,6 +77,7 @@ locals {
     key_pem        = var.node_tls[id].key_pem
     unit           = local.unit
     swanctl_conf   = id == "witness" ? "" : var.swanctl_conf
+    ike_continuity = id != "witness" && var.ike_continuity && var.dataplane == "strongswan"
     api_token      = var.api_token
     webhook_secret = var.webhook_secret
     notify_script  = id == "witness" ? "" : var.notify_script

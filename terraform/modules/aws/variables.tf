@@ -299,6 +299,12 @@ variable "log_format" {
   default     = "json"
 }
 
+variable "ike_continuity" {
+  description = "Carry the IKE_SAs across a takeover (strongswan dataplane): the gateways load charon's ha plugin (libcharon-extra-plugins) with Handoff as its peer on loopback, and the peers keep their IKE_SAs instead of being re-established. See docs/ipsec.md, \"IKE continuity\"."
+  type        = bool
+  default     = false
+}
+
 variable "dataplane" {
   description = "Dataplane of the gateways: strongswan (VICI + XFRM) or memory (moves the floating resources but carries no tunnels; for trying the deployment)."
   type        = string

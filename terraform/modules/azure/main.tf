@@ -60,6 +60,7 @@ locals {
     managed_identity_client_id = azurerm_user_assigned_identity.gateway.client_id
     network_interface          = "${var.resource_group_name}/${var.name}-${id}"
     dataplane                  = var.dataplane
+    ike_continuity             = var.ike_continuity && var.dataplane == "strongswan"
     api_addr                   = var.api_listen == "private" ? "${local.node_ips[id]}:${var.api_port}" : "127.0.0.1:${var.api_port}"
     api_tls                    = var.api_tls
     has_api_token              = var.api_token != ""
@@ -71,7 +72,7 @@ locals {
   cloud_init = { for id in local.node_ids : id => templatefile("${path.module}/../../files/cloud-init.yaml.tftpl", {
     node_id        = id
     role           = id == "witness" ? "witness" : "gateway"
-    packages       = id == "witness" ? ["curl"] : concat(["curl", "strongswan-swanctl", "charon-systemd"], var.extra_packages)
+    packages       = id == "witness" ? ["curl"] : concat(["curl", "strongswan-swanctl", "charon-systemd"], var.ike_continuity ? ["libcharon-extra-plugins"] : [], var.extra_packages)
     config         = local.configs[id]
     cluster_key    = var.cluster_key
     ca_pem         = var.tls_ca_pem
@@ -79,6 +80,7 @@ locals {
     key_pem        = var.node_tls[id].key_pem
     unit           = local.unit
     swanctl_conf   = id == "witness" ? "" : var.swanctl_conf
+    ike_continuity = id != "witness" && var.ike_continuity && var.dataplane == "strongswan"
     api_token      = var.api_token
     webhook_secret = var.webhook_secret
     notify_script  = id == "witness" ? "" : var.notify_script
