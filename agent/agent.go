@@ -173,6 +173,7 @@ type Agent struct {
 	staged *stage
 	// ike carries the IKE_SAs (nil without an ha channel; see ike.go).
 	ikeCh      ikecarry.Channel
+	ikeMID     ikecarry.MIDSource
 	ike        *ikecarry.Carrier
 	egress     EgressFence
 	egressOnce sync.Once
@@ -498,6 +499,10 @@ func (a *Agent) lead(ctx context.Context) {
 	// The carried IKE_SAs go live before the move too: the first IKE
 	// request that reaches this node must find them answering.
 	carried := a.activateIKE(ctx)
+	if carried != nil {
+		reconciled := a.reconcileIKE(ctx)
+		defer func() { <-reconciled }()
+	}
 	t.Install = time.Since(installStart)
 
 	moveStart := time.Now()

@@ -19,6 +19,35 @@ func WithIKEChannel(ch ikecarry.Channel) Option {
 	return func(a *Agent) { a.ikeCh = ch }
 }
 
+// WithIKEReconciler gives the carrier charon's VICI, to repair after a
+// kill the message IDs the log lost with the old active (see
+// ikecarry.Carrier.Reconcile).
+func WithIKEReconciler(src ikecarry.MIDSource) Option { return func(a *Agent) { a.ikeMID = src } }
+
+// ikeReconcileWindow is how long after a takeover message IDs are
+// repaired: a peer's retransmissions of a request span under two minutes
+// with charon's defaults (five, from 4 s growing by 1.8×), so one that
+// was in flight at the kill shows up well within it.
+const ikeReconcileWindow = 5 * time.Minute
+
+// reconcileIKE starts the message-ID reconciler for the window; the
+// returned channel is closed when it has stopped (ctx's end at the
+// latest). With no carrier or no VICI it is closed at once.
+func (a *Agent) reconcileIKE(ctx context.Context) <-chan struct{} {
+	done := make(chan struct{})
+	if a.ike == nil || a.ikeMID == nil {
+		close(done)
+		return done
+	}
+	go func() {
+		defer close(done)
+		if err := a.ike.Reconcile(ctx, a.ikeMID, ikeReconcileWindow); err != nil && ctx.Err() == nil {
+			a.log.Warn("message-ID reconciliation stopped", "err", err)
+		}
+	}()
+	return done
+}
+
 // EgressFence keeps a standby from sending ESP (ipsec/egress): with IKE
 // continuity its charon holds the carried CHILD_SAs' outbound states at
 // sequence number 0 under the active's keys.

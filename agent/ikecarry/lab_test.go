@@ -9,10 +9,12 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/handoffvpn/handoff/ipsec/hasync"
+	"github.com/handoffvpn/handoff/ipsec/vici"
 	"github.com/handoffvpn/handoff/lab/hostlab"
 	"github.com/handoffvpn/handoff/raftstore"
 )
@@ -249,4 +251,163 @@ func (l *lockedLog) String() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.b.String()
+}
+
+// losingChannel stands in for a report lost with a killed active: while
+// lose is set, the IKE_MID_RESPONDER reports of the wrapped channel never
+// reach the carrier.
+type losingChannel struct {
+	Channel
+	lose atomic.Bool
+	lost atomic.Int64
+}
+
+func (l *losingChannel) Receive(ctx context.Context, fn func(*hasync.Message), bad func([]byte, error)) error {
+	return l.Channel.Receive(ctx, func(m *hasync.Message) {
+		if l.lose.Load() && m.Type == hasync.IKEMIDResponder {
+			l.lost.Add(1)
+			return
+		}
+		fn(m)
+	}, bad)
+}
+
+// The kill case the log cannot cover alone: the active answers the
+// client's DPD, and dies before the report of its message ID is committed.
+// The new active expects the old ID and ignores the client's next request
+// (charon logs "received message ID X, expected Y, ignored"); the
+// reconciler tells charon to expect X, and the client's retransmission is
+// answered: the client keeps its IKE_SA. Without the repair the client
+// would give up and restart.
+func TestPrivilegedReconcilerRepairsALostMessageID(t *testing.T) {
+	lab := hostlab.New(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	site := lab.NewHASite()
+	var logs lockedLog
+	logger := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("carriers' logs:\n%s", logs.String())
+		}
+	})
+	log := &fsmLog{fsm: raftstore.NewFSM(logger)}
+	sealer := testSealer(t, 7)
+	for _, id := range []string{"gw1", "gw2"} {
+		if _, err := log.Apply(ctx, &raftstore.MemberCmd{ID: id, Address: id + ":7946", Role: raftstore.RoleGateway}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var wg sync.WaitGroup
+	runCtx, stop := context.WithCancel(ctx)
+	defer func() {
+		stop()
+		wg.Wait()
+	}()
+	open := func(ns *hostlab.Netns) *hasync.Conn {
+		var conn *hasync.Conn
+		if err := ns.Do(func() error {
+			var err error
+			conn, err = hasync.Listen(netip.MustParseAddrPort("127.0.0.2:4510"), netip.MustParseAddrPort("127.0.0.1:4510"), 0)
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { conn.Close() })
+		return conn
+	}
+	lossy := &losingChannel{Channel: open(site.Gateways[0])}
+	c1 := New(Config{Node: "gw1"}, lossy, log, log.fsm, sealer, logger.With("node", "gw1"))
+	c2 := New(Config{Node: "gw2"}, open(site.Gateways[1]), log, log.fsm, sealer, logger.With("node", "gw2"))
+	for _, c := range []*Carrier{c1, c2} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_ = c.Run(runCtx)
+		}()
+	}
+	gw1 := lab.StartCharon(site.Gateways[0], "gw1", hostlab.CharonConfig{Swanctl: hostlab.GatewaySwanctl(), Settings: hostlab.HASettings})
+	gw2 := lab.StartCharon(site.Gateways[1], "gw2", hostlab.CharonConfig{Swanctl: hostlab.GatewaySwanctl(), Settings: hostlab.HASettings})
+	cl := lab.StartCharon(site.Client, "client", hostlab.CharonConfig{Swanctl: hostlab.ClientSwanctl("2s")})
+	dump := func() string {
+		return fmt.Sprintf("client:\n%s\ngw1:\n%s\ngw2:\n%s", cl.LogTail(25), gw1.LogTail(15), gw2.LogTail(25))
+	}
+	if _, err := log.Apply(ctx, &raftstore.ClaimCmd{Node: "gw1", At: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c1.Activate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := cl.Initiate(ctx, "client"); err != nil {
+		t.Fatalf("initiating: %v\n%s", err, dump())
+	}
+	wait := func(what string, limit time.Duration, cond func() bool) {
+		t.Helper()
+		for deadline := time.Now().Add(limit); !cond(); time.Sleep(50 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("waited %v for %s\n%s", limit, what, dump())
+			}
+		}
+	}
+	listed := func(c *hostlab.Charon) []hostlab.IKESA {
+		sas, err := c.ListSAs(ctx)
+		if err != nil {
+			t.Fatalf("%v\n%s", err, dump())
+		}
+		return sas
+	}
+	wait("the standby to hold the client's IKE_SA passive", 30*time.Second, func() bool {
+		g := listed(gw2)
+		return len(g) == 1 && g[0].State == "PASSIVE" && len(g[0].Children) == 1
+	})
+	before := listed(cl)
+
+	// gw1 answers one more DPD, and its report is lost; then it dies.
+	answered := func(c *hostlab.Charon) int {
+		return strings.Count(readFile(t, c.LogPath()), "generating INFORMATIONAL response")
+	}
+	lossy.lose.Store(true)
+	from := answered(gw1)
+	wait("gw1 to answer a DPD whose report is lost", 20*time.Second, func() bool { return answered(gw1) > from && lossy.lost.Load() > 0 })
+	if err := gw1.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	if err := site.MoveGatewayAddress(1); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := log.Apply(ctx, &raftstore.ClaimCmd{Node: "gw2", At: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c2.Activate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	vc := vici.New(vici.Config{Socket: gw2.Socket(), Logger: logger})
+	defer vc.Close()
+	reconciled := make(chan error, 1)
+	go func() { reconciled <- c2.Reconcile(runCtx, vc, time.Minute) }()
+	defer func() {
+		stop()
+		<-reconciled
+	}()
+
+	// The client's next DPD is one ahead of what gw2 expects: ignored,
+	// repaired, and its retransmission answered.
+	wait("gw2 to ignore the client's request", 20*time.Second, func() bool {
+		return strings.Contains(readFile(t, gw2.LogPath()), "expected") && strings.Contains(readFile(t, gw2.LogPath()), "ignored")
+	})
+	from2 := answered(gw2)
+	wait("gw2 to answer the client after the repair", 30*time.Second, func() bool { return answered(gw2) > from2 })
+	if !strings.Contains(logs.String(), "repaired a carried IKE_SA's message ID") {
+		t.Fatalf("the reconciler logged no repair\n%s", dump())
+	}
+	// Two more DPDs answered, the client's IKE_SA the one it had.
+	from3 := answered(gw2)
+	wait("two more DPDs answered", 20*time.Second, func() bool { return answered(gw2) >= from3+2 })
+	after := listed(cl)
+	if len(after) != 1 || after[0].SPIs != before[0].SPIs || after[0].State != "ESTABLISHED" {
+		t.Fatalf("the client lists %v, before %v\n%s", after, before, dump())
+	}
+	if n := strings.Count(readFile(t, cl.LogPath()), "generating IKE_AUTH request"); n != 1 {
+		t.Fatalf("the client authenticated %d times\n%s", n, dump())
+	}
 }

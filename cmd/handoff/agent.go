@@ -214,6 +214,11 @@ func runAgent(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		// A standby's charon holds the carried CHILD_SAs installed: the
 		// node sends no ESP until a takeover jumped their counters.
 		opts = append(opts, agent.WithIKEChannel(ha), agent.WithEgressFence(egress.New(-1)))
+		// Its own VICI client: the reconciler follows charon's log on a
+		// session of its own, apart from the dataplane's.
+		mid := vici.New(vici.Config{Socket: cfg.ViciSocket, Logger: log})
+		defer mid.Close()
+		opts = append(opts, agent.WithIKEReconciler(mid))
 		log.Info("IKE continuity on: carrying IKE_SAs through charon's ha plugin", "listen", cfg.HAListen, "charon", cfg.HACharon)
 	}
 	ag, err := agent.New(agent.Config{

@@ -234,6 +234,16 @@ func IKEDeleteMessage(id IKEID) []byte {
 	return appendIKEID([]byte{Version, byte(IKEDelete), byte(AttrIKEID)}, id)
 }
 
+// MIDResponderMessage encodes the IKE_MID_RESPONDER the plugin sends
+// when charon takes a request: a receiving charon expects message ID mid
+// from the peer next on the IKE_SA id (it resets the IKE_SA's task
+// manager to it).
+func MIDResponderMessage(id IKEID, mid uint32) []byte {
+	b := appendIKEID([]byte{Version, byte(IKEMIDResponder), byte(AttrIKEID)}, id)
+	b = append(b, byte(AttrMID))
+	return binary.BigEndian.AppendUint32(b, mid)
+}
+
 // ChildDeleteMessage encodes a CHILD_DELETE for the CHILD_SA with inbound
 // SPI spi under the IKE_SA id, the SPI in the plugin's byte order (see
 // Attr.SPI).

@@ -212,6 +212,9 @@ func TestDeleteMessagesAndKeys(t *testing.T) {
 	if got, want := IKEDeleteMessage(a), del(a); !bytes.Equal(got, want) {
 		t.Fatalf("IKE_DELETE % x, want % x", got, want)
 	}
+	if got, want := MIDResponderMessage(a, 7), midR(a, 7); !bytes.Equal(got, want) {
+		t.Fatalf("IKE_MID_RESPONDER % x, want % x", got, want)
+	}
 	if got, want := ChildDeleteMessage(a, 0x5256023f), childDel(a, 0x5256023f); !bytes.Equal(got, want) {
 		t.Fatalf("CHILD_DELETE % x, want % x", got, want)
 	}

@@ -672,3 +672,36 @@ func TestCallTimeoutWithoutDeadline(t *testing.T) {
 		}
 	}
 }
+
+// TestLogEvents: charon's log events parse, with and without an IKE_SA; one
+// without a message is refused and the subscription goes on.
+func TestLogEvents(t *testing.T) {
+	withSA := "! log {\n group = IKE\n level = 1\n thread = 7\n ikesa-name = gw\n ikesa-uniqueid = 3\n msg = received message ID 5, expected 4, ignored\n}\n"
+	noMsg := "! log {\n group = IKE\n level = 1\n}\n"
+	plain := "! log {\n group = CFG\n level = 0\n thread = 1\n msg = loaded\n}\n"
+	steps, err := vicitest.ParseTranscript(withSA + noMsg + plain)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := startServer(t, steps)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c := New(Config{Socket: srv.Path(), Logger: testLogger(t)})
+	defer c.Close()
+	sub, err := c.Subscribe(ctx, Log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	ev, err := sub.Next(ctx)
+	if err != nil || ev.Log == nil || *ev.Log != (LogEntry{Group: "IKE", Level: 1, IKEName: "gw", IKEUniqueID: 3, Msg: "received message ID 5, expected 4, ignored"}) {
+		t.Fatalf("log event: %+v %v, %v", ev, ev.Log, err)
+	}
+	if _, err := sub.Next(ctx); !errors.Is(err, ErrMalformed) || !strings.Contains(err.Error(), "msg") {
+		t.Fatalf("log without msg: %v", err)
+	}
+	ev, err = sub.Next(ctx)
+	if err != nil || ev.Log == nil || ev.Log.IKEUniqueID != 0 || ev.Log.Msg != "loaded" {
+		t.Fatalf("log without an IKE_SA: %+v, %v", ev.Log, err)
+	}
+}

@@ -21,6 +21,9 @@ const (
 	IKERekey    EventKind = "ike-rekey"
 	ChildUpdown EventKind = "child-updown"
 	ChildRekey  EventKind = "child-rekey"
+	// Log is charon's log, as far as its vici logger forwards it (levels
+	// up to 1); see Event.Log.
+	Log EventKind = "log"
 )
 
 // SAEvents are the events a dataplane needs to follow SA changes.
@@ -38,9 +41,22 @@ type Event struct {
 	OldIKE *IKESA
 	// OldChild and NewChild are the CHILD_SAs of a child-rekey.
 	OldChild, NewChild *ChildSA
+	// Log is the entry of a log event.
+	Log *LogEntry
 	// Received is when the client read the event; charon's relative times
 	// in it are anchored here.
 	Received time.Time
+}
+
+// LogEntry is one log message of charon (a log event).
+type LogEntry struct {
+	Group string // IKE, ENC, CFG, ...
+	Level int
+	// IKEName and IKEUniqueID name the IKE_SA the message is about, if
+	// any (IKEUniqueID 0: none).
+	IKEName     string
+	IKEUniqueID uint32
+	Msg         string
 }
 
 // eventBuffer is how many events a Subscription holds before it stops
@@ -312,6 +328,11 @@ func parseEvent(ev govici.Event) (Event, error) {
 		old := parseIKE(oldS, name)
 		out.OldIKE = &old
 		out.IKE = parseIKE(newS, name)
+	case Log:
+		out.Log = &LogEntry{Group: root.str("group"), Level: int(root.uint("level", 8)), IKEName: root.str("ikesa-name"), Msg: root.required("msg")}
+		if root.has("ikesa-uniqueid") {
+			out.Log.IKEUniqueID = uint32(root.uint("ikesa-uniqueid", 32))
+		}
 	case ChildRekey:
 		s, name := onlySection(root)
 		if err != nil {
