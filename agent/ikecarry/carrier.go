@@ -56,6 +56,10 @@ type Config struct {
 	// under the size at which the Raft transport's decoder starts copying;
 	// see agent.DefaultMaxBatch).
 	MaxEntry int
+	// QuiesceSettle is how long Quiesce lets charon's last reports arrive
+	// after it made the IKE_SAs passive (default 100ms): a request charon
+	// was processing then is reported by a worker thread, asynchronously.
+	QuiesceSettle time.Duration
 	// ChildrenFed, if set, runs on a standby after a feed that gave
 	// charon CHILD_SAs: charon installed their outbound states at
 	// sequence number 0, and the agent deletes them (a standby keeps no
@@ -72,6 +76,9 @@ func (c *Config) defaults() {
 	}
 	if c.MaxEntry <= 0 {
 		c.MaxEntry = 192 << 10
+	}
+	if c.QuiesceSettle <= 0 {
+		c.QuiesceSettle = 100 * time.Millisecond
 	}
 }
 

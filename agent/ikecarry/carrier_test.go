@@ -426,6 +426,9 @@ func midResponder(id hasync.IKEID, mid uint32) []byte {
 func TestQuiesceCommitsTheLastReports(t *testing.T) {
 	c := newCluster(t, testSealer(t, 1), "gw1", "gw2")
 	gw1 := c.nodes["gw1"]
+	// A settle long enough for a machine twice as busy: the test hands
+	// the report over at once, and waits until it is handled.
+	gw1.carrier.cfg.QuiesceSettle = 5 * time.Second
 	c.claim("gw1")
 	capture := loadCapture(t)
 	for _, m := range capture[1:5] {
@@ -441,6 +444,7 @@ func TestQuiesceCommitsTheLastReports(t *testing.T) {
 		return len(gw1.charon.got) == 1
 	})
 	gw1.charon.in <- capture[6] // IKE_MID_RESPONDER 3, reported as charon went passive
+	eventually(t, "the last report to be handled", func() bool { return gw1.charon.reported.Load() == 5 })
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}

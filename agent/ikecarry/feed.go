@@ -385,11 +385,6 @@ func (c *Carrier) Deactivate(ctx context.Context) error {
 	return nil
 }
 
-// quiesceSettle is how long Quiesce lets charon's last reports arrive
-// after it stopped answering: a request it was processing when the
-// segment went passive is reported by a worker thread, asynchronously.
-const quiesceSettle = 100 * time.Millisecond
-
 // Quiesce prepares a planned hand-over on the active: charon's IKE_SAs go
 // passive (a peer's request is dropped before any message ID moves, and
 // its retransmission finds the successor), then, once charon's last
@@ -406,7 +401,7 @@ func (c *Carrier) Quiesce(ctx context.Context) error {
 	if err := c.ch.Send(ctx, [][]byte{hasync.SegmentMessage(hasync.SegmentTake, 1)}, 0); err != nil {
 		return fmt.Errorf("making charon's IKE_SAs passive for the hand-over: %w", err)
 	}
-	t := time.NewTimer(quiesceSettle)
+	t := time.NewTimer(c.cfg.QuiesceSettle)
 	select {
 	case <-ctx.Done():
 		t.Stop()
