@@ -49,7 +49,10 @@ type e2eResult struct {
 	StandbyOutbound int      `json:"standby_outbound"`
 	// ClientIKEAuths counts the client's IKE_AUTH exchanges (1: it never
 	// set up a new IKE_SA).
-	ClientIKEAuths int `json:"client_ike_auths"`
+	ClientIKEAuths int     `json:"client_ike_auths"`
+	WatchMS        int64   `json:"watch_ms"`
+	WatchGapMS     float64 `json:"watch_gap_ms"`
+	WatchLost      int     `json:"watch_lost"`
 }
 
 // e2eCase is one fault and what must hold after it.
@@ -64,6 +67,9 @@ type e2eCase struct {
 	// moves: the active role moves to another gateway (false: a standby
 	// was hit and the active must stay where it is).
 	moves bool
+	// auths is the number of IKE_AUTH exchanges the client must have run
+	// (default 1 for the ikeCarried cases; 2 with a reauthentication).
+	auths int
 	// ikeCarried: the agents carry the IKE_SAs (-ike-carry): the client
 	// must keep its IKE_SA (same SPIs) through the takeover and after the
 	// second phase, and the new active must say it activated it.
@@ -179,8 +185,13 @@ func e2eCases() []e2eCase {
 		// same SPIs after the takeover, its DPD and a CHILD_SA rekey
 		// answered by the new active (the second phase), never
 		// re-initiated.
-		// The client's IKE_SA rekey ends the second phase.
-		{name: "kill-ike", fault: "kill", args: []string{"-ike-carry", "-second-ike-rekey", "-after", "5s"}, moves: true, ikeCarried: true},
+		// The client's IKE_SA rekey ends the second phase; then 90 s of
+		// probes must see no second outage (a broken IKE_SA would make
+		// the client give up and restart within it).
+		{name: "kill-ike", fault: "kill", args: []string{"-ike-carry", "-second-ike-rekey", "-after", "5s", "-watch", "90s"}, moves: true, ikeCarried: true},
+		// A client that reauthenticates right after the takeover: a new
+		// IKE_SA (its second IKE_AUTH) made with the new active.
+		{name: "kill-ike-reauth", fault: "kill", args: []string{"-ike-carry", "-second-reauth", "-after", "5s"}, moves: true, ikeCarried: true, auths: 2},
 		{name: "drain-ike", fault: "drain", args: []string{"-ike-carry", "-after", "5s"}, moves: true, ikeCarried: true},
 		// A kill one second after the client rekeyed its CHILD_SA: the
 		// successor carries the new CHILD_SA and its IKE_SA.
@@ -267,8 +278,11 @@ func checkE2E(tc e2eCase, r e2eResult) (safety, timing []string) {
 		if !r.ClientIKEKept {
 			bad(&safety, "the client's IKE_SA did not survive the takeover (its SPIs changed, or it has none)")
 		}
-		if r.ClientIKEAuths != 1 {
-			bad(&safety, "the client authenticated %d times: it set up a new IKE_SA instead of keeping (or rekeying) its own", r.ClientIKEAuths)
+		if want := max(tc.auths, 1); r.ClientIKEAuths != want {
+			bad(&safety, "the client authenticated %d times, want %d: it set up a new IKE_SA instead of keeping (or rekeying) its own", r.ClientIKEAuths, want)
+		}
+		if r.WatchMS > 0 && r.WatchGapMS >= secondOutage {
+			bad(&timing, "late second outage within %d ms after the second phase: gap %.1f ms, %d probes lost", r.WatchMS, r.WatchGapMS, r.WatchLost)
 		}
 	}
 	if tc.moves {
@@ -299,7 +313,8 @@ func checkE2E(tc e2eCase, r e2eResult) (safety, timing []string) {
 // from e2ePackage, with the handoff binary every gateway runs.
 func e2eScenario(prog, handoff string, args ...string) Scenario {
 	return Scenario{Name: "e2e", Program: prog, Args: append([]string{"-handoff", handoff}, args...),
-		Timeout: 100 * time.Second, MemMiB: 384,
+		// 200 s: kill-ike watches 90 s past its second phase.
+		Timeout: 200 * time.Second, MemMiB: 384,
 		// The linux provider opens netlink for every family the library
 		// knows, netfilter included: without nfnetlink it fails to start.
 		// sch_netem: the loaded case shapes the gateways' links.

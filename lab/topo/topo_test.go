@@ -110,8 +110,9 @@ func TestPrivilegedTopoOnHost(t *testing.T) {
 	}
 
 	// UDP-encapsulated ESP headers from the client (nobody needs to
-	// listen: the capture sits on the client's bridge port), one sequence
-	// number sent twice.
+	// listen: the capture sits on the client's bridge port): one sequence
+	// number sent twice with another payload (a reuse), and one packet
+	// sent again as it was (a duplicate).
 	if err := tp.Client.Do(func() error {
 		// Unconnected: gw1's port unreachable must not fail the next write.
 		c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.ParseIP(topo.ClientOuter), Port: 4500})
@@ -119,10 +120,13 @@ func TestPrivilegedTopoOnHost(t *testing.T) {
 			return err
 		}
 		defer c.Close()
-		for _, seq := range []uint32{1, 2, 2} {
+		for i, seq := range []uint32{1, 2, 2, 1} {
 			b := make([]byte, 40)
 			binary.BigEndian.PutUint32(b, 0xc1000001)
 			binary.BigEndian.PutUint32(b[4:], seq)
+			if i == 2 {
+				b[8] = 0x22
+			}
 			if _, err := c.WriteToUDP(b, &net.UDPAddr{IP: topo.GatewayOuter(1).AsSlice(), Port: 4500}); err != nil {
 				return err
 			}
@@ -132,10 +136,10 @@ func TestPrivilegedTopoOnHost(t *testing.T) {
 		t.Fatal(err)
 	}
 	deadline := time.Now().Add(2 * time.Second)
-	for capt.Report().ESP < 3 && time.Now().Before(deadline) {
+	for capt.Report().ESP < 4 && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)
 	}
-	if r := capt.Report(); r.ESP != 3 || r.Reused != 1 || len(r.SPIs) != 1 || !r.SPIs[0].UDPEncap {
+	if r := capt.Report(); r.ESP != 4 || r.Reused != 1 || r.Duplicates != 1 || len(r.SPIs) != 1 || !r.SPIs[0].UDPEncap {
 		t.Errorf("capture: %+v", r)
 	}
 

@@ -69,6 +69,11 @@ type config struct {
 	// rekey its CHILD_SA this long before the fault.
 	secondIKERekey bool
 	rekeyBefore    time.Duration
+	// secondReauth: the second phase ends with a client reauthentication
+	// (a new IKE_SA, make-before-break); watch, when set, probes this long
+	// (10/s) after the second phase, for a late second outage.
+	secondReauth bool
+	watch        time.Duration
 	// provider: linux (the agents move the VIP with ARP) or aws (through
 	// the emulated EC2 account, the fabric steering the lab's packets).
 	provider    string
@@ -150,6 +155,11 @@ type Result struct {
 	SecondGapMS float64 `json:"second_gap_ms"`
 	SecondLost  int     `json:"second_lost"`
 	SecondSent  int     `json:"second_sent"`
+	// Watch: probes at 10/s for WatchMS after the second phase; its
+	// largest gap and losses (a late second outage).
+	WatchMS    int64   `json:"watch_ms,omitempty"`
+	WatchGapMS float64 `json:"watch_gap_ms,omitempty"`
+	WatchLost  int     `json:"watch_lost,omitempty"`
 	// ClientIKEKept: the client's IKE_SA at the end of the main stream is
 	// the one it had before the fault (same SPIs): it was carried, not
 	// re-established. IKECarried is what the new active's agent logged
@@ -194,6 +204,8 @@ func main() {
 	fs.BoolVar(&c.ikeCarry, "ike-carry", false, "IKE continuity: charon's ha plugin on the gateways, dataplane.ha_listen on the agents")
 	fs.BoolVar(&c.secondIKERekey, "second-ike-rekey", false, "end the second phase with a client IKE_SA rekey")
 	fs.DurationVar(&c.rekeyBefore, "rekey-before", 0, "the client rekeys its CHILD_SA this long before the fault (0: not)")
+	fs.BoolVar(&c.secondReauth, "second-reauth", false, "end the second phase with a client reauthentication")
+	fs.DurationVar(&c.watch, "watch", 0, "probe this long (10/s) after the second phase, for a late second outage (0: not)")
 	fs.BoolVar(&c.cpuProfile, "cpuprofile", false, "agents write CPU profiles (gw*/cpu.prof, of the agents that stop on SIGTERM)")
 	fs.StringVar(&c.provider, "provider", "linux", "linux, or aws (the built-in emulator, its fabric moving the VIP in the lab)")
 	fs.BoolVar(&c.second, "second", true, "run the second phase (client DPD and rekey after the failover)")
@@ -530,6 +542,19 @@ func run(ctx context.Context, env *guest.Env, c config) (res Result, err error) 
 			return res, err
 		}
 		res.ClientIKERestarted = !sameKeys(ikeBefore, ikeAfter)
+		if c.watch > 0 {
+			// A late second outage: a peer whose IKE_SA broke gives up
+			// after its retransmissions (tens of seconds) and restarts.
+			p, err := s.Probe(ctx, traffic.ProbeConfig{Interval: 100 * time.Millisecond, Count: int(c.watch / (100 * time.Millisecond))})
+			if err != nil {
+				return res, err
+			}
+			rep, err := p.Wait(ctx)
+			if err != nil {
+				return res, err
+			}
+			res.WatchMS, res.WatchGapMS, res.WatchLost = c.watch.Milliseconds(), rep.GapMS(), rep.Lost
+		}
 	}
 	if b, err := os.ReadFile(s.Client.LogFile()); err == nil {
 		// One IKE_AUTH in the client's life: it never set up a new IKE_SA
@@ -732,6 +757,13 @@ func secondPhase(ctx context.Context, c config, s *site.Site, cl *vici.Client, l
 		if err := sleep(ctx, time.Second); err == nil {
 			if _, err := cl.Rekey(ctx, vici.RekeyRequest{IKE: swan.ConnName}); err != nil {
 				log.Warn("client IKE_SA rekey", "err", err)
+			}
+		}
+	}
+	if c.secondReauth {
+		if err := sleep(ctx, time.Second); err == nil {
+			if _, err := cl.Rekey(ctx, vici.RekeyRequest{IKE: swan.ConnName, Reauth: true}); err != nil {
+				log.Warn("client reauthentication", "err", err)
 			}
 		}
 	}
