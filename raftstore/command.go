@@ -340,14 +340,20 @@ func encodeSABatch(c *SABatchCmd) []byte {
 	}
 	b := make([]byte, 0, size)
 	b = append(b, byte(CmdSABatch), payloadVersion)
-	b = binary.AppendUvarint(b, uint64(len(c.Upserts)))
-	for _, u := range c.Upserts {
+	return appendUpserts(b, c.Upserts, c.Deletes)
+}
+
+// appendUpserts lays out sealed upserts and deletions (the SA batch's
+// layout, which the IKE chains reuse).
+func appendUpserts(b []byte, upserts []SAUpsert, deletes []string) []byte {
+	b = binary.AppendUvarint(b, uint64(len(upserts)))
+	for _, u := range upserts {
 		b = appendStr(b, u.ID)
 		b = binary.AppendUvarint(b, uint64(len(u.Sealed)))
 		b = append(b, u.Sealed...)
 	}
-	b = binary.AppendUvarint(b, uint64(len(c.Deletes)))
-	for _, id := range c.Deletes {
+	b = binary.AppendUvarint(b, uint64(len(deletes)))
+	for _, id := range deletes {
 		b = appendStr(b, id)
 	}
 	return b
@@ -361,17 +367,7 @@ func encodeIKEChains(c *IKEChainsCmd) []byte {
 	b := make([]byte, 0, size)
 	b = append(b, byte(CmdIKEChains), payloadVersion)
 	b = appendStr(b, c.Node)
-	b = binary.AppendUvarint(b, uint64(len(c.Upserts)))
-	for _, u := range c.Upserts {
-		b = appendStr(b, u.ID)
-		b = binary.AppendUvarint(b, uint64(len(u.Sealed)))
-		b = append(b, u.Sealed...)
-	}
-	b = binary.AppendUvarint(b, uint64(len(c.Deletes)))
-	for _, k := range c.Deletes {
-		b = appendStr(b, k)
-	}
-	return b
+	return appendUpserts(b, c.Upserts, c.Deletes)
 }
 
 func decodeIKEChains(body []byte) (*IKEChainsCmd, error) {
@@ -380,19 +376,7 @@ func decodeIKEChains(body []byte) (*IKEChainsCmd, error) {
 	if c.err == nil && cmd.Node == "" {
 		c.fail("IKE chains without a proposing node")
 	}
-	n := c.uvar("chain count", maxBatch)
-	for i := uint64(0); i < n && c.err == nil; i++ {
-		key := c.id()
-		sealed := c.bytes("sealed chain", maxChainLen)
-		if c.err == nil && len(sealed) == 0 {
-			c.fail("chain %s: empty sealed payload", key)
-		}
-		cmd.Upserts = append(cmd.Upserts, SAUpsert{ID: key, Sealed: append([]byte(nil), sealed...)})
-	}
-	m := c.uvar("chain delete count", maxBatch)
-	for i := uint64(0); i < m && c.err == nil; i++ {
-		cmd.Deletes = append(cmd.Deletes, c.id())
-	}
+	cmd.Upserts, cmd.Deletes = c.upserts("chain", maxChainLen, len(body))
 	if err := c.done(); err != nil {
 		return nil, err
 	}
@@ -480,6 +464,30 @@ func (c *cursor) fixed(what string, n int) []byte {
 	return out
 }
 
+// upserts reads what appendUpserts wrote; what names the entries, max
+// bounds one sealed payload, size is the body's (capacity hint bound).
+func (c *cursor) upserts(what string, max uint64, size int) ([]SAUpsert, []string) {
+	var ups []SAUpsert
+	n := c.uvar(what+" count", maxBatch)
+	if c.err == nil && n > 0 {
+		ups = make([]SAUpsert, 0, min(n, uint64(size/2)))
+	}
+	for i := uint64(0); i < n && c.err == nil; i++ {
+		id := c.id()
+		sealed := c.bytes("sealed "+what, max)
+		if c.err == nil && len(sealed) == 0 {
+			c.fail("%s %s: empty sealed payload", what, id)
+		}
+		ups = append(ups, SAUpsert{ID: id, Sealed: append([]byte(nil), sealed...)})
+	}
+	var dels []string
+	m := c.uvar(what+" delete count", maxBatch)
+	for i := uint64(0); i < m && c.err == nil; i++ {
+		dels = append(dels, c.id())
+	}
+	return ups, dels
+}
+
 func (c *cursor) done() error {
 	if c.err == nil && len(c.b) != 0 {
 		c.fail("%d trailing bytes", len(c.b))
@@ -490,22 +498,7 @@ func (c *cursor) done() error {
 func decodeSABatch(body []byte) (*SABatchCmd, error) {
 	c := &cursor{b: body}
 	cmd := &SABatchCmd{}
-	n := c.uvar("upsert count", maxBatch)
-	if c.err == nil && n > 0 {
-		cmd.Upserts = make([]SAUpsert, 0, min(n, uint64(len(body)/2)))
-	}
-	for i := uint64(0); i < n && c.err == nil; i++ {
-		id := c.id()
-		sealed := c.bytes("sealed SA", maxSealedLen)
-		if c.err == nil && len(sealed) == 0 {
-			c.fail("SA %s: empty sealed payload", id)
-		}
-		cmd.Upserts = append(cmd.Upserts, SAUpsert{ID: id, Sealed: append([]byte(nil), sealed...)})
-	}
-	m := c.uvar("delete count", maxBatch)
-	for i := uint64(0); i < m && c.err == nil; i++ {
-		cmd.Deletes = append(cmd.Deletes, c.id())
-	}
+	cmd.Upserts, cmd.Deletes = c.upserts("SA", maxSealedLen, len(body))
 	if err := c.done(); err != nil {
 		return nil, err
 	}

@@ -251,20 +251,34 @@ func (s *State) applyHealth(p *HealthCmd) error {
 	return nil
 }
 
-func (s *State) applySABatch(index, term uint64, p *SABatchCmd) error {
-	seen := make(map[string]bool, len(p.Upserts))
-	for _, u := range p.Upserts {
+// checkUpserts refuses a batch with an entry without key or payload, or
+// one key twice; what names the entries ("SA", "IKE chain").
+func checkUpserts(what string, upserts []SAUpsert) error {
+	seen := make(map[string]bool, len(upserts))
+	for _, u := range upserts {
 		if u.ID == "" || len(u.Sealed) == 0 {
-			return fmt.Errorf("%w: SA upsert without id or payload", ErrRefused)
+			return fmt.Errorf("%w: %s upsert without key or payload", ErrRefused, what)
 		}
 		if seen[u.ID] {
-			return fmt.Errorf("%w: SA %s twice in one batch", ErrRefused, u.ID)
+			return fmt.Errorf("%w: %s %s twice in one batch", ErrRefused, what, u.ID)
 		}
 		seen[u.ID] = true
 	}
-	for _, u := range p.Upserts {
-		s.SAs[u.ID] = &SAEntry{ID: u.ID, Sealed: u.Sealed, Term: term, Index: index}
+	return nil
+}
+
+// putEntries stores the upserts as entries written at (term, index).
+func putEntries(into map[string]*SAEntry, upserts []SAUpsert, index, term uint64) {
+	for _, u := range upserts {
+		into[u.ID] = &SAEntry{ID: u.ID, Sealed: u.Sealed, Term: term, Index: index}
 	}
+}
+
+func (s *State) applySABatch(index, term uint64, p *SABatchCmd) error {
+	if err := checkUpserts("SA", p.Upserts); err != nil {
+		return err
+	}
+	putEntries(s.SAs, p.Upserts, index, term)
 	for _, id := range p.Deletes {
 		delete(s.SAs, id)
 		delete(s.Replay, id)
@@ -279,19 +293,10 @@ func (s *State) applyIKEChains(index, term uint64, p *IKEChainsCmd) error {
 	if p.Node == "" || p.Node != s.Active.Node {
 		return fmt.Errorf("%w: IKE chains from %q, but the active role is %q's", ErrRefused, p.Node, s.Active.Node)
 	}
-	seen := make(map[string]bool, len(p.Upserts))
-	for _, u := range p.Upserts {
-		if u.ID == "" || len(u.Sealed) == 0 {
-			return fmt.Errorf("%w: IKE chain upsert without key or payload", ErrRefused)
-		}
-		if seen[u.ID] {
-			return fmt.Errorf("%w: IKE chain %s twice in one batch", ErrRefused, u.ID)
-		}
-		seen[u.ID] = true
+	if err := checkUpserts("IKE chain", p.Upserts); err != nil {
+		return err
 	}
-	for _, u := range p.Upserts {
-		s.IKEChains[u.ID] = &SAEntry{ID: u.ID, Sealed: u.Sealed, Term: term, Index: index}
-	}
+	putEntries(s.IKEChains, p.Upserts, index, term)
 	for _, k := range p.Deletes {
 		delete(s.IKEChains, k)
 	}

@@ -1,6 +1,7 @@
 package ikecarry
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"errors"
@@ -199,7 +200,7 @@ func (c *Carrier) feedLocked(ctx context.Context) (children int, err error) {
 		}
 	})
 	// Oldest write first: the order the active's charon saw them in.
-	slices.SortFunc(entries, func(a, b raftstore.SAEntry) int { return compareU64(a.Index, b.Index) })
+	slices.SortFunc(entries, func(a, b raftstore.SAEntry) int { return cmp.Compare(a.Index, b.Index) })
 
 	var out [][]byte
 	next := make(map[string]*fedChain, len(entries))
@@ -337,7 +338,7 @@ func (c *Carrier) restore() *hasync.Lineage {
 			entries = append(entries, *e)
 		}
 	})
-	slices.SortFunc(entries, func(a, b raftstore.SAEntry) int { return compareU64(a.Index, b.Index) })
+	slices.SortFunc(entries, func(a, b raftstore.SAEntry) int { return cmp.Compare(a.Index, b.Index) })
 	l := hasync.NewLineage()
 	for _, e := range entries {
 		key, err := hasync.ParseKey(e.ID)
@@ -392,14 +393,8 @@ func (c *Carrier) Deactivate(ctx context.Context) error {
 // successor then holds exactly the message IDs the peers expect. Resume
 // undoes it when the hand-over does not happen.
 func (c *Carrier) Quiesce(ctx context.Context) error {
-	c.mu.Lock()
-	active := c.active
-	c.mu.Unlock()
-	if !active {
-		return nil
-	}
-	if err := c.ch.Send(ctx, [][]byte{hasync.SegmentMessage(hasync.SegmentTake, 1)}, 0); err != nil {
-		return fmt.Errorf("making charon's IKE_SAs passive for the hand-over: %w", err)
+	if sent, err := c.segmentIfActive(ctx, hasync.SegmentTake, "making charon's IKE_SAs passive for the hand-over"); !sent || err != nil {
+		return err
 	}
 	t := time.NewTimer(c.cfg.QuiesceSettle)
 	select {
@@ -417,16 +412,23 @@ func (c *Carrier) Quiesce(ctx context.Context) error {
 // Resume makes charon's IKE_SAs active again after a Quiesce whose
 // hand-over did not happen.
 func (c *Carrier) Resume(ctx context.Context) error {
+	_, err := c.segmentIfActive(ctx, hasync.SegmentDrop, "making charon's IKE_SAs active again")
+	return err
+}
+
+// segmentIfActive sends charon a segment message if this carrier is the
+// active's; it reports whether it did.
+func (c *Carrier) segmentIfActive(ctx context.Context, t hasync.MsgType, what string) (bool, error) {
 	c.mu.Lock()
 	active := c.active
 	c.mu.Unlock()
 	if !active {
-		return nil
+		return false, nil
 	}
-	if err := c.ch.Send(ctx, [][]byte{hasync.SegmentMessage(hasync.SegmentDrop, 1)}, 0); err != nil {
-		return fmt.Errorf("making charon's IKE_SAs active again: %w", err)
+	if err := c.ch.Send(ctx, [][]byte{hasync.SegmentMessage(t, 1)}, 0); err != nil {
+		return false, fmt.Errorf("%s: %w", what, err)
 	}
-	return nil
+	return true, nil
 }
 
 // Fed reports the chain keys the standby's charon was given (for tests
@@ -435,14 +437,4 @@ func (c *Carrier) Fed() []string {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return slices.Sorted(maps.Keys(c.fed))
-}
-
-func compareU64(a, b uint64) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }

@@ -17,22 +17,6 @@ import (
 	"github.com/handoffvpn/handoff/lab/hostlab"
 )
 
-// haSettings loads the ha plugin into a host-lab charon, its peer being
-// Handoff's end on 127.0.0.2 (design: docs/design/ike-continuity.md §2.1).
-// No FIFO (it would live under /run) and no resync or monitor.
-var haSettings = fmt.Sprintf(`	load = %s ha
-	plugins {
-		ha {
-			local = 127.0.0.1
-			remote = 127.0.0.2
-			segment_count = 1
-			monitor = no
-			resync = no
-			autobalance = 0
-			fifo_interface = no
-		}
-	}`, hostlab.Plugins)
-
 // saView is what the gateway's charon lists: its IKE_SAs by SPIs and the
 // inbound SPIs of their CHILD_SAs.
 type saView struct {
@@ -137,7 +121,7 @@ func TestPrivilegedLineageFollowsARealCharon(t *testing.T) {
 		<-received
 	}()
 
-	gw := lab.StartCharon(site.Gateway, "gw", hostlab.CharonConfig{Swanctl: hostlab.GatewaySwanctl(), Settings: haSettings})
+	gw := lab.StartCharon(site.Gateway, "gw", hostlab.CharonConfig{Swanctl: hostlab.GatewaySwanctl(), Settings: hostlab.HASettings})
 	cl := lab.StartCharon(site.Client, "client", hostlab.CharonConfig{Swanctl: hostlab.ClientSwanctl("30s")})
 	if err := cl.Initiate(ctx, "client"); err != nil {
 		t.Fatalf("initiating: %v\n%s\n%s", err, cl.LogTail(30), gw.LogTail(30))

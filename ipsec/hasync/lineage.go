@@ -1,6 +1,7 @@
 package hasync
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"maps"
@@ -305,7 +306,7 @@ func (l *Lineage) roots() []*ikeState {
 			roots = append(roots, s)
 		}
 	}
-	slices.SortFunc(roots, func(a, b *ikeState) int { return cmpU64(a.seq, b.seq) })
+	slices.SortFunc(roots, func(a, b *ikeState) int { return cmp.Compare(a.seq, b.seq) })
 	return roots
 }
 
@@ -426,7 +427,7 @@ func (l *Lineage) Live() (ikes []IKEID, childSPIs []uint32) {
 			ikes = append(ikes, id)
 		}
 	}
-	slices.SortFunc(ikes, func(a, b IKEID) int { return cmpU64(l.sas[a].seq, l.sas[b].seq) })
+	slices.SortFunc(ikes, func(a, b IKEID) int { return cmp.Compare(l.sas[a].seq, l.sas[b].seq) })
 	for spi := range l.children {
 		childSPIs = append(childSPIs, spi)
 	}
@@ -441,14 +442,4 @@ func appendNonNil(out [][]byte, bs ...[]byte) [][]byte {
 		}
 	}
 	return out
-}
-
-func cmpU64(a, b uint64) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }

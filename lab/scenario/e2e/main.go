@@ -204,7 +204,7 @@ func main() {
 	fs.BoolVar(&c.ikeCarry, "ike-carry", false, "IKE continuity: charon's ha plugin on the gateways, dataplane.ha_listen on the agents")
 	fs.BoolVar(&c.secondIKERekey, "second-ike-rekey", false, "end the second phase with a client IKE_SA rekey")
 	fs.DurationVar(&c.rekeyBefore, "rekey-before", 0, "the client rekeys its CHILD_SA this long before the fault (0: not)")
-	fs.BoolVar(&c.secondReauth, "second-reauth", false, "end the second phase with a client reauthentication")
+	fs.BoolVar(&c.secondReauth, "second-reauth", false, "the second phase's client reauthenticates (instead of rekeying its CHILD_SA)")
 	fs.DurationVar(&c.watch, "watch", 0, "probe this long (10/s) after the second phase, for a late second outage (0: not)")
 	fs.BoolVar(&c.cpuProfile, "cpuprofile", false, "agents write CPU profiles (gw*/cpu.prof, of the agents that stop on SIGTERM)")
 	fs.StringVar(&c.provider, "provider", "linux", "linux, or aws (the built-in emulator, its fabric moving the VIP in the lab)")
@@ -747,23 +747,27 @@ func secondPhase(ctx context.Context, c config, s *site.Site, cl *vici.Client, l
 	if err != nil {
 		return traffic.ProbeReport{}, err
 	}
-	if err := sleep(ctx, 1500*time.Millisecond); err == nil {
-		if _, err := cl.Rekey(ctx, vici.RekeyRequest{Child: swan.ChildName}); err != nil {
-			// Keep going: the probes tell what the client made of it.
-			log.Warn("client CHILD_SA rekey", "err", err)
-		}
-	}
-	if c.secondIKERekey {
-		if err := sleep(ctx, time.Second); err == nil {
-			if _, err := cl.Rekey(ctx, vici.RekeyRequest{IKE: swan.ConnName}); err != nil {
-				log.Warn("client IKE_SA rekey", "err", err)
-			}
-		}
-	}
-	if c.secondReauth {
-		if err := sleep(ctx, time.Second); err == nil {
+	switch {
+	case c.secondReauth:
+		// Instead of the CHILD_SA rekey: charon delays a reauthentication
+		// while a rekeyed CHILD_SA is still being deleted (14 s).
+		if err := sleep(ctx, 1500*time.Millisecond); err == nil {
 			if _, err := cl.Rekey(ctx, vici.RekeyRequest{IKE: swan.ConnName, Reauth: true}); err != nil {
 				log.Warn("client reauthentication", "err", err)
+			}
+		}
+	default:
+		if err := sleep(ctx, 1500*time.Millisecond); err == nil {
+			if _, err := cl.Rekey(ctx, vici.RekeyRequest{Child: swan.ChildName}); err != nil {
+				// Keep going: the probes tell what the client made of it.
+				log.Warn("client CHILD_SA rekey", "err", err)
+			}
+		}
+		if c.secondIKERekey {
+			if err := sleep(ctx, time.Second); err == nil {
+				if _, err := cl.Rekey(ctx, vici.RekeyRequest{IKE: swan.ConnName}); err != nil {
+					log.Warn("client IKE_SA rekey", "err", err)
+				}
 			}
 		}
 	}
