@@ -136,11 +136,7 @@ func TestPrivilegedAgentsCarryAClientsIKESA(t *testing.T) {
 		var c []hostlab.IKESA
 		wait(step, func() (bool, string) {
 			c = list(cl)
-			g := list(gw)
-			spis, states := hostlab.Shape(g)
-			ok := len(c) == 1 && len(c[0].Children) == 1 && slices.Equal(spis, hostlab.Mirrored(c)) &&
-				len(states) == 1 && states[0] == want
-			return ok, fmt.Sprintf("client lists %v, the gateway %v", c, g)
+			return hostlab.HoldsPeerSAs(c, list(gw), want)
 		})
 		return c
 	}

@@ -192,15 +192,7 @@ func (c *Carrier) feedLocked(ctx context.Context) (children int, err error) {
 	fed, purge := c.fed, c.purge
 	c.mu.Unlock()
 
-	var entries []raftstore.SAEntry
-	c.state.View(func(st *raftstore.State) {
-		entries = make([]raftstore.SAEntry, 0, len(st.IKEChains))
-		for _, e := range st.IKEChains {
-			entries = append(entries, *e)
-		}
-	})
-	// Oldest write first: the order the active's charon saw them in.
-	slices.SortFunc(entries, func(a, b raftstore.SAEntry) int { return cmp.Compare(a.Index, b.Index) })
+	entries := c.committedChains()
 
 	var out [][]byte
 	next := make(map[string]*fedChain, len(entries))
@@ -272,6 +264,20 @@ func (c *Carrier) feedLocked(ctx context.Context) (children int, err error) {
 	return children, nil
 }
 
+// committedChains copies the log's chains, oldest write first: the order
+// the active's charon reported them in.
+func (c *Carrier) committedChains() []raftstore.SAEntry {
+	var entries []raftstore.SAEntry
+	c.state.View(func(st *raftstore.State) {
+		entries = make([]raftstore.SAEntry, 0, len(st.IKEChains))
+		for _, e := range st.IKEChains {
+			entries = append(entries, *e)
+		}
+	})
+	slices.SortFunc(entries, func(a, b raftstore.SAEntry) int { return cmp.Compare(a.Index, b.Index) })
+	return entries
+}
+
 // open unseals and decodes one chain.
 func (c *Carrier) open(e raftstore.SAEntry) ([][]byte, error) {
 	pt, err := c.sealer.Open(chainAD(e.ID), e.Sealed)
@@ -332,13 +338,7 @@ func (c *Carrier) Activate(ctx context.Context) (Carried, error) {
 
 // restore builds the lineage the log holds.
 func (c *Carrier) restore() *hasync.Lineage {
-	var entries []raftstore.SAEntry
-	c.state.View(func(st *raftstore.State) {
-		for _, e := range st.IKEChains {
-			entries = append(entries, *e)
-		}
-	})
-	slices.SortFunc(entries, func(a, b raftstore.SAEntry) int { return cmp.Compare(a.Index, b.Index) })
+	entries := c.committedChains()
 	l := hasync.NewLineage()
 	for _, e := range entries {
 		key, err := hasync.ParseKey(e.ID)

@@ -6,7 +6,6 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
-	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -18,6 +17,107 @@ import (
 	"github.com/handoffvpn/handoff/lab/hostlab"
 	"github.com/handoffvpn/handoff/raftstore"
 )
+
+// labPair is two gateways with charon and the ha plugin, each with its
+// carrier on a real hasync.Conn (gw1's possibly wrapped), a client with a
+// tunnel to gw1 (the active, activated), and the log the carriers share.
+type labPair struct {
+	site         *hostlab.HASite
+	log          *fsmLog
+	logs         *lockedLog
+	logger       *slog.Logger
+	c1, c2       *Carrier
+	gw1, gw2, cl *hostlab.Charon
+	runCtx       context.Context
+}
+
+func (p *labPair) dump() string {
+	return fmt.Sprintf("client:\n%s\ngw1:\n%s\ngw2:\n%s", p.cl.LogTail(25), p.gw1.LogTail(20), p.gw2.LogTail(25))
+}
+
+// startLabPair builds it; wrap, if set, wraps gw1's channel. Everything
+// stops at the test's end.
+func startLabPair(t *testing.T, ctx context.Context, wrap func(Channel) Channel) *labPair {
+	t.Helper()
+	lab := hostlab.New(t)
+	p := &labPair{site: lab.NewHASite(), logs: &lockedLog{}}
+	p.logger = slog.New(slog.NewTextHandler(p.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("carriers' logs:\n%s", p.logs.String())
+		}
+	})
+	p.log = &fsmLog{fsm: raftstore.NewFSM(p.logger)}
+	sealer := testSealer(t, 7)
+	for _, id := range []string{"gw1", "gw2"} {
+		if _, err := p.log.Apply(ctx, &raftstore.MemberCmd{ID: id, Address: id + ":7946", Role: raftstore.RoleGateway}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var wg sync.WaitGroup
+	runCtx, stop := context.WithCancel(ctx)
+	p.runCtx = runCtx
+	t.Cleanup(func() {
+		stop()
+		wg.Wait()
+	})
+	carrier := func(id string, ns *hostlab.Netns, wrap func(Channel) Channel) *Carrier {
+		var conn *hasync.Conn
+		if err := ns.Do(func() error {
+			var err error
+			conn, err = hasync.Listen(netip.MustParseAddrPort("127.0.0.2:4510"), netip.MustParseAddrPort("127.0.0.1:4510"), 0)
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { conn.Close() })
+		var ch Channel = conn
+		if wrap != nil {
+			ch = wrap(conn)
+		}
+		c := New(Config{Node: id}, ch, p.log, p.log.fsm, sealer, p.logger.With("node", id))
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_ = c.Run(runCtx)
+		}()
+		return c
+	}
+	p.c1, p.c2 = carrier("gw1", p.site.Gateways[0], wrap), carrier("gw2", p.site.Gateways[1], nil)
+	p.gw1 = lab.StartCharon(p.site.Gateways[0], "gw1", hostlab.CharonConfig{Swanctl: hostlab.GatewaySwanctl(), Settings: hostlab.HASettings})
+	p.gw2 = lab.StartCharon(p.site.Gateways[1], "gw2", hostlab.CharonConfig{Swanctl: hostlab.GatewaySwanctl(), Settings: hostlab.HASettings})
+	p.cl = lab.StartCharon(p.site.Client, "client", hostlab.CharonConfig{Swanctl: hostlab.ClientSwanctl("2s")})
+	if _, err := p.log.Apply(ctx, &raftstore.ClaimCmd{Node: "gw1", At: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.c1.Activate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.cl.Initiate(ctx, "client"); err != nil {
+		t.Fatalf("initiating: %v\n%s", err, p.dump())
+	}
+	return p
+}
+
+// takeOver kills gw1's charon, moves the address to gw2 and makes gw2
+// claim and activate.
+func (p *labPair) takeOver(t *testing.T, ctx context.Context) Carried {
+	t.Helper()
+	if err := p.gw1.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.site.MoveGatewayAddress(1); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.log.Apply(ctx, &raftstore.ClaimCmd{Node: "gw2", At: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	carried, err := p.c2.Activate(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return carried
+}
 
 // A real client's IKE_SA survives the death of the gateway that made it:
 // the active gateway's charon reports to its carrier, the chains go
@@ -31,69 +131,11 @@ import (
 // reports become the log's chains; the old gateway's charon, restarted as
 // a standby, is fed them and holds the client's SAs passive in turn.
 func TestPrivilegedCarrierTakesOverARealClient(t *testing.T) {
-	lab := hostlab.New(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-
-	site := lab.NewHASite()
-	client, gw1ns, gw2ns := site.Client, site.Gateways[0], site.Gateways[1]
-
-	var logs lockedLog
-	logger := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("carriers' logs:\n%s", logs.String())
-		}
-	})
-	log := &fsmLog{fsm: raftstore.NewFSM(logger)}
-	sealer := testSealer(t, 7)
-	for _, id := range []string{"gw1", "gw2"} {
-		if _, err := log.Apply(ctx, &raftstore.MemberCmd{ID: id, Address: id + ":7946", Role: raftstore.RoleGateway}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	var wg sync.WaitGroup
-	runCtx, stop := context.WithCancel(ctx)
-	defer func() {
-		stop()
-		wg.Wait()
-	}()
-	carrier := func(id string, ns *hostlab.Netns) *Carrier {
-		var conn *hasync.Conn
-		if err := ns.Do(func() error {
-			var err error
-			conn, err = hasync.Listen(netip.MustParseAddrPort("127.0.0.2:4510"), netip.MustParseAddrPort("127.0.0.1:4510"), 0)
-			return err
-		}); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { conn.Close() })
-		c := New(Config{Node: id}, conn, log, log.fsm, sealer, logger.With("node", id))
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			_ = c.Run(runCtx)
-		}()
-		return c
-	}
-	c1, c2 := carrier("gw1", gw1ns), carrier("gw2", gw2ns)
-
-	gw1 := lab.StartCharon(gw1ns, "gw1", hostlab.CharonConfig{Swanctl: hostlab.GatewaySwanctl(), Settings: hostlab.HASettings})
-	gw2 := lab.StartCharon(gw2ns, "gw2", hostlab.CharonConfig{Swanctl: hostlab.GatewaySwanctl(), Settings: hostlab.HASettings})
-	cl := lab.StartCharon(client, "client", hostlab.CharonConfig{Swanctl: hostlab.ClientSwanctl("2s")})
-	dump := func() string {
-		return fmt.Sprintf("client:\n%s\ngw1:\n%s\ngw2:\n%s", cl.LogTail(25), gw1.LogTail(25), gw2.LogTail(25))
-	}
-
-	if _, err := log.Apply(ctx, &raftstore.ClaimCmd{Node: "gw1", At: time.Now()}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := c1.Activate(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if err := cl.Initiate(ctx, "client"); err != nil {
-		t.Fatalf("initiating: %v\n%s", err, dump())
-	}
+	p := startLabPair(t, ctx, nil)
+	c1, gw1, gw2, cl, site := p.c1, p.gw1, p.gw2, p.cl, p.site
+	dump := p.dump
 
 	// wait polls (bounded) until cond holds.
 	wait := func(what string, cond func() (bool, string)) {
@@ -125,11 +167,7 @@ func TestPrivilegedCarrierTakesOverARealClient(t *testing.T) {
 		var c []hostlab.IKESA
 		wait(step, func() (bool, string) {
 			c = list(cl)
-			g := list(gw)
-			spis, states := hostlab.Shape(g)
-			ok := len(c) == 1 && len(c[0].Children) == 1 && slices.Equal(spis, hostlab.Mirrored(c)) &&
-				len(states) == 1 && states[0] == want
-			return ok, fmt.Sprintf("client lists %v, the gateway %v", c, g)
+			return hostlab.HoldsPeerSAs(c, list(gw), want)
 		})
 		return c
 	}
@@ -154,19 +192,7 @@ func TestPrivilegedCarrierTakesOverARealClient(t *testing.T) {
 
 	// The takeover: gw1's charon dies, its address moves to gw2, gw2
 	// claims and activates.
-	if err := gw1.Kill(); err != nil {
-		t.Fatal(err)
-	}
-	if err := site.MoveGatewayAddress(1); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := log.Apply(ctx, &raftstore.ClaimCmd{Node: "gw2", At: time.Now()}); err != nil {
-		t.Fatal(err)
-	}
-	carried, err := c2.Activate(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
+	carried := p.takeOver(t, ctx)
 	if len(carried.IKEs) != 1 || len(carried.Children) != 1 {
 		t.Fatalf("carried %v %v, want the client's IKE_SA and CHILD_SA", carried.IKEs, carried.Children)
 	}
@@ -209,7 +235,7 @@ func TestPrivilegedCarrierTakesOverARealClient(t *testing.T) {
 	}
 
 	// Traffic through the CHILD_SA the client rekeyed with the new active.
-	if out, err := client.Exec(ctx, "ping", "-c", "3", "-W", "2", "-I", hostlab.ClientInner.String(), hostlab.GatewayInner.String()); err != nil {
+	if out, err := site.Client.Exec(ctx, "ping", "-c", "3", "-W", "2", "-I", hostlab.ClientInner.String(), hostlab.GatewayInner.String()); err != nil {
 		t.Fatalf("ping through the tunnel after the takeover: %v\n%s\n%s", err, out, dump())
 	}
 
@@ -280,67 +306,15 @@ func (l *losingChannel) Receive(ctx context.Context, fn func(*hasync.Message), b
 // answered: the client keeps its IKE_SA. Without the repair the client
 // would give up and restart.
 func TestPrivilegedReconcilerRepairsALostMessageID(t *testing.T) {
-	lab := hostlab.New(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	site := lab.NewHASite()
-	var logs lockedLog
-	logger := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("carriers' logs:\n%s", logs.String())
-		}
+	var lossy *losingChannel
+	p := startLabPair(t, ctx, func(ch Channel) Channel {
+		lossy = &losingChannel{Channel: ch}
+		return lossy
 	})
-	log := &fsmLog{fsm: raftstore.NewFSM(logger)}
-	sealer := testSealer(t, 7)
-	for _, id := range []string{"gw1", "gw2"} {
-		if _, err := log.Apply(ctx, &raftstore.MemberCmd{ID: id, Address: id + ":7946", Role: raftstore.RoleGateway}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	var wg sync.WaitGroup
-	runCtx, stop := context.WithCancel(ctx)
-	defer func() {
-		stop()
-		wg.Wait()
-	}()
-	open := func(ns *hostlab.Netns) *hasync.Conn {
-		var conn *hasync.Conn
-		if err := ns.Do(func() error {
-			var err error
-			conn, err = hasync.Listen(netip.MustParseAddrPort("127.0.0.2:4510"), netip.MustParseAddrPort("127.0.0.1:4510"), 0)
-			return err
-		}); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { conn.Close() })
-		return conn
-	}
-	lossy := &losingChannel{Channel: open(site.Gateways[0])}
-	c1 := New(Config{Node: "gw1"}, lossy, log, log.fsm, sealer, logger.With("node", "gw1"))
-	c2 := New(Config{Node: "gw2"}, open(site.Gateways[1]), log, log.fsm, sealer, logger.With("node", "gw2"))
-	for _, c := range []*Carrier{c1, c2} {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			_ = c.Run(runCtx)
-		}()
-	}
-	gw1 := lab.StartCharon(site.Gateways[0], "gw1", hostlab.CharonConfig{Swanctl: hostlab.GatewaySwanctl(), Settings: hostlab.HASettings})
-	gw2 := lab.StartCharon(site.Gateways[1], "gw2", hostlab.CharonConfig{Swanctl: hostlab.GatewaySwanctl(), Settings: hostlab.HASettings})
-	cl := lab.StartCharon(site.Client, "client", hostlab.CharonConfig{Swanctl: hostlab.ClientSwanctl("2s")})
-	dump := func() string {
-		return fmt.Sprintf("client:\n%s\ngw1:\n%s\ngw2:\n%s", cl.LogTail(25), gw1.LogTail(15), gw2.LogTail(25))
-	}
-	if _, err := log.Apply(ctx, &raftstore.ClaimCmd{Node: "gw1", At: time.Now()}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := c1.Activate(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if err := cl.Initiate(ctx, "client"); err != nil {
-		t.Fatalf("initiating: %v\n%s", err, dump())
-	}
+	gw1, gw2, cl := p.gw1, p.gw2, p.cl
+	dump := p.dump
 	wait := func(what string, limit time.Duration, cond func() bool) {
 		t.Helper()
 		for deadline := time.Now().Add(limit); !cond(); time.Sleep(50 * time.Millisecond) {
@@ -369,24 +343,14 @@ func TestPrivilegedReconcilerRepairsALostMessageID(t *testing.T) {
 	lossy.lose.Store(true)
 	from := answered(gw1)
 	wait("gw1 to answer a DPD whose report is lost", 20*time.Second, func() bool { return answered(gw1) > from && lossy.lost.Load() > 0 })
-	if err := gw1.Kill(); err != nil {
-		t.Fatal(err)
-	}
-	if err := site.MoveGatewayAddress(1); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := log.Apply(ctx, &raftstore.ClaimCmd{Node: "gw2", At: time.Now()}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := c2.Activate(ctx); err != nil {
-		t.Fatal(err)
-	}
-	vc := vici.New(vici.Config{Socket: gw2.Socket(), Logger: logger})
+	p.takeOver(t, ctx)
+	vc := vici.New(vici.Config{Socket: gw2.Socket(), Logger: p.logger})
 	defer vc.Close()
+	rctx, stopReconciler := context.WithCancel(p.runCtx)
 	reconciled := make(chan error, 1)
-	go func() { reconciled <- c2.Reconcile(runCtx, vc, time.Minute) }()
+	go func() { reconciled <- p.c2.Reconcile(rctx, vc, time.Minute) }()
 	defer func() {
-		stop()
+		stopReconciler()
 		<-reconciled
 	}()
 
@@ -397,7 +361,7 @@ func TestPrivilegedReconcilerRepairsALostMessageID(t *testing.T) {
 	})
 	from2 := answered(gw2)
 	wait("gw2 to answer the client after the repair", 30*time.Second, func() bool { return answered(gw2) > from2 })
-	if !strings.Contains(logs.String(), "repaired a carried IKE_SA's message ID") {
+	if !strings.Contains(p.logs.String(), "repaired a carried IKE_SA's message ID") {
 		t.Fatalf("the reconciler logged no repair\n%s", dump())
 	}
 	// Two more DPDs answered, the client's IKE_SA the one it had.

@@ -89,3 +89,14 @@ func Shape(sas []IKESA) (spis, states []string) {
 	slices.Sort(states)
 	return spis, states
 }
+
+// HoldsPeerSAs reports whether gw holds exactly the one IKE_SA and one
+// CHILD_SA the client lists, with the same SPIs (seen from its side), in
+// state want ("PASSIVE/INSTALLED", "ESTABLISHED/INSTALLED"), and says
+// what each lists.
+func HoldsPeerSAs(client, gw []IKESA, want string) (bool, string) {
+	spis, states := Shape(gw)
+	ok := len(client) == 1 && len(client[0].Children) == 1 && slices.Equal(spis, Mirrored(client)) &&
+		len(states) == 1 && states[0] == want
+	return ok, fmt.Sprintf("client lists %v, the gateway %v", client, gw)
+}
