@@ -275,11 +275,15 @@ func checkE2E(tc e2eCase, r e2eResult) (safety, timing []string) {
 		if r.IKECarried < 1 {
 			bad(&safety, "the new active activated %d carried IKE_SAs, want the client's", r.IKECarried)
 		}
+		// Timing, not safety: the lab's client gives up on a gateway
+		// 1.4 s after a request, so a stall of the guest that long makes it
+		// restart its IKE_SA however well it was carried. A carrier that
+		// does not carry fails both attempts.
 		if !r.ClientIKEKept {
-			bad(&safety, "the client's IKE_SA did not survive the takeover (its SPIs changed, or it has none)")
+			bad(&timing, "the client's IKE_SA did not survive the takeover (its SPIs changed, or it has none)")
 		}
 		if want := max(tc.auths, 1); r.ClientIKEAuths != want {
-			bad(&safety, "the client authenticated %d times, want %d: it set up a new IKE_SA instead of keeping (or rekeying) its own", r.ClientIKEAuths, want)
+			bad(&timing, "the client authenticated %d times, want %d: it set up a new IKE_SA instead of keeping (or rekeying) its own", r.ClientIKEAuths, want)
 		}
 		if r.WatchMS > 0 && r.WatchGapMS >= secondOutage {
 			bad(&timing, "late second outage within %d ms after the second phase: gap %.1f ms, %d probes lost", r.WatchMS, r.WatchGapMS, r.WatchLost)
