@@ -490,8 +490,8 @@ func (a *Agent) lead(ctx context.Context) {
 	// the move lost probes in every planned drain in the lab: the inside
 	// VIP followed the outside one to the successor before its SAs were in.
 	installStart := time.Now()
-	a.prepareIKE(ctx)
-	installed, hashes, err := a.installReplicated(ctx)
+	held := a.prepareIKE(ctx)
+	installed, hashes, err := a.installReplicated(ctx, held)
 	if err != nil {
 		a.failed(ctx, term, reason, "install", err)
 		return

@@ -95,15 +95,51 @@ func (a *Agent) dropStandbyOutbound(ctx context.Context) {
 }
 
 // prepareIKE feeds the local charon the last committed IKE state before
-// the takeover installs the CHILD_SAs (see ikecarry.Prepare).
-func (a *Agent) prepareIKE(ctx context.Context) {
+// the takeover installs the CHILD_SAs (see ikecarry.Prepare), and returns
+// the CHILD_SAs that state holds (nil without IKE continuity).
+func (a *Agent) prepareIKE(ctx context.Context) map[uint32]bool {
 	if a.ike == nil {
-		return
+		return nil
 	}
-	if err := a.ike.Prepare(ctx); err != nil {
+	held, err := a.ike.Prepare(ctx)
+	if err != nil {
 		a.log.Warn("feeding charon the last IKE state before the install", "err", err)
 	}
+	return held
 }
+
+// retired drops, from the installs of a takeover, the CHILD_SAs of carried
+// peers that the carried IKE state does not hold: the peer retired them
+// (a rekey's old CHILD_SA), its deletion reached the IKE state before the
+// SA set, and installing them would make this node send on an SPI the
+// peer deleted (seen in the kernel lab: a kill a second after a CHILD_SA
+// rekey broke the tunnel four seconds later). held nil: no IKE state,
+// nothing dropped.
+func retired(installs []sa.Install, held map[uint32]bool) (keep []sa.Install, dropped int) {
+	if held == nil {
+		return installs, 0
+	}
+	carried := map[peerKey]bool{}
+	for _, in := range installs {
+		if held[in.SA.In.SPI] {
+			carried[peerOf(in.SA)] = true
+		}
+	}
+	keep = installs[:0:0]
+	for _, in := range installs {
+		if carried[peerOf(in.SA)] && !held[in.SA.In.SPI] {
+			dropped++
+			continue
+		}
+		keep = append(keep, in)
+	}
+	return keep, dropped
+}
+
+// peerKey names a peer: its IKE address and identity.
+type peerKey struct{ remote, id string }
+
+func peerOf(c *sa.ChildSA) peerKey { return peerKey{c.IKE.Remote.String(), c.IKE.RemoteID} }
 
 // runIKE runs the carrier until ctx ends.
 func (a *Agent) runIKE(ctx context.Context) {
@@ -198,17 +234,15 @@ func notCarried(sas []*sa.ChildSA, carried map[uint32]bool) []*sa.ChildSA {
 	if len(carried) == 0 {
 		return sas
 	}
-	type peerKey struct{ remote, id string }
-	key := func(c *sa.ChildSA) peerKey { return peerKey{c.IKE.Remote.String(), c.IKE.RemoteID} }
 	held := map[peerKey]bool{}
 	for _, c := range sas {
 		if carried[c.In.SPI] {
-			held[key(c)] = true
+			held[peerOf(c)] = true
 		}
 	}
 	var out []*sa.ChildSA
 	for _, c := range sas {
-		if !held[key(c)] {
+		if !held[peerOf(c)] {
 			out = append(out, c)
 		}
 	}

@@ -26,3 +26,23 @@ func TestNotCarriedLeavesCarriedPeersAlone(t *testing.T) {
 		t.Fatalf("with nothing carried, re-established %d of %d", len(got), len(all))
 	}
 }
+
+// A takeover does not install a replicated CHILD_SA of a carried peer
+// that the carried IKE state does not hold (the peer retired it; its
+// deletion reached the IKE state first); the peer's held CHILD_SAs and
+// every CHILD_SA of a peer not carried are installed; with no IKE state
+// nothing is dropped.
+func TestRetiredChildSAsOfCarriedPeersAreNotInstalled(t *testing.T) {
+	child := func(remote string, spi uint32) sa.Install {
+		return sa.Install{SA: &sa.ChildSA{IKE: sa.IKE{Remote: netip.MustParseAddrPort(remote), RemoteID: "peer@" + remote}, In: sa.State{SPI: spi}}}
+	}
+	oldA, newA := child("192.0.2.10:4500", 0xa1), child("192.0.2.10:4500", 0xa2)
+	b := child("192.0.2.11:4500", 0xb1)
+	keep, dropped := retired([]sa.Install{oldA, newA, b}, map[uint32]bool{0xa2: true})
+	if dropped != 1 || len(keep) != 2 || keep[0].SA != newA.SA || keep[1].SA != b.SA {
+		t.Fatalf("kept %d (%v), dropped %d; want a's new CHILD_SA and b's", len(keep), keep, dropped)
+	}
+	if keep, dropped := retired([]sa.Install{oldA, newA, b}, nil); dropped != 0 || len(keep) != 3 {
+		t.Fatalf("without IKE state: kept %d, dropped %d", len(keep), dropped)
+	}
+}

@@ -16,7 +16,12 @@ import (
 // feed's starting point). SAs the standby stager already opened and
 // decoded (see stager) are taken from it, so a takeover decodes only what
 // changed since the last staging round.
-func (a *Agent) installReplicated(ctx context.Context) ([]*sa.ChildSA, map[string][32]byte, error) {
+//
+// held, when not nil, is the set of CHILD_SAs (inbound SPIs) the carried
+// IKE state holds; replicated CHILD_SAs of carried peers outside it are
+// not installed (see retired). Their hashes stay: the log holds them
+// until the feed deletes them.
+func (a *Agent) installReplicated(ctx context.Context, held map[uint32]bool) ([]*sa.ChildSA, map[string][32]byte, error) {
 	ctx, cancel := context.WithTimeout(ctx, a.cfg.InstallTimeout)
 	defer cancel()
 	p, err := prepareInstall(ctx, a.store.FSM(), a.sealer, a.cfg, time.Now(), a.lane, a.staged)
@@ -30,6 +35,10 @@ func (a *Agent) installReplicated(ctx context.Context) ([]*sa.ChildSA, map[strin
 	}
 	if p.FromStage > 0 {
 		a.log.Debug("takeover used staged SAs", "staged", p.FromStage, "decoded", len(p.Installs)-p.FromStage)
+	}
+	var dropped int
+	if p.Installs, dropped = retired(p.Installs, held); dropped > 0 {
+		a.log.Info("not installing replicated CHILD_SAs their peer retired (the carried IKE state holds none of them)", "count", dropped)
 	}
 	if err := a.dp.Install(ctx, p.Installs); err != nil {
 		return nil, nil, fmt.Errorf("installing %d replicated SAs: %w", len(p.Installs), err)

@@ -169,18 +169,27 @@ func (c *Carrier) feedRound(ctx context.Context) (int, error) {
 // Prepare feeds a standby's charon what the log holds and it was not
 // given, at once: a takeover calls it before installing the replicated
 // CHILD_SAs, so that these replace every outbound state charon installed
-// (at sequence number 0) with the jumped counters.
-func (c *Carrier) Prepare(ctx context.Context) error {
+// (at sequence number 0) with the jumped counters. It returns the inbound
+// SPIs of the CHILD_SAs the log's IKE state holds (charon's set): for a
+// carried peer, a replicated CHILD_SA outside it was retired by the peer
+// (its deletion reached the IKE state before the SA set) and must not be
+// installed. nil when the carrier is already active.
+func (c *Carrier) Prepare(ctx context.Context) (map[uint32]bool, error) {
 	c.feedMu.Lock()
 	defer c.feedMu.Unlock()
 	c.mu.Lock()
 	active := c.active
 	c.mu.Unlock()
 	if active {
-		return nil
+		return nil, nil
 	}
 	_, err := c.feedLocked(ctx)
-	return err
+	_, children := c.restore().Live()
+	held := make(map[uint32]bool, len(children))
+	for _, spi := range children {
+		held[spi] = true
+	}
+	return held, err
 }
 
 // feedLocked sends the local charon what the log holds and it was not
