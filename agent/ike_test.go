@@ -4,6 +4,7 @@ import (
 	"net/netip"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/handoffvpn/handoff/ipsec/sa"
 )
@@ -44,5 +45,26 @@ func TestRetiredChildSAsOfCarriedPeersAreNotInstalled(t *testing.T) {
 	}
 	if keep, dropped := retired([]sa.Install{oldA, newA, b}, nil); dropped != 0 || len(keep) != 3 {
 		t.Fatalf("without IKE state: kept %d, dropped %d", len(keep), dropped)
+	}
+}
+
+// Of a peer's CHILD_SAs with one name and one pair of traffic selectors,
+// only the newest (the rekey's successor) is installed at a takeover;
+// other peers and other selectors are left alone, as are generations the
+// export could not date.
+func TestSupersededChildSAsAreNotInstalled(t *testing.T) {
+	at := time.Date(2026, 12, 8, 5, 0, 0, 0, time.UTC)
+	child := func(remote, ts string, installed time.Time) sa.Install {
+		return sa.Install{SA: &sa.ChildSA{IKE: sa.IKE{Remote: netip.MustParseAddrPort(remote), RemoteID: "peer@" + remote},
+			Child: sa.Child{Name: "net", LocalTS: []string{"198.18.1.0/24"}, RemoteTS: []string{ts}, InstalledAt: installed}}}
+	}
+	old := child("192.0.2.10:4500", "198.51.100.10/32", at)
+	cur := child("192.0.2.10:4500", "198.51.100.10/32", at.Add(time.Minute))
+	other := child("192.0.2.10:4500", "198.51.100.11/32", at)
+	peer2 := child("192.0.2.11:4500", "198.51.100.10/32", at)
+	undated1, undated2 := child("192.0.2.12:4500", "198.51.100.12/32", time.Time{}), child("192.0.2.12:4500", "198.51.100.12/32", time.Time{})
+	keep, dropped := superseded([]sa.Install{old, cur, other, peer2, undated1, undated2})
+	if dropped != 1 || len(keep) != 5 || slices.ContainsFunc(keep, func(in sa.Install) bool { return in.SA == old.SA }) {
+		t.Fatalf("kept %d, dropped %d; want all but the rekeyed CHILD_SA", len(keep), dropped)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/handoffvpn/handoff/internal/bulk"
@@ -37,6 +38,9 @@ func (a *Agent) installReplicated(ctx context.Context, held map[uint32]bool) ([]
 		a.log.Debug("takeover used staged SAs", "staged", p.FromStage, "decoded", len(p.Installs)-p.FromStage)
 	}
 	var dropped int
+	if p.Installs, dropped = superseded(p.Installs); dropped > 0 {
+		a.log.Info("not installing replicated CHILD_SAs a rekey replaced", "count", dropped)
+	}
 	if p.Installs, dropped = retired(p.Installs, held); dropped > 0 {
 		a.log.Info("not installing replicated CHILD_SAs their peer retired (the carried IKE state holds none of them)", "count", dropped)
 	}
@@ -129,4 +133,39 @@ func prepareInstall(ctx context.Context, fsm *raftstore.FSM, sealer *raftstore.S
 		return nil
 	})
 	return p, err
+}
+
+// superseded drops, from the installs of a takeover, every CHILD_SA that
+// a newer one of the same peer, name and traffic selectors replaced: a
+// rekey's old CHILD_SA, which the old active still listed (its inbound
+// state lingers for charon's delete_rekeyed_delay, 5 s, to catch
+// stragglers) but no longer sent on, and whose peer deletes its own
+// inbound copy at the end of that delay. Installed, it made the new active
+// send on it: in the kernel lab a kill one second after a CHILD_SA rekey
+// broke the tunnel four seconds later. Only packets in flight at the
+// rekey, long before the takeover, could still need it.
+func superseded(installs []sa.Install) (keep []sa.Install, dropped int) {
+	type gen struct {
+		peer     peerKey
+		name, ts string
+	}
+	key := func(c *sa.ChildSA) gen {
+		return gen{peerOf(c), c.Child.Name, strings.Join(c.Child.LocalTS, ",") + "|" + strings.Join(c.Child.RemoteTS, ",")}
+	}
+	newest := map[gen]time.Time{}
+	for _, in := range installs {
+		k := key(in.SA)
+		if t := in.SA.Child.InstalledAt; t.After(newest[k]) {
+			newest[k] = t
+		}
+	}
+	keep = installs[:0:0]
+	for _, in := range installs {
+		if in.SA.Child.InstalledAt.Before(newest[key(in.SA)]) {
+			dropped++
+			continue
+		}
+		keep = append(keep, in)
+	}
+	return keep, dropped
 }
