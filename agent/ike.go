@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"errors"
+	"net/netip"
 	"time"
 
 	"github.com/handoffvpn/handoff/agent/ikecarry"
@@ -137,9 +138,12 @@ func retired(installs []sa.Install, held map[uint32]bool) (keep []sa.Install, dr
 }
 
 // peerKey names a peer: its IKE address and identity.
-type peerKey struct{ remote, id string }
+type peerKey struct {
+	remote netip.AddrPort
+	id     string
+}
 
-func peerOf(c *sa.ChildSA) peerKey { return peerKey{c.IKE.Remote.String(), c.IKE.RemoteID} }
+func peerOf(c *sa.ChildSA) peerKey { return peerKey{c.IKE.Remote, c.IKE.RemoteID} }
 
 // runIKE runs the carrier until ctx ends.
 func (a *Agent) runIKE(ctx context.Context) {
