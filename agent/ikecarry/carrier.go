@@ -95,8 +95,10 @@ type Carrier struct {
 	slog   *slog.Logger
 
 	// feedMu serialises everything sent to charon: the feeder's rounds,
-	// activation and deactivation. Taken before mu.
-	feedMu sync.Mutex
+	// activation and deactivation. Taken before mu. It guards prepared,
+	// the lineage the last restore built (see restore).
+	feedMu   sync.Mutex
+	prepared *restored
 	// commitMu serialises commits: two versions of one chain must reach
 	// the log in the order they were taken.
 	commitMu sync.Mutex

@@ -505,3 +505,52 @@ func TestStandbySweepsAfterFeedingChildren(t *testing.T) {
 		t.Fatalf("%d sweeps, want %d", n, len(sweepAfter))
 	}
 }
+
+// A takeover's Prepare and Activate unseal the log's chains once: Activate
+// takes the lineage Prepare restored when no chain changed in between,
+// and restores again when one did.
+func TestActivateReusesWhatPrepareRestored(t *testing.T) {
+	c := newCluster(t, testSealer(t, 1), "gw1", "gw2")
+	gw1, gw2 := c.nodes["gw1"], c.nodes["gw2"]
+	c.claim("gw1")
+	for _, m := range loadCapture(t)[1:5] {
+		gw1.charon.in <- m
+	}
+	eventually(t, "the reports to be handled", func() bool { return gw1.charon.reported.Load() == 4 })
+	agree(t, "fed", gw1.carrier, gw2.charon)
+	ctx := context.Background()
+	chainIndex := func() (idx uint64) {
+		c.log.fsm.View(func(st *raftstore.State) {
+			for _, e := range st.IKEChains {
+				idx = e.Index
+			}
+		})
+		return idx
+	}
+	for _, changed := range []bool{false, true} {
+		held, err := gw2.carrier.Prepare(ctx)
+		if err != nil || len(held) != 1 {
+			t.Fatalf("prepare: held %v, %v", held, err)
+		}
+		prepared := gw2.carrier.prepared.lineage
+		if changed {
+			before := chainIndex()
+			gw1.charon.in <- loadCapture(t)[6] // a MID: the chain's version moves
+			eventually(t, "the chain to change", func() bool { return chainIndex() > before })
+		}
+		c.apply(&raftstore.ClaimCmd{Node: "gw2", At: time.Now()})
+		if _, err := gw2.carrier.Activate(ctx); err != nil {
+			t.Fatal(err)
+		}
+		gw2.carrier.mu.Lock()
+		reused := gw2.carrier.lineage == prepared
+		gw2.carrier.mu.Unlock()
+		if reused == changed {
+			t.Fatalf("chain changed %v: Activate reused Prepare's lineage %v", changed, reused)
+		}
+		if err := gw2.carrier.Deactivate(ctx); err != nil {
+			t.Fatal(err)
+		}
+		c.apply(&raftstore.ClaimCmd{Node: "gw1", At: time.Now()})
+	}
+}

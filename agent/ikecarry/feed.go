@@ -157,10 +157,7 @@ func (c *Carrier) sweep(ctx context.Context, sweeps []time.Time, timer *time.Tim
 func (c *Carrier) feedRound(ctx context.Context) (int, error) {
 	c.feedMu.Lock()
 	defer c.feedMu.Unlock()
-	c.mu.Lock()
-	active := c.active
-	c.mu.Unlock()
-	if active {
+	if c.isActive() {
 		return 0, nil
 	}
 	return c.feedLocked(ctx)
@@ -177,14 +174,12 @@ func (c *Carrier) feedRound(ctx context.Context) (int, error) {
 func (c *Carrier) Prepare(ctx context.Context) (map[uint32]bool, error) {
 	c.feedMu.Lock()
 	defer c.feedMu.Unlock()
-	c.mu.Lock()
-	active := c.active
-	c.mu.Unlock()
-	if active {
+	if c.isActive() {
 		return nil, nil
 	}
 	_, err := c.feedLocked(ctx)
-	_, children := c.restore().Live()
+	c.prepared = c.restore()
+	_, children := c.prepared.lineage.Live()
 	held := make(map[uint32]bool, len(children))
 	for _, spi := range children {
 		held[spi] = true
@@ -273,6 +268,12 @@ func (c *Carrier) feedLocked(ctx context.Context) (children int, err error) {
 	return children, nil
 }
 
+func (c *Carrier) isActive() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.active
+}
+
 // committedChains copies the log's chains, oldest write first: the order
 // the active's charon reported them in.
 func (c *Carrier) committedChains() []raftstore.SAEntry {
@@ -318,15 +319,13 @@ type Carried struct {
 func (c *Carrier) Activate(ctx context.Context) (Carried, error) {
 	c.feedMu.Lock()
 	defer c.feedMu.Unlock()
-	c.mu.Lock()
-	already := c.active
-	c.mu.Unlock()
+	already := c.isActive()
 	var lineage *hasync.Lineage
 	if !already {
 		if _, err := c.feedLocked(ctx); err != nil {
 			return Carried{}, fmt.Errorf("feeding charon before activating: %w", err)
 		}
-		lineage = c.restore()
+		lineage = c.restore().lineage
 	}
 	if err := c.ch.Send(ctx, [][]byte{hasync.SegmentMessage(hasync.SegmentDrop, 1)}, 0); err != nil {
 		return Carried{}, fmt.Errorf("activating charon's passive IKE_SAs: %w", err)
@@ -345,9 +344,23 @@ func (c *Carrier) Activate(ctx context.Context) (Carried, error) {
 	return carried, nil
 }
 
-// restore builds the lineage the log holds.
-func (c *Carrier) restore() *hasync.Lineage {
+// restore builds the lineage the log holds, with the chain versions it
+// was built from. A lineage Prepare built from the same versions is taken
+// as it is (and only once: Activate then follows charon's reports in
+// it): a takeover calls Prepare and then Activate, and unsealing every
+// chain twice in its critical path bought nothing. c.feedMu is held.
+func (c *Carrier) restore() *restored {
 	entries := c.committedChains()
+	at := make(map[string]uint64, len(entries))
+	for _, e := range entries {
+		at[e.ID] = e.Index
+	}
+	if p := c.prepared; p != nil {
+		c.prepared = nil
+		if maps.Equal(p.at, at) {
+			return p
+		}
+	}
 	l := hasync.NewLineage()
 	for _, e := range entries {
 		key, err := hasync.ParseKey(e.ID)
@@ -363,7 +376,14 @@ func (c *Carrier) restore() *hasync.Lineage {
 			c.slog.Warn("ha channel: an IKE chain does not restore; its peers are not carried", "chain", e.ID, "err", err)
 		}
 	}
-	return l
+	return &restored{lineage: l, at: at}
+}
+
+// restored is a lineage restore built, with the log index of each chain
+// it was built from.
+type restored struct {
+	lineage *hasync.Lineage
+	at      map[string]uint64
 }
 
 // Deactivate makes this node's charon hold its IKE_SAs passive (it stops
@@ -428,10 +448,7 @@ func (c *Carrier) Resume(ctx context.Context) error {
 // segmentIfActive sends charon a segment message if this carrier is the
 // active's; it reports whether it did.
 func (c *Carrier) segmentIfActive(ctx context.Context, t hasync.MsgType, what string) (bool, error) {
-	c.mu.Lock()
-	active := c.active
-	c.mu.Unlock()
-	if !active {
+	if !c.isActive() {
 		return false, nil
 	}
 	if err := c.ch.Send(ctx, [][]byte{hasync.SegmentMessage(t, 1)}, 0); err != nil {
