@@ -135,7 +135,10 @@ func prepareInstall(ctx context.Context, fsm *raftstore.FSM, sealer *raftstore.S
 	return p, err
 }
 
-// superseded drops, from the installs of a takeover, every CHILD_SA that
+// superseded is the takeover's guard behind the export's own rule
+// (ipsec.rekeySuccessors: a REKEYED CHILD_SA is not exported once its
+// successor is installed), for a log an older node wrote or a feed that
+// had not listed again yet. It drops, from the installs, every CHILD_SA that
 // a newer one of the same peer, name and traffic selectors replaced: a
 // rekey's old CHILD_SA, which the old active still listed (its inbound
 // state lingers for charon's delete_rekeyed_delay, 5 s, to catch

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -213,9 +214,10 @@ func (d *Dataplane) assembleAll(ikes []vici.IKESA, snap *snapshot) (map[string]*
 	var incomplete []uint32
 	for i := range ikes {
 		ike := &ikes[i]
+		succeeded := rekeySuccessors(ike)
 		for j := range ike.Children {
 			c := &ike.Children[j]
-			if !exportable(c) {
+			if !exportable(c) || c.State == "REKEYED" && succeeded[childGeneration(c)] {
 				continue
 			}
 			child, unsupported, err := assemble(ike, c, snap, now)
@@ -236,6 +238,33 @@ func (d *Dataplane) assembleAll(ikes []vici.IKESA, snap *snapshot) (map[string]*
 		}
 	}
 	return found, incomplete
+}
+
+// childGeneration names the CHILD_SAs a rekey replaces one by another:
+// one name, one pair of traffic selectors.
+func childGeneration(c *vici.ChildSA) string {
+	return c.Name + "|" + strings.Join(c.LocalTS, ",") + "|" + strings.Join(c.RemoteTS, ",")
+}
+
+// rekeySuccessors are the generations of ike with an INSTALLED CHILD_SA:
+// a REKEYED one of the same generation is not exported. charon keeps it a
+// while (its inbound state catches stragglers) but no longer sends on it,
+// and its peer deletes its copy within delete_rekeyed_delay; carried to a
+// new active next to its successor, it was sent on (the kernel lab: a
+// kill a second after a CHILD_SA rekey broke the tunnel four seconds
+// later). Leaving it out makes the feed delete it from the log as soon as
+// the successor is in.
+func rekeySuccessors(ike *vici.IKESA) map[string]bool {
+	var out map[string]bool
+	for j := range ike.Children {
+		if c := &ike.Children[j]; c.State == "INSTALLED" {
+			if out == nil {
+				out = map[string]bool{}
+			}
+			out[childGeneration(c)] = true
+		}
+	}
+	return out
 }
 
 // addInstalled adds the installed SAs whose states the kernel still has

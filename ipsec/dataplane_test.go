@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -584,5 +585,42 @@ func TestInstallOverCharonsCarriedStates(t *testing.T) {
 		if _, ok := x.has(k); !ok {
 			t.Errorf("FenceStrays deleted inbound state %v", k)
 		}
+	}
+}
+
+// TestExportLeavesOutARekeyedChildWithItsSuccessor: once a rekey's
+// successor is INSTALLED, the REKEYED CHILD_SA it replaced (charon keeps it
+// for stragglers) is not exported, so the feed deletes it from the log; a
+// REKEYED CHILD_SA whose successor is not installed yet still is, and so
+// is a CHILD_SA of another generation.
+func TestExportLeavesOutARekeyedChildWithItsSuccessor(t *testing.T) {
+	fc, x := newFakeCharon(t), newFakeXFRM()
+	x.addChild(client, 0xc1000001, 0xc2000001, 1, "198.51.100.10/32", 0, 0)
+	x.addChild(client, 0xc1000002, 0xc2000002, 1, "198.51.100.10/32", 0, 0)
+	x.addChild(client, 0xc1000003, 0xc2000003, 2, "198.51.100.11/32", 0, 0)
+	old := &fakeChild{name: "net", id: 1, state: "REKEYED", reqid: 1, spiIn: 0xc1000001, spiOut: 0xc2000001, remoteTS: "198.51.100.10/32"}
+	other := &fakeChild{name: "net", id: 3, state: "REKEYED", reqid: 2, spiIn: 0xc1000003, spiOut: 0xc2000003, remoteTS: "198.51.100.11/32"}
+	fc.set(&fakeIKE{name: "gw", id: 1, remote: netip.AddrPortFrom(client, 500), children: []*fakeChild{old, other}})
+	d := newTestDataplane(t, fc, x, nil)
+	spis := func() []uint32 {
+		t.Helper()
+		sas, err := d.Export(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []uint32
+		for _, c := range sas {
+			out = append(out, c.In.SPI)
+		}
+		slices.Sort(out)
+		return out
+	}
+	if got := spis(); !slices.Equal(got, []uint32{0xc1000001, 0xc1000003}) {
+		t.Fatalf("rekey in progress: exported %08x, want both REKEYED children (no successor yet)", got)
+	}
+	cur := &fakeChild{name: "net", id: 2, state: "INSTALLED", reqid: 1, spiIn: 0xc1000002, spiOut: 0xc2000002, remoteTS: "198.51.100.10/32"}
+	fc.set(&fakeIKE{name: "gw", id: 1, remote: netip.AddrPortFrom(client, 500), children: []*fakeChild{old, cur, other}})
+	if got := spis(); !slices.Equal(got, []uint32{0xc1000002, 0xc1000003}) {
+		t.Fatalf("successor installed: exported %08x, want the successor and the other generation's child", got)
 	}
 }
