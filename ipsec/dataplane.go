@@ -545,7 +545,13 @@ func (d *Dataplane) deleteOutbound(ctx context.Context, targets map[xfrm.Key]boo
 		}
 		n++
 	}
-	d.log.Info("ipsec: "+what, "count", n, "errors", len(errs))
+	// A standby sweeps after every feed of CHILD_SAs (IKE continuity):
+	// a sweep that found nothing is not news.
+	level := slog.LevelInfo
+	if n == 0 && len(errs) == 0 {
+		level = slog.LevelDebug
+	}
+	d.log.Log(ctx, level, "ipsec: "+what, "count", n, "errors", len(errs))
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("%s: %w", what, err)
 	}
